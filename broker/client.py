@@ -1,0 +1,482 @@
+"""The Python client of the hub for agency systems, simulated rooms and adapters: publish, receive and acknowledge, receipts.
+
+    creds = Credentials.from_files("ca.pem", "it.pl.001272.pem", "it.pl.001272-key.pem")
+    async with HubClient("hub.example:7443", creds) as hub:
+        acceptance = await hub.publish(envelope)          # retried with the same id
+        async for delivery in hub.inbox():                # backlog first, then live
+            handle(delivery.envelope)
+            await hub.ack(delivery)                        # technical acknowledgement
+
+Publishing retries transient failures with the same distribution id, so a retried envelope is
+stored and delivered once. The inbox reconnects by itself, and drops a redelivered envelope
+(same distribution id) instead of handing it over twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2, status_pb2
+from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
+from opsroom.hub.v1 import hub_pb2
+
+_SERVICE = "/opsroom.hub.v1.HubService/"
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The agency's certificate and key (PEM) and the CA that signed the hub's certificate."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    @classmethod
+    def from_files(cls, ca: str | Path, cert: str | Path, key: str | Path) -> Credentials:
+        """Read the three PEM files."""
+        return cls(Path(ca).read_bytes(), Path(cert).read_bytes(), Path(key).read_bytes())
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One field the hub refused, with the rule it breaks."""
+
+    field: str
+    rule: str
+    description: str
+
+
+class HubError(Exception):
+    """A refusal by the hub: the gRPC code, the catalogue reason, and for bad fields their paths."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        fields: Sequence[FieldProblem] = (),
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Build from the parts of the status."""
+        super().__init__(f"{code.name} {reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.fields = tuple(fields)
+        self.metadata = metadata or {}
+
+    @property
+    def retryable(self) -> bool:
+        """True when retrying the same request may succeed."""
+        return self.code in _RETRYABLE
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> HubError:
+        """From a google.rpc.Status (as in a PublishStream result)."""
+        reason, fields, metadata = "", [], {}
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, metadata = info.reason, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields = [FieldProblem(v.field, v.reason, v.description) for v in bad.field_violations]
+        return cls(_code(status.code), reason, status.message, fields, metadata)
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> HubError:
+        """From a failed call."""
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-status-details-bin" and isinstance(value, bytes):
+                return cls.from_status(status_pb2.Status.FromString(value))
+        return cls(error.code(), "", error.details() or "")
+
+
+def _code(value: int) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def timestamp(at: datetime | None = None) -> Timestamp:
+    """A Timestamp for `at` (default: now)."""
+    ts = Timestamp()
+    ts.FromDatetime(at or datetime.now(UTC))
+    return ts
+
+
+def new_envelope(
+    sender_agency: str,
+    *,
+    kind: int,
+    recipients: Iterable[str] = (),
+    status: int = common_pb2.STATUS_ACTUAL,
+    operator_id: str = "",
+    purpose: int = common_pb2.PURPOSE_PUBLIC_SECURITY,
+    law: str = "d.l. 14/2017 art. 2",
+    confidentiality: int = common_pb2.CONFIDENTIALITY_RESTRICTED,
+    incident_ids: Iterable[str] = (),
+    references: Iterable[tuple[str, str]] = (),
+    **payload: Any,
+) -> envelope_pb2.Envelope:
+    """A new envelope with a fresh distribution id and sent_at now; payload is one keyword, e.g. incident=..."""
+    env = envelope_pb2.Envelope(
+        distribution_id=str(uuid.uuid4()),
+        sender=common_pb2.Sender(agency_id=sender_agency, operator_id=operator_id),
+        sent_at=timestamp(),
+        status=status,  # type: ignore[arg-type]
+        kind=kind,  # type: ignore[arg-type]
+        recipients=list(recipients),
+        confidentiality=confidentiality,  # type: ignore[arg-type]
+        incident_ids=list(incident_ids),
+        references=[common_pb2.Reference(distribution_id=d, sender_agency_id=a) for d, a in references],
+        legal_basis=common_pb2.LegalBasis(law=law, purpose=purpose),  # type: ignore[arg-type]
+        **payload,
+    )
+    return env
+
+
+@dataclass
+class RetryPolicy:
+    """How publishes are retried: the same envelope, with exponential backoff and jitter."""
+
+    attempts: int = 8
+    first_delay: float = 0.1
+    max_delay: float = 2.0
+    timeout: float = 10.0
+
+    def delays(self) -> Iterable[float]:
+        """The waits between attempts."""
+        delay = self.first_delay
+        for _ in range(self.attempts - 1):
+            yield delay * (0.5 + random.random())  # noqa: S311 - jitter, not security
+            delay = min(delay * 2, self.max_delay)
+
+
+class HubClient:
+    """A connection to the hub as one agency (the one of the certificate)."""
+
+    def __init__(
+        self,
+        target: str,
+        credentials: Credentials,
+        *,
+        server_name: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Prepare a secure channel to target ("host:port"); server_name overrides the TLS name check."""
+        options: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        creds = grpc.ssl_channel_credentials(credentials.ca, credentials.key, credentials.cert)
+        self._channel = grpc.aio.secure_channel(target, creds, options=options)
+        self.retry = retry or RetryPolicy()
+        self._publish = self._channel.unary_unary(
+            _SERVICE + "Publish",
+            request_serializer=hub_pb2.PublishRequest.SerializeToString,
+            response_deserializer=hub_pb2.PublishResponse.FromString,
+        )
+        self._publish_stream = self._channel.stream_stream(
+            _SERVICE + "PublishStream",
+            request_serializer=hub_pb2.PublishStreamRequest.SerializeToString,
+            response_deserializer=hub_pb2.PublishStreamResponse.FromString,
+        )
+        self._connect = self._channel.stream_stream(
+            _SERVICE + "Connect",
+            request_serializer=hub_pb2.ConnectRequest.SerializeToString,
+            response_deserializer=hub_pb2.ConnectResponse.FromString,
+        )
+        self._get_receipt = self._channel.unary_unary(
+            _SERVICE + "GetReceipt",
+            request_serializer=hub_pb2.GetReceiptRequest.SerializeToString,
+            response_deserializer=hub_pb2.GetReceiptResponse.FromString,
+        )
+        self._inbox: Inbox | None = None
+
+    async def __aenter__(self) -> HubClient:
+        """Use as a context manager."""
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Close."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the inbox and the channel."""
+        if self._inbox is not None:
+            await self._inbox.close()
+        await self._channel.close()
+
+    async def publish(self, envelope: envelope_pb2.Envelope) -> hub_pb2.Acceptance:
+        """Publish one envelope; transient failures are retried with the same distribution id."""
+        request = hub_pb2.PublishRequest(envelope=envelope)
+        delays = iter(self.retry.delays())
+        while True:
+            try:
+                response = await self._publish(request, timeout=self.retry.timeout)
+            except grpc.aio.AioRpcError as exc:
+                error = HubError.from_rpc_error(exc)
+                delay = next(delays, None) if error.retryable else None
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+                continue
+            return response.acceptance
+
+    async def publish_many(
+        self, envelopes: Sequence[envelope_pb2.Envelope], batch_size: int = 100
+    ) -> list[hub_pb2.Acceptance | HubError]:
+        """Publish envelopes in batches on one stream; one result per envelope, in order.
+
+        Envelopes whose result is a retryable error are sent again (same ids) on a new stream.
+        """
+        results: list[hub_pb2.Acceptance | HubError | None] = [None] * len(envelopes)
+        todo = list(range(len(envelopes)))
+        delays = iter(self.retry.delays())
+        while todo:
+            retry_next: list[int] = []
+            try:
+                await self._stream_batches(envelopes, todo, batch_size, results)
+            except grpc.aio.AioRpcError as exc:
+                error = HubError.from_rpc_error(exc)
+                if not error.retryable:
+                    raise error from None
+            retry_next = [i for i in todo if results[i] is None or _retry(results[i])]
+            if not retry_next:
+                break
+            delay = next(delays, None)
+            if delay is None:
+                break
+            await asyncio.sleep(delay)
+            todo = retry_next
+        return [r if r is not None else HubError(grpc.StatusCode.UNAVAILABLE, "", "no answer") for r in results]
+
+    async def _stream_batches(
+        self,
+        envelopes: Sequence[envelope_pb2.Envelope],
+        todo: list[int],
+        batch_size: int,
+        results: list[hub_pb2.Acceptance | HubError | None],
+    ) -> None:
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+
+        async def requests() -> AsyncIterator[hub_pb2.PublishStreamRequest]:
+            for number, batch in enumerate(batches):
+                yield hub_pb2.PublishStreamRequest(request_id=number, envelopes=[envelopes[i] for i in batch])
+
+        call = self._publish_stream(requests(), timeout=self.retry.timeout * max(1, len(batches)))
+        async for response in call:
+            batch = batches[response.request_id]
+            for index, result in zip(batch, response.results, strict=True):
+                if result.WhichOneof("result") == "acceptance":
+                    results[index] = result.acceptance
+                else:
+                    results[index] = HubError.from_status(result.error)
+
+    async def receipt(self, distribution_id: str) -> hub_pb2.Receipt:
+        """Delivery and answer state of an envelope this agency sent."""
+        try:
+            response = await self._get_receipt(
+                hub_pb2.GetReceiptRequest(distribution_id=distribution_id), timeout=self.retry.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise HubError.from_rpc_error(exc) from None
+        return response.receipt
+
+    def inbox(self, *, max_batch: int = 64, window: int = 1024, max_reconnects: int = 1000) -> Inbox:
+        """This agency's deliveries (one inbox per client)."""
+        if self._inbox is None:
+            self._inbox = Inbox(self, max_batch=max_batch, window=window, max_reconnects=max_reconnects)
+        return self._inbox
+
+    async def ack(self, delivery: hub_pb2.Delivery) -> None:
+        """Acknowledge a delivery of this client's inbox."""
+        if self._inbox is None:
+            raise RuntimeError("no inbox open")
+        self._inbox.ack(delivery)
+
+
+def _retry(result: hub_pb2.Acceptance | HubError | None) -> bool:
+    return isinstance(result, HubError) and result.retryable
+
+
+@dataclass
+class _Seen:
+    """Distribution ids already handed to the application (bounded)."""
+
+    limit: int = 100_000
+    acked: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    open: dict[str, int] = field(default_factory=dict)
+
+    def remember_ack(self, distribution_id: str) -> None:
+        self.open.pop(distribution_id, None)
+        self.acked[distribution_id] = None
+        if len(self.acked) > self.limit:
+            self.acked.popitem(last=False)
+
+
+class Inbox:
+    """An agency's deliveries as an async iterator: backlog first, in order, then live; reconnects by itself."""
+
+    def __init__(self, client: HubClient, *, max_batch: int, window: int, max_reconnects: int) -> None:
+        """Not connected until iterated."""
+        self._client = client
+        self._max_batch = max_batch
+        self._window = window
+        self._max_reconnects = max_reconnects
+        self._call: Any = None
+        self._buffer: list[hub_pb2.Delivery] = []
+        self._seen = _Seen()
+        self._acks: list[int] = []
+        self._ack_ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.session_id = ""
+        self.backlog = 0
+        self.reconnects = 0
+        self._failures = 0
+        self.duplicates_dropped = 0
+
+    def __aiter__(self) -> Inbox:
+        """Iterate deliveries."""
+        return self
+
+    async def __anext__(self) -> hub_pb2.Delivery:
+        """The next new delivery (never one already handed over)."""
+        while True:
+            while self._buffer:
+                delivery = self._buffer.pop(0)
+                dist = delivery.envelope.distribution_id
+                if dist in self._seen.acked:
+                    self.duplicates_dropped += 1
+                    self._queue_ack(delivery.sequence)
+                    continue
+                if dist in self._seen.open:
+                    self.duplicates_dropped += 1
+                    self._seen.open[dist] = delivery.sequence
+                    continue
+                self._seen.open[dist] = delivery.sequence
+                return delivery
+            if self._closed:
+                raise StopAsyncIteration
+            await self._receive()
+
+    def ack(self, delivery: hub_pb2.Delivery) -> None:
+        """Acknowledge a delivery (sent in the background, batched with others)."""
+        dist = delivery.envelope.distribution_id
+        sequence = self._seen.open.get(dist, delivery.sequence)
+        self._seen.remember_ack(dist)
+        self._queue_ack(sequence)
+
+    def _queue_ack(self, sequence: int) -> None:
+        self._acks.append(sequence)
+        self._ack_ready.set()
+
+    async def _receive(self) -> None:
+        for _ in range(self._max_reconnects + 1):
+            if self._closed:
+                return
+            if self._call is None:
+                await self._open()
+            try:
+                response = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                error = HubError.from_rpc_error(exc)
+                await self._reset()
+                if not (error.retryable or error.code == grpc.StatusCode.ABORTED) or self._closed:
+                    raise error from None
+                await self._backoff()
+                continue
+            if response is grpc.aio.EOF:
+                await self._reset()
+                await self._backoff()
+                continue
+            self._failures = 0
+            which = response.WhichOneof("response")
+            if which == "deliveries":
+                self._buffer.extend(response.deliveries.deliveries)
+                self.backlog = response.deliveries.backlog
+                return
+            if which == "opened":
+                self.session_id = response.opened.session_id
+                self.backlog = response.opened.backlog
+            return
+        raise HubError(grpc.StatusCode.UNAVAILABLE, "", f"gave up after {self._max_reconnects} reconnects")
+
+    async def _open(self) -> None:
+        self._call = self._client._connect()  # noqa: SLF001 - the inbox is part of the client
+        await self._call.write(
+            hub_pb2.ConnectRequest(open=hub_pb2.OpenSession(max_batch=self._max_batch, window=self._window))
+        )
+        self._writer = asyncio.get_running_loop().create_task(self._write_acks(self._call))
+        if self._acks:
+            self._ack_ready.set()
+
+    async def _write_acks(self, call: Any) -> None:
+        while True:
+            await self._ack_ready.wait()
+            self._ack_ready.clear()
+            sequences, self._acks = self._acks, []
+            if not sequences:
+                continue
+            try:
+                await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
+                self._acks = sequences + self._acks  # resent on the next session
+                return
+
+    async def _reset(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._buffer.clear()
+
+    async def _backoff(self) -> None:
+        self.reconnects += 1
+        self._failures += 1
+        await asyncio.sleep(min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random()))  # noqa: S311
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send pending acknowledgements, end the session cleanly (the hub records them) and close."""
+        self._closed = True
+        call = self._call
+        if call is not None:
+            if self._writer is not None:
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
+                self._writer = None
+            try:
+                if self._acks:
+                    sequences, self._acks = self._acks, []
+                    await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
+                await call.done_writing()
+                async with asyncio.timeout(timeout):
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, TimeoutError):
+                pass
+        await self._reset()

@@ -1,0 +1,291 @@
+"""The hub's settings: frozen dataclasses read from a TOML file and checked at startup.
+
+Every error names the file and the key (e.g. "hub.toml: nats.replicas: must be 1, 3 or 5").
+Relative paths in the file are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from broker import ids
+from broker.errors import ConfigError
+from broker.routing import AllowRule
+from broker.validate import Limits
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """PEM files of the hub's gRPC server: the CA that signs agency certificates, and the hub's own pair."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    """How the hub reaches JetStream and how it lays out its stream."""
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    # Monitoring endpoints checked at startup: each server must run with sync_interval: always.
+    monitor_urls: tuple[str, ...] = ()
+    require_sync_always: bool = True
+    stream: str = "OPSROOM"
+    subject_prefix: str = "opsroom"
+    replicas: int = 1
+    duplicate_window: timedelta = timedelta(minutes=20)
+    max_age: timedelta = timedelta(days=7)
+    max_bytes: int = -1
+    ack_wait: timedelta = timedelta(seconds=60)
+    max_ack_pending: int = 10_000
+    # Largest atomic batch; nats-server accepts at most 1000 messages per batch.
+    commit_max_messages: int = 1000
+    commit_max_bytes: int = 8 * 1024 * 1024
+    commit_timeout: timedelta = timedelta(seconds=10)
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class Agency:
+    """An agency (room) registered at the hub."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """Everything the hub process needs."""
+
+    listen: str
+    tls: TlsConfig
+    nats: NatsConfig
+    agencies: tuple[Agency, ...]
+    allow: tuple[AllowRule, ...]
+    metrics_listen: str = ""
+    max_envelope_bytes: int = 64 * 1024
+    max_batch_envelopes: int = 1000
+    max_request_bytes: int = 16 * 1024 * 1024
+    grace: timedelta = timedelta(seconds=10)
+    heartbeat: timedelta = timedelta(seconds=15)
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def agency_ids(self) -> frozenset[str]:
+        """Ids of the registered agencies."""
+        return frozenset(a.id for a in self.agencies)
+
+
+class _Reader:
+    """Typed access to a TOML table with errors naming the file and the key."""
+
+    def __init__(self, source: str, table: Mapping[str, Any], prefix: str = "") -> None:
+        self.source = source
+        self.table = table
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.prefix}{key}: {problem}")
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"must be a {kind.__name__}")
+        return value
+
+    def require(self, key: str, kind: type[T]) -> T:
+        if key not in self.table:
+            raise self.error(key, "is required")
+        return self.get(key, kind, None)  # type: ignore[arg-type]
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list, list(default))
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def seconds(self, key: str, default: timedelta) -> timedelta:
+        value = self.get(key, float, default.total_seconds())
+        if value <= 0:
+            raise self.error(key, "must be a positive number of seconds")
+        return timedelta(seconds=value)
+
+    def positive(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value <= 0:
+            raise self.error(key, "must be a positive integer")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        self.used.add(key)
+        value = self.table.get(key, {})
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return _Reader(self.source, value, f"{self.prefix}{key}.")
+
+    def check_unknown(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "is not a known setting")
+
+
+def _path(reader: _Reader, base: Path, key: str) -> Path:
+    path = Path(reader.require(key, str))
+    return path if path.is_absolute() else base / path
+
+
+def _tls(reader: _Reader, base: Path) -> TlsConfig:
+    tls = TlsConfig(_path(reader, base, "ca_file"), _path(reader, base, "cert_file"), _path(reader, base, "key_file"))
+    reader.check_unknown()
+    return tls
+
+
+def _nats(reader: _Reader, base: Path) -> NatsConfig:
+    d = NatsConfig()
+    replicas = reader.get("replicas", int, d.replicas)
+    if replicas not in (1, 3, 5):
+        raise reader.error("replicas", "must be 1, 3 or 5")
+    commit_max = reader.positive("commit_max_messages", d.commit_max_messages)
+    if commit_max > 1000:
+        raise reader.error("commit_max_messages", "must be at most 1000 (the nats-server batch limit)")
+    tls = _tls(reader.sub("tls"), base) if "tls" in reader.table else None
+    cfg = NatsConfig(
+        servers=reader.strings("servers", d.servers),
+        monitor_urls=reader.strings("monitor_urls", d.monitor_urls),
+        require_sync_always=reader.get("require_sync_always", bool, d.require_sync_always),
+        stream=reader.get("stream", str, d.stream),
+        subject_prefix=reader.get("subject_prefix", str, d.subject_prefix),
+        replicas=replicas,
+        duplicate_window=reader.seconds("duplicate_window_seconds", d.duplicate_window),
+        max_age=reader.seconds("max_age_seconds", d.max_age),
+        max_bytes=reader.get("max_bytes", int, d.max_bytes),
+        ack_wait=reader.seconds("ack_wait_seconds", d.ack_wait),
+        max_ack_pending=reader.positive("max_ack_pending", d.max_ack_pending),
+        commit_max_messages=commit_max,
+        commit_max_bytes=reader.positive("commit_max_bytes", d.commit_max_bytes),
+        commit_timeout=reader.seconds("commit_timeout_seconds", d.commit_timeout),
+        tls=tls,
+    )
+    if not cfg.servers:
+        raise reader.error("servers", "must name at least one server")
+    if cfg.require_sync_always and not cfg.monitor_urls:
+        raise reader.error(
+            "monitor_urls", "must list the servers' monitoring URLs when require_sync_always is true"
+        )
+    reader.check_unknown()
+    return cfg
+
+
+def _agencies(source: str, items: object) -> tuple[Agency, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: agencies: must be an array of tables")
+    out: list[Agency] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: agencies[{i}]: must be a table")
+        reader = _Reader(source, item, f"agencies[{i}].")
+        agency_id = reader.require("id", str)
+        if not ids.is_agency_id(agency_id):
+            raise reader.error("id", "must be an agency id such as it.pl.001272")
+        if agency_id in seen:
+            raise reader.error("id", "is registered twice")
+        seen.add(agency_id)
+        out.append(Agency(agency_id, reader.get("name", str, agency_id)))
+        reader.check_unknown()
+    return tuple(out)
+
+
+def _allow(source: str, items: object, known: frozenset[str]) -> tuple[AllowRule, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: allow: must be an array of tables")
+    rules: list[AllowRule] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: allow[{i}]: must be a table")
+        reader = _Reader(source, item, f"allow[{i}].")
+        name = reader.get("name", str, f"allow[{i}]")
+        senders = reader.strings("from", ())
+        recipients = reader.strings("to", ())
+        for key, values in (("from", senders), ("to", recipients)):
+            if not values:
+                raise reader.error(key, "must list at least one agency")
+            for value in values:
+                if value not in known:
+                    raise reader.error(key, f"names {value!r}, which is not in [[agencies]]")
+        rules.append(AllowRule(name, frozenset(senders), frozenset(recipients)))
+        reader.check_unknown()
+    return tuple(rules)
+
+
+def _limits(reader: _Reader) -> Limits:
+    d = Limits()
+    limits = Limits(
+        max_recipients=reader.positive("max_recipients", d.max_recipients),
+        max_target_areas=reader.positive("max_target_areas", d.max_target_areas),
+        max_incident_ids=reader.positive("max_incident_ids", d.max_incident_ids),
+        max_references=reader.positive("max_references", d.max_references),
+        max_items=reader.positive("max_items", d.max_items),
+        max_media=reader.positive("max_media", d.max_media),
+        max_text=reader.positive("max_text", d.max_text),
+        max_short=reader.positive("max_short", d.max_short),
+        max_future_skew=reader.seconds("max_future_skew_seconds", d.max_future_skew),
+        max_sent_age=reader.seconds("max_sent_age_seconds", d.max_sent_age),
+    )
+    reader.check_unknown()
+    return limits
+
+
+def parse(text: str, source: str, base: Path) -> HubConfig:
+    """Parse a hub config from TOML text; source names it in errors, base resolves relative paths."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    root = _Reader(source, data)
+    hub = root.sub("hub")
+    agencies = _agencies(source, data.get("agencies", []))
+    root.used.add("agencies")
+    allow = _allow(source, data.get("allow", []), frozenset(a.id for a in agencies))
+    root.used.add("allow")
+    d_grace, d_heartbeat = timedelta(seconds=10), timedelta(seconds=15)
+    cfg = HubConfig(
+        listen=hub.require("listen", str),
+        metrics_listen=hub.get("metrics_listen", str, ""),
+        max_envelope_bytes=hub.positive("max_envelope_bytes", 64 * 1024),
+        max_batch_envelopes=hub.positive("max_batch_envelopes", 1000),
+        max_request_bytes=hub.positive("max_request_bytes", 16 * 1024 * 1024),
+        grace=hub.seconds("grace_seconds", d_grace),
+        heartbeat=hub.seconds("heartbeat_seconds", d_heartbeat),
+        tls=_tls(root.sub("tls"), base),
+        nats=_nats(root.sub("nats"), base),
+        agencies=agencies,
+        allow=allow,
+        limits=_limits(root.sub("limits")),
+    )
+    hub.check_unknown()
+    root.check_unknown()
+    return cfg
+
+
+def load(path: Path) -> HubConfig:
+    """Read and check the hub config at path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse(text, str(path), path.parent)

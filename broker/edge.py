@@ -1,0 +1,372 @@
+"""The gRPC edge: HubService handlers, thin, turning calls into publisher and session work and errors into statuses.
+
+Every handler first resolves the calling agency from the client certificate. Refusals become
+a google.rpc.Status with ErrorInfo (reason from the catalogue) and, for INVALID_ARGUMENT, a
+BadRequest whose field paths start at the request ("envelope.sender.agency_id"). One caller's
+bad input ends only its own call, or only its own entry of a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any, NoReturn
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from opsroom.hub.v1 import hub_pb2
+
+from broker import ids
+from broker.config import HubConfig
+from broker.errors import ERROR_DOMAIN, OpsroomError, Reason, Refused, StoreUnavailable, Violation
+from broker.identity import IdentityResolver
+from broker.logging import get_logger
+from broker.metrics import UNREGISTERED, Metrics
+from broker.publishing import Accepted, Publisher
+from broker.sessions import DeliverySession, SessionRegistry
+from broker.transport.jetstream import JetStream
+
+log = get_logger(__name__)
+
+SERVICE = "opsroom.hub.v1.HubService"
+# Requests on one PublishStream read ahead of their answers; a faster sender waits.
+STREAM_READ_AHEAD = 64
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def status_of(err: OpsroomError, prefix: str) -> status_pb2.Status:
+    """The google.rpc.Status for err, with violation paths under prefix ("envelope", "envelopes[3]")."""
+    info = error_details_pb2.ErrorInfo(reason=err.reason.name, domain=ERROR_DOMAIN, metadata=dict(err.metadata))
+    details = [_pack(info)]
+    if err.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.under(prefix).field if prefix else v.field, description=v.description, reason=v.rule
+                )
+                for v in err.violations
+            ]
+        )
+        details.append(_pack(bad))
+    message = err.message
+    if err.violations and prefix:
+        first = err.violations[0].under(prefix)
+        more = f" (and {len(err.violations) - 1} more)" if len(err.violations) > 1 else ""
+        message = f"{first.field}: {first.description}{more}"
+    return status_pb2.Status(code=err.reason.code.value[0], message=message, details=details)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _identity(frame: bytes) -> bytes:
+    return frame
+
+
+class HubServicer:
+    """The HubService implementation, registered as a generic handler (Connect sends pre-serialized frames)."""
+
+    def __init__(
+        self,
+        cfg: HubConfig,
+        js: JetStream,
+        publisher: Publisher,
+        sessions: SessionRegistry,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        committer: Any,
+    ) -> None:
+        """Wire the handlers."""
+        self._cfg = cfg
+        self._js = js
+        self._publisher = publisher
+        self._sessions = sessions
+        self._metrics = metrics
+        self._clock = clock
+        self._committer = committer
+        self._identity = IdentityResolver()
+        self._registered = cfg.agency_ids
+        self.draining = False
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to the server."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Publish": grpc.unary_unary_rpc_method_handler(
+                    self.publish,
+                    request_deserializer=hub_pb2.PublishRequest.FromString,
+                    response_serializer=hub_pb2.PublishResponse.SerializeToString,
+                ),
+                "PublishStream": grpc.stream_stream_rpc_method_handler(
+                    self.publish_stream,
+                    request_deserializer=hub_pb2.PublishStreamRequest.FromString,
+                    response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
+                ),
+                "Connect": grpc.stream_stream_rpc_method_handler(
+                    self.connect,
+                    request_deserializer=hub_pb2.ConnectRequest.FromString,
+                    response_serializer=_identity,
+                ),
+                "GetReceipt": grpc.unary_unary_rpc_method_handler(
+                    self.get_receipt,
+                    request_deserializer=hub_pb2.GetReceiptRequest.FromString,
+                    response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
+                ),
+            },
+        )
+
+    # -- common --------------------------------------------------------------------------
+
+    def _agency(self, context: Context) -> str:
+        agency = self._identity.agency(context)
+        if agency not in self._registered:
+            raise Refused(Reason.AGENCY_NOT_REGISTERED, "the certificate's agency is not registered at this hub")
+        return agency
+
+    def _refused(self, agency: str, err: OpsroomError) -> None:
+        label = agency if agency in self._registered else UNREGISTERED
+        self._metrics.refusals.labels(label, err.reason.code.name, err.reason.name).inc()
+
+    async def _abort(self, context: Context, agency: str, err: OpsroomError, prefix: str = "") -> NoReturn:
+        self._refused(agency, err)
+        status = rpc_status.to_status(status_of(err, prefix))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _check_draining(self) -> None:
+        if self.draining:
+            raise StoreUnavailable("the hub is stopping; retry on another replica")
+
+    def _check_size(self, size: int) -> None:
+        if size > self._cfg.max_envelope_bytes:
+            raise Refused(
+                Reason.ENVELOPE_TOO_LARGE, f"the envelope is {size} bytes; the limit is {self._cfg.max_envelope_bytes}"
+            )
+
+    def _accepted(self, agency: str, accepted: Accepted, started: float) -> None:
+        outcome = "replayed" if accepted.acceptance.replayed else "accepted"
+        self._metrics.publishes.labels(agency, outcome).inc()
+        self._metrics.publish_to_ack.observe(time.perf_counter() - started)
+
+    # -- Publish ---------------------------------------------------------------------------
+
+    async def publish(self, request: hub_pb2.PublishRequest, context: Context) -> hub_pb2.PublishResponse:
+        """Publish one envelope."""
+        started = time.perf_counter()
+        agency = ""
+        try:
+            agency = self._agency(context)
+            self._check_draining()
+            self._check_size(request.envelope.ByteSize())
+            try:
+                accepted = await self._publisher.publish(request.envelope, agency)
+            except OpsroomError:
+                raise
+            except Exception as exc:
+                raise _internal(exc) from exc
+        except OpsroomError as err:
+            if agency in self._registered:
+                self._metrics.publishes.labels(agency, "refused").inc()
+            log.info(
+                "publish_refused",
+                sender_agency=agency,
+                distribution_id=_safe_id(request.envelope.distribution_id),
+                reason=err.reason.name,
+            )
+            await self._abort(context, agency, err, "envelope")
+        self._accepted(agency, accepted, started)
+        log.debug(
+            "envelope_accepted",
+            sender_agency=agency,
+            distribution_id=accepted.acceptance.distribution_id,
+            recipients=list(accepted.acceptance.recipients),
+            replayed=accepted.acceptance.replayed,
+        )
+        return hub_pb2.PublishResponse(acceptance=accepted.acceptance)
+
+    # -- PublishStream ---------------------------------------------------------------------
+
+    async def publish_stream(
+        self, requests: AsyncIterator[hub_pb2.PublishStreamRequest], context: Context
+    ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
+        """Publish batches; answers each request in order while later ones are being stored."""
+        try:
+            agency = self._agency(context)
+        except OpsroomError as err:
+            await self._abort(context, "", err)
+            return
+        # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
+        answers: asyncio.Queue[tuple[int, list[Any], float] | None] = asyncio.Queue()
+        read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
+        reader = asyncio.get_running_loop().create_task(self._read_batches(requests, agency, answers, read_ahead))
+        try:
+            while True:
+                item = await answers.get()
+                if item is None:
+                    break
+                request_id, pending, started = item
+                results = [await self._result(agency, p, started) for p in pending]
+                read_ahead.release()
+                yield hub_pb2.PublishStreamResponse(request_id=request_id, results=results)
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _read_batches(
+        self,
+        requests: AsyncIterator[hub_pb2.PublishStreamRequest],
+        agency: str,
+        answers: asyncio.Queue[tuple[int, list[Any], float] | None],
+        read_ahead: asyncio.Semaphore,
+    ) -> None:
+        try:
+            async for request in requests:
+                await read_ahead.acquire()
+                started = time.perf_counter()
+                pending: list[Any] = []
+                if len(request.envelopes) > self._cfg.max_batch_envelopes:
+                    err = Refused(
+                        Reason.BATCH_TOO_LARGE,
+                        f"{len(request.envelopes)} envelopes; at most {self._cfg.max_batch_envelopes} per request",
+                    )
+                    pending = [(i, err) for i in range(len(request.envelopes))]
+                else:
+                    for i, env in enumerate(request.envelopes):
+                        try:
+                            self._check_draining()
+                            self._check_size(env.ByteSize())
+                            pending.append((i, await self._publisher.begin(env, agency)))
+                        except OpsroomError as err:
+                            pending.append((i, err))
+                        except Exception as exc:
+                            pending.append((i, _internal(exc)))
+                answers.put_nowait((request.request_id, pending, started))
+        finally:
+            answers.put_nowait(None)
+
+    async def _result(self, agency: str, item: tuple[int, Any], started: float) -> hub_pb2.PublishResult:
+        index, pending = item
+        if isinstance(pending, OpsroomError):
+            err = pending
+        else:
+            try:
+                accepted: Accepted = await pending
+            except OpsroomError as exc:
+                err = exc
+            else:
+                self._accepted(agency, accepted, started)
+                return hub_pb2.PublishResult(acceptance=accepted.acceptance)
+        self._metrics.publishes.labels(agency, "refused").inc()
+        self._refused(agency, err)
+        return hub_pb2.PublishResult(error=status_of(err, f"envelopes[{index}]"))
+
+    # -- Connect ---------------------------------------------------------------------------
+
+    async def connect(self, _requests: AsyncIterator[hub_pb2.ConnectRequest], context: Context) -> None:
+        """A room's delivery session."""
+        agency = ""
+        try:
+            agency = self._agency(context)
+            self._check_draining()
+            first = await context.read()
+            if first is grpc.aio.EOF:
+                return
+            if first.WhichOneof("request") != "open":
+                raise Refused(Reason.SESSION_NOT_OPENED, "the first message on Connect must be open")
+            session = DeliverySession(
+                agency,
+                self._js,
+                self._committer,
+                self._metrics,
+                self._clock,
+                heartbeat=self._cfg.heartbeat.total_seconds(),
+                max_batch=first.open.max_batch,
+                window=first.open.window,
+            )
+            backlog = await session.open()
+        except OpsroomError as err:
+            await self._abort(context, agency, err)
+            return
+        self._sessions.register(session)
+        structlog.contextvars.bind_contextvars(agency=agency, session_id=session.session_id)
+        log.info("session_opened", backlog=backlog)
+        error: OpsroomError | None = None
+        try:
+            opened = hub_pb2.SessionOpened(agency_id=agency, session_id=session.session_id, backlog=backlog)
+            await context.write(hub_pb2.ConnectResponse(opened=opened).SerializeToString())
+            error = await self._run_session(session, context)
+        finally:
+            self._sessions.unregister(session)
+            await session.close()
+            log.info("session_closed", reason=error.reason.name if error else "client_closed")
+            structlog.contextvars.unbind_contextvars("agency", "session_id")
+        if error is not None:
+            await self._abort(context, agency, error)
+
+    async def _run_session(self, session: DeliverySession, context: Context) -> OpsroomError | None:
+        """Send frames and take acks until the client closes or the session must end."""
+
+        async def read_acks() -> None:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                if request.WhichOneof("request") == "ack":
+                    session.on_ack(request.ack.sequences)
+
+        async def write_frames() -> None:
+            while True:
+                await context.write(await session.next_frame())
+
+        reader = asyncio.ensure_future(read_acks())
+        writer = asyncio.ensure_future(write_frames())
+        recorder = asyncio.ensure_future(session.record_acks_forever())
+        try:
+            done, _ = await asyncio.wait({reader, writer, recorder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, writer, recorder):
+                task.cancel()
+            await asyncio.gather(reader, writer, recorder, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if isinstance(exc, OpsroomError):
+                return exc
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                raise exc
+        return None
+
+    # -- GetReceipt ------------------------------------------------------------------------
+
+    async def get_receipt(self, request: hub_pb2.GetReceiptRequest, context: Context) -> hub_pb2.GetReceiptResponse:
+        """The receipt of an envelope the caller sent."""
+        agency = ""
+        try:
+            agency = self._agency(context)
+            if not ids.is_uuid(request.distribution_id):
+                raise OpsroomError(
+                    Reason.INVALID_REQUEST,
+                    "distribution_id: must be a lowercase UUID",
+                    violations=[Violation("distribution_id", "format", "must be a lowercase UUID")],
+                )
+            receipt = await self._publisher.receipt(request.distribution_id, agency)
+        except OpsroomError as err:
+            await self._abort(context, agency, err)
+        return hub_pb2.GetReceiptResponse(receipt=receipt)
+
+
+def _safe_id(value: str) -> str:
+    """The distribution id if it is well formed (ids are not personal data), else a marker."""
+    return value if ids.is_uuid(value) else "<malformed>"
+
+
+def _internal(exc: Exception) -> OpsroomError:
+    log.error("internal_error", error_type=type(exc).__name__, exc_info=exc)
+    return OpsroomError(Reason.INTERNAL, f"internal error ({type(exc).__name__}); nothing was stored")

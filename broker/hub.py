@@ -1,0 +1,147 @@
+"""The hub process: wires config, JetStream, the committer, the publisher and the gRPC server, and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from broker import codelists
+from broker.committer import Committer
+from broker.config import HubConfig
+from broker.edge import SERVICE, HubServicer
+from broker.logging import get_logger
+from broker.metrics import Metrics
+from broker.publishing import Publisher
+from broker.routing import AllowListRouter, Router
+from broker.sessions import SessionRegistry
+from broker.transport.jetstream import JetStream
+from broker.validate import ValidationContext
+
+log = get_logger(__name__)
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+class Hub:
+    """One hub replica. start() it, then stop() it; or use it as an async context manager."""
+
+    def __init__(
+        self, cfg: HubConfig, *, clock: Callable[[], datetime] = utc_now, router: Router | None = None
+    ) -> None:
+        """A hub for cfg; the router defaults to the config's allow-list."""
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = Metrics()
+        self.router: Router = router or AllowListRouter(cfg.allow)
+        self.port = 0
+        self.metrics_port = 0
+        self._js: JetStream | None = None
+        self._committer: Committer | None = None
+        self._committer_task: asyncio.Task[None] | None = None
+        self._server: grpc.aio.Server | None = None
+        self._servicer: HubServicer | None = None
+        self._health = health.aio.HealthServicer()
+        self._sessions = SessionRegistry()
+
+    async def __aenter__(self) -> Hub:
+        """Start the hub."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        """Stop the hub."""
+        await self.stop()
+
+    @property
+    def js(self) -> JetStream:
+        """The JetStream connection (after start)."""
+        if self._js is None:
+            raise RuntimeError("the hub is not started")
+        return self._js
+
+    async def start(self) -> None:
+        """Connect to JetStream, check it, prepare the stream and serve gRPC."""
+        cfg = self.cfg
+        js = await JetStream.connect(cfg.nats)
+        self._js = js
+        if cfg.nats.require_sync_always:
+            await js.verify_sync_always()
+        else:
+            log.warning("sync_always_not_required", servers=list(cfg.nats.servers))
+        await js.ensure_stream()
+        committer = Committer(
+            js.commit,
+            self.metrics,
+            max_messages=cfg.nats.commit_max_messages,
+            max_bytes=cfg.nats.commit_max_bytes,
+        )
+        self._committer = committer
+        self._committer_task = asyncio.get_running_loop().create_task(committer.run(), name="committer")
+        registered = cfg.agency_ids
+        validation = ValidationContext(codelists.load(), registered.__contains__, cfg.limits)
+        publisher = Publisher(js, committer, self.router, validation, self.clock)
+        self._servicer = HubServicer(cfg, js, publisher, self._sessions, self.metrics, self.clock, committer)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_request_bytes),
+                ("grpc.max_send_message_length", cfg.max_request_bytes),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        server.add_generic_rpc_handlers([self._servicer.handler()])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        credentials = grpc.ssl_server_credentials(
+            [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
+            root_certificates=cfg.tls.ca_file.read_bytes(),
+            require_client_auth=True,
+        )
+        self.port = server.add_secure_port(cfg.listen, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        await server.start()
+        self._server = server
+        if cfg.metrics_listen:
+            self.metrics_port = self.metrics.serve(cfg.metrics_listen)
+        for service in ("", SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("hub_started", listen=cfg.listen, stream=cfg.nats.stream, count=len(registered))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close."""
+        grace = self.cfg.grace.total_seconds() if grace is None else grace
+        log.info("hub_draining")
+        self.metrics.draining.set(1)
+        if self._servicer is not None:
+            self._servicer.draining = True
+        await self._health.enter_graceful_shutdown()
+        self._sessions.end_all()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self._committer is not None and self._committer_task is not None:
+            self._committer.close()
+            try:
+                await asyncio.wait_for(self._committer_task, timeout=grace + 5)
+            except TimeoutError:
+                log.error("committer_did_not_drain")
+            self._committer_task = None
+        if self._js is not None:
+            await self._js.close()
+            self._js = None
+        self.metrics.close()
+        log.info("hub_stopped")
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,62 @@
+"""The calling agency, read from the verified client certificate of the mTLS connection; never from a message."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import grpc
+from cryptography import x509
+
+from broker import ids
+from broker.certs import AGENCY_URI_PREFIX
+from broker.errors import Reason, Unauthenticated
+
+
+def agency_from_certificate(pem: bytes) -> str | None:
+    """The agency id in the certificate's `urn:opsroom:agency:` URI SAN; None if absent, repeated or malformed."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    found = [
+        uri.removeprefix(AGENCY_URI_PREFIX)
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(AGENCY_URI_PREFIX)
+    ]
+    if len(found) != 1 or not ids.is_agency_id(found[0]):
+        return None
+    return found[0]
+
+
+class IdentityResolver:
+    """Maps a call's peer certificate to its agency id, caching the parse per certificate."""
+
+    def __init__(self, cache_size: int = 1024) -> None:
+        """An empty cache of at most cache_size certificates."""
+        self._cache: OrderedDict[bytes, str | None] = OrderedDict()
+        self._size = cache_size
+
+    def agency(self, context: grpc.aio.ServicerContext[object, object]) -> str:
+        """The agency of the call; raises Unauthenticated if the certificate names none."""
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert") or []
+        if not pems:
+            raise Unauthenticated(
+                Reason.CERTIFICATE_WITHOUT_AGENCY, "no client certificate: connect with the agency's certificate"
+            )
+        pem = pems[0]
+        if pem in self._cache:
+            self._cache.move_to_end(pem)
+            agency = self._cache[pem]
+        else:
+            agency = agency_from_certificate(pem)
+            self._cache[pem] = agency
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        if agency is None:
+            raise Unauthenticated(
+                Reason.CERTIFICATE_WITHOUT_AGENCY,
+                f"the client certificate has no single {AGENCY_URI_PREFIX}<agency id> URI",
+            )
+        return agency

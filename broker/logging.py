@@ -1,0 +1,90 @@
+"""structlog setup for the hub: JSON events with stable keys, and an allow-list that keeps personal data out.
+
+Only the keys in ALLOWED_KEYS reach the output; any other key is dropped and its name listed in
+`dropped_keys`, so a careless `log.info(..., caller=name)` leaks nothing. Values under allowed
+keys are ids, codes, counts and durations by construction of the call sites.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+ALLOWED_KEYS = frozenset(
+    {
+        "event",
+        "level",
+        "timestamp",
+        "agency",
+        "attempt",
+        "backlog",
+        "batch_size",
+        "code",
+        "consumer",
+        "count",
+        "distribution_id",
+        "dropped_keys",
+        "duration_ms",
+        "error",
+        "error_type",
+        "field",
+        "fields",
+        "kind",
+        "listen",
+        "messages",
+        "outcome",
+        "path",
+        "pid",
+        "reason",
+        "recipient_agency",
+        "recipients",
+        "replayed",
+        "rule",
+        "sender_agency",
+        "sequence",
+        "servers",
+        "session_id",
+        "status",
+        "stream",
+        "url",
+        "version",
+    }
+)
+
+
+def drop_unlisted_keys(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: remove keys not in ALLOWED_KEYS, naming them in dropped_keys."""
+    dropped = [key for key in event_dict if key not in ALLOWED_KEYS]
+    for key in dropped:
+        del event_dict[key]
+    if dropped:
+        event_dict["dropped_keys"] = sorted(dropped)
+    return event_dict
+
+
+def configure(*, json: bool = True, level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Configure structlog for the process: JSON lines (or console lines for the demo) on stderr."""
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            drop_unlisted_keys,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger for a module."""
+    return structlog.get_logger(name)

@@ -1,0 +1,116 @@
+"""Every Prometheus metric of the hub, in one registry per hub, and the /metrics HTTP endpoint.
+
+Labels are bounded: agency ids come from the hub config (or "unregistered"), codes and reasons
+from the error catalogue. No label ever holds message content.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+UNREGISTERED = "unregistered"
+
+# Latency buckets from 0.5 ms to 30 s: an operator notices anything above a second.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+
+
+class Metrics:
+    """The hub's metrics; one instance per hub process (tests run several hubs in one process)."""
+
+    def __init__(self) -> None:
+        """Create the metrics in a fresh registry."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.publishes = Counter(
+            "opsroom_publishes",
+            "Envelopes received for publishing, by sending agency and outcome (accepted, replayed, refused).",
+            ["agency", "outcome"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "opsroom_refusals",
+            "Refused requests, by calling agency, gRPC code and reason from the error catalogue.",
+            ["agency", "code", "reason"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "opsroom_deliveries", "Deliveries sent to a room's session, by recipient agency.", ["agency"], registry=r
+        )
+        self.acks = Counter(
+            "opsroom_acks",
+            "Deliveries acknowledged by a room's client (technical acknowledgement), by recipient agency.",
+            ["agency"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "opsroom_business_responses",
+            "Operator answers to requests and hand-overs, by answering agency and outcome.",
+            ["agency", "outcome"],
+            registry=r,
+        )
+        self.publish_to_ack = Histogram(
+            "opsroom_publish_to_ack_seconds",
+            "Time from receiving a publish to answering it, stored on disk for every recipient.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_to_delivery = Histogram(
+            "opsroom_publish_to_delivery_seconds",
+            "Time from storing an envelope to sending it on the recipient's session (first attempt).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "opsroom_commit_seconds",
+            "Duration of one atomic batch commit to JetStream (one fsync with sync_interval: always).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_messages = Histogram(
+            "opsroom_commit_messages",
+            "JetStream messages per atomic batch commit: deliveries, acceptance and receipt records.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "opsroom_commit_failures",
+            "Atomic batch commits that JetStream refused or did not confirm, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.sessions = Gauge(
+            "opsroom_sessions", "Open delivery sessions, by agency.", ["agency"], registry=r
+        )
+        self.backlog = Gauge(
+            "opsroom_backlog",
+            "Deliveries waiting for an agency, as JetStream reported on the last delivery.",
+            ["agency"],
+            registry=r,
+        )
+        self.draining = Gauge("opsroom_draining", "1 while the hub drains before stopping.", registry=r)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, listen: str) -> int:
+        """Serve /metrics on host:port (port 0 picks a free one); returns the port."""
+        host, _, port = listen.rpartition(":")
+        server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        self._server, self._thread = server, thread
+        return int(server.server_port)
+
+    def close(self) -> None:
+        """Stop the /metrics endpoint."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

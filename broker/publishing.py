@@ -1,0 +1,298 @@
+"""The publish path: identity check, validation, routing, and the atomic write of an envelope's deliveries and first answer.
+
+An envelope is acknowledged only after JetStream confirmed, in one atomic batch on a server
+running with sync_interval: always, one delivery message per recipient and the acceptance
+record that makes its distribution id permanent. A retry finds that record and gets the first
+answer back; a different envelope under the same id is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
+from opsroom.hub.v1 import hub_pb2
+from opsroom.store.v1 import store_pb2
+
+from broker import receipts
+from broker.committer import Committer, GroupResult, Outcome
+from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
+from broker.layout import DISTRIBUTION_HEADER, Layout
+from broker.routing import REPLY_KINDS, Decision, Referenced, Router, RoutingContext
+from broker.transport.jetstream import JetStream, OutMsg
+from broker.validate import ValidationContext, validate_envelope
+
+# Which request payload each response payload answers.
+_ANSWERS = {"assistance_response": "assistance_request", "handover_response": "handover_request"}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The acceptance and what the hub needs to report on it."""
+
+    acceptance: hub_pb2.Acceptance
+    decision: Decision | None
+
+
+class Publisher:
+    """Turns envelopes into stored deliveries; shared by every gRPC call of the hub."""
+
+    def __init__(
+        self,
+        js: JetStream,
+        committer: Committer,
+        router: Router,
+        validation: ValidationContext,
+        clock: Callable[[], datetime],
+    ) -> None:
+        """Wire the publish path."""
+        self._js = js
+        self._layout: Layout = js.layout
+        self._committer = committer
+        self._router = router
+        self._validation = validation
+        self._clock = clock
+        self._inflight: dict[str, tuple[bytes, asyncio.Future[Accepted]]] = {}
+        self._lookups: set[asyncio.Task[None]] = set()
+
+    def check(self, env: envelope_pb2.Envelope, agency_id: str) -> None:
+        """Identity and field checks that need no I/O; raises NotPermitted or InvalidEnvelope."""
+        if env.HasField("sender") and env.sender.agency_id and env.sender.agency_id != agency_id:
+            raise NotPermitted(
+                Reason.SENDER_MISMATCH,
+                "sender.agency_id must be the agency of the client certificate",
+                {"certificate_agency": agency_id},
+            )
+        violations = validate_envelope(env, self._validation, self._clock())
+        if violations:
+            raise InvalidEnvelope(violations)
+
+    async def publish(self, env: envelope_pb2.Envelope, agency_id: str) -> Accepted:
+        """Check, route and store env for agency_id; returns the (possibly replayed) acceptance."""
+        return await (await self.begin(env, agency_id))
+
+    async def begin(self, env: envelope_pb2.Envelope, agency_id: str) -> asyncio.Future[Accepted]:
+        """Check and route env, and queue its write; returns the future acceptance.
+
+        Raises the refusal at once when the envelope is refused before any write. Envelopes
+        queued one after the other by one caller are stored in that order.
+        """
+        self.check(env, agency_id)
+        data = env.SerializeToString()
+        digest = hashlib.sha256(data).digest()
+        dist = env.distribution_id
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Accepted] = loop.create_future()
+        running = self._inflight.get(dist)
+        if running is not None:
+            first_digest, first = running
+            first.add_done_callback(lambda f: _chain_replay(f, result, first_digest, digest))
+            return result
+        self._inflight[dist] = (digest, result)
+        result.add_done_callback(lambda f: self._forget(dist, f))
+        try:
+            group, acceptance, decision = await self._queue_write(env, agency_id, data, digest)
+        except BaseException as exc:
+            _settle(result, exc)
+            raise
+        group.add_done_callback(lambda g: self._on_stored(g, result, acceptance, decision, digest))
+        return result
+
+    def _forget(self, dist: str, result: asyncio.Future[Accepted]) -> None:
+        """Drop the in-flight entry; mark an error retrieved (the caller may have gone away)."""
+        if self._inflight.get(dist, (b"", None))[1] is result:
+            del self._inflight[dist]
+        if not result.cancelled():
+            result.exception()
+
+    def _on_stored(
+        self,
+        group: asyncio.Future[GroupResult],
+        result: asyncio.Future[Accepted],
+        acceptance: hub_pb2.Acceptance,
+        decision: Decision,
+        digest: bytes,
+    ) -> None:
+        if result.done():
+            return
+        if group.cancelled():
+            result.set_exception(StoreUnavailable("the write was interrupted; retry"))
+            return
+        exc = group.exception()
+        if exc is not None:
+            result.set_exception(exc)
+        elif group.result().outcome is Outcome.STORED:
+            result.set_result(Accepted(acceptance, decision))
+        else:
+            task = asyncio.get_running_loop().create_task(self._resolve_duplicate(result, acceptance, digest))
+            self._lookups.add(task)
+            task.add_done_callback(self._lookups.discard)
+
+    async def _resolve_duplicate(
+        self, result: asyncio.Future[Accepted], acceptance: hub_pb2.Acceptance, digest: bytes
+    ) -> None:
+        try:
+            first = await self._first_answer(acceptance.distribution_id, digest)
+        except Exception as exc:
+            _settle(result, exc)
+        else:
+            if not result.done():
+                result.set_result(Accepted(first, None))
+
+    async def _queue_write(
+        self, env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes
+    ) -> tuple[asyncio.Future[GroupResult], hub_pb2.Acceptance, Decision]:
+        referenced = await self._referenced(env)
+        decision = self._router.route(env, RoutingContext(agency_id, referenced))
+        if decision.refusals:
+            fields = ", ".join(f"envelope.{r.field} ({r.agency_id})" for r in decision.refusals)
+            raise NotPermitted(
+                Reason.RECIPIENT_NOT_ALLOWED,
+                f"no agreement allows this sender to reach: {fields}",
+                {"recipients": ",".join(r.agency_id for r in decision.refusals)},
+            )
+        if not decision.routes:
+            raise Refused(Reason.NO_RECIPIENTS, "no recipient: name recipients an allow rule permits")
+        extra = self._response_record(env, agency_id, referenced)
+        dist = env.distribution_id
+        now = self._clock()
+        acceptance = hub_pb2.Acceptance(
+            distribution_id=dist, accepted_at=receipts.timestamp(now), recipients=decision.recipients
+        )
+        record = store_pb2.AcceptedRecord(
+            acceptance=acceptance,
+            sender_agency_id=agency_id,
+            kind=env.kind,
+            status=env.status,
+            envelope_sha256=digest,
+            incident_ids=env.incident_ids,
+            payload=env.WhichOneof("payload") or "",
+        )
+        layout = self._layout
+        messages = [
+            OutMsg(
+                layout.delivery_subject(recipient),
+                data,
+                {"Nats-Msg-Id": layout.delivery_msg_id(dist, recipient), DISTRIBUTION_HEADER: dist},
+            )
+            for recipient in decision.recipients
+        ]
+        if extra is not None:
+            messages.append(extra)
+        messages.append(
+            OutMsg(
+                layout.acceptance_subject(dist),
+                record.SerializeToString(),
+                # The id never stored before: permanent dedup, beyond the duplicate window.
+                {"Nats-Msg-Id": dist, "Nats-Expected-Last-Subject-Sequence": "0"},
+            )
+        )
+        group = await self._committer.enqueue(messages)
+        return group, acceptance, decision
+
+    async def _first_answer(self, dist: str, digest: bytes) -> hub_pb2.Acceptance:
+        stored = await self._js.last_by_subject(self._layout.acceptance_subject(dist))
+        if stored is None:
+            raise StoreUnavailable("the envelope was stored but its acceptance record is not readable yet; retry")
+        record = store_pb2.AcceptedRecord.FromString(stored.data)
+        return _replayed(record.acceptance, record.envelope_sha256, digest)
+
+    async def _referenced(self, env: envelope_pb2.Envelope) -> dict[str, Referenced]:
+        """Acceptance records of the messages a reply refers to (empty for other kinds)."""
+        if env.kind not in REPLY_KINDS or not env.references:
+            return {}
+        wanted = list(dict.fromkeys(ref.distribution_id for ref in env.references))
+        found = await asyncio.gather(
+            *(self._js.last_by_subject(self._layout.acceptance_subject(d)) for d in wanted)
+        )
+        out: dict[str, Referenced] = {}
+        for dist, stored in zip(wanted, found, strict=True):
+            if stored is not None:
+                record = store_pb2.AcceptedRecord.FromString(stored.data)
+                out[dist] = Referenced(
+                    record.sender_agency_id, frozenset(record.acceptance.recipients), record.payload
+                )
+        return out
+
+    def _response_record(
+        self, env: envelope_pb2.Envelope, agency_id: str, referenced: dict[str, Referenced]
+    ) -> OutMsg | None:
+        """For a RESPONSE, the business acknowledgement of the request it answers."""
+        if env.kind != common_pb2.KIND_RESPONSE:
+            return None
+        payload = env.WhichOneof("payload") or ""
+        request_id = env.references[0].distribution_id
+        request = referenced.get(request_id)
+        if request is None:
+            raise Refused(Reason.REFERENCE_NOT_FOUND, "references[0] names no message the hub accepted")
+        if agency_id not in request.recipients:
+            raise NotPermitted(Reason.NOT_A_RECIPIENT, "references[0] names a message not sent to this agency")
+        if _ANSWERS.get(payload) != request.payload:
+            raise Refused(
+                Reason.RESPONSE_MISMATCH, f"{payload} does not answer the {request.payload or 'message'} in references[0]"
+            )
+        answer = env.assistance_response if payload == "assistance_response" else env.handover_response
+        response = hub_pb2.BusinessResponse(
+            outcome=answer.outcome,
+            cause=answer.cause,
+            response_distribution_id=env.distribution_id,
+            responded_at=answer.responded_at,
+        )
+        return receipts.response_message(self._layout, request_id, agency_id, response)
+
+    async def receipt(self, distribution_id: str, agency_id: str) -> hub_pb2.Receipt:
+        """The receipt of an envelope agency_id sent."""
+        stored = await self._js.last_by_subject(self._layout.acceptance_subject(distribution_id))
+        if stored is None:
+            raise Refused(Reason.RECEIPT_NOT_FOUND, "the hub accepted no envelope with this distribution id")
+        record = store_pb2.AcceptedRecord.FromString(stored.data)
+        if record.sender_agency_id != agency_id:
+            raise NotPermitted(Reason.RECEIPT_NOT_YOURS, "only the sending agency may read a receipt")
+        records = await self._js.last_per_subject(self._layout.receipts_filter(distribution_id))
+        return receipts.build_receipt(self._layout, record, records)
+
+
+def _settle(result: asyncio.Future[Accepted], exc: BaseException) -> None:
+    if not result.done():
+        result.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable("interrupted; retry"))
+
+
+def _chain_replay(
+    first: asyncio.Future[Accepted], result: asyncio.Future[Accepted], first_digest: bytes, digest: bytes
+) -> None:
+    """Resolve a retry that arrived while the first attempt was still being stored."""
+    if result.done():
+        return
+    if first.cancelled():
+        result.set_exception(StoreUnavailable("the first attempt was interrupted; retry"))
+        return
+    exc = first.exception()
+    if exc is not None:
+        result.set_exception(exc)
+        return
+    try:
+        result.set_result(Accepted(_replayed(first.result().acceptance, first_digest, digest), None))
+    except OpsroomError as refusal:
+        result.set_exception(refusal)
+
+
+def _replayed(first: hub_pb2.Acceptance, first_digest: bytes, digest: bytes) -> hub_pb2.Acceptance:
+    if first_digest != digest:
+        raise Refused(
+            Reason.DISTRIBUTION_ID_REUSED,
+            "this distribution id was accepted with different content: use a new id for a new envelope",
+        )
+    replay = hub_pb2.Acceptance()
+    replay.CopyFrom(first)
+    replay.replayed = True
+    return replay
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True for errors that are the caller's to fix (not the store's)."""
+    return isinstance(exc, OpsroomError) and exc.reason not in (Reason.STORE_UNAVAILABLE, Reason.SHUTTING_DOWN)

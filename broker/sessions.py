@@ -1,0 +1,235 @@
+"""Delivery sessions: one per connected room, pulling its durable consumer, forwarding stored envelopes, recording acknowledgements.
+
+A session starts by resetting the agency's consumer to its ack floor, so the room gets every
+delivery it has not acknowledged, in order, then live traffic. Deliveries leave in batches
+without being decoded. The room's acknowledgements are recorded as receipts (one atomic batch
+for whatever arrived meanwhile) before the consumer is acknowledged up to the highest
+sequence below which everything is acknowledged. At most `window` deliveries are unacknowledged
+at any time: that bounds the hub's memory per room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from opsroom.hub.v1 import hub_pb2
+from opsroom.store.v1 import store_pb2
+
+from broker import receipts
+from broker.committer import Committer
+from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
+from broker.logging import get_logger
+from broker.metrics import Metrics
+from broker.transport.jetstream import ConsumerGone, JetStream, Pulled
+
+log = get_logger(__name__)
+
+DEFAULT_MAX_BATCH = 64
+DEFAULT_WINDOW = 1024
+MAX_BATCH = 1000
+MAX_WINDOW = 10_000
+
+
+class _Superseded(Exception):  # noqa: N818 - a signal in the session's queue
+    """The session must end: a newer session of the same agency took over, or the hub is stopping."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(reason.name)
+        self.reason = reason
+
+
+class DeliverySession:
+    """One room's delivery session on this hub."""
+
+    def __init__(
+        self,
+        agency_id: str,
+        js: JetStream,
+        committer: Committer,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        heartbeat: float,
+        max_batch: int = 0,
+        window: int = 0,
+    ) -> None:
+        """A session for agency_id; max_batch and window of 0 take the defaults."""
+        self.agency_id = agency_id
+        self.session_id = uuid.uuid4().hex[:16]
+        self._js = js
+        self._committer = committer
+        self._metrics = metrics
+        self._clock = clock
+        self._heartbeat = heartbeat
+        self.max_batch = min(max_batch or DEFAULT_MAX_BATCH, MAX_BATCH)
+        self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
+        self._puller = js.puller(agency_id)
+        self._unacked: dict[int, Pulled] = {}
+        self._acked: set[int] = set()
+        self._to_record: list[int] = []
+        self._ack_event = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def open(self) -> int:
+        """Prepare the consumer and start pulling; returns the backlog waiting for the room."""
+        await self._js.ensure_consumer(self.agency_id)
+        backlog = await self._js.reset_consumer(self.agency_id)
+        await self._puller.start()
+        self._metrics.sessions.labels(self.agency_id).inc()
+        self._metrics.backlog.labels(self.agency_id).set(backlog)
+        return backlog
+
+    def supersede(self, reason: Reason = Reason.SESSION_SUPERSEDED) -> None:
+        """End this session: a newer one of the same agency started, or the hub is stopping."""
+        self._puller.queue.put_nowait(_Superseded(reason))
+
+    async def close(self) -> None:
+        """Record acknowledgements already received, then stop pulling."""
+        try:
+            await asyncio.wait_for(self._record_acks(), timeout=5)
+        except (TimeoutError, OpsroomError):
+            log.warning("session_acks_unrecorded", agency=self.agency_id, count=len(self._to_record))
+        await self._puller.stop()
+        self._metrics.sessions.labels(self.agency_id).dec()
+
+    # -- outbound ------------------------------------------------------------------------
+
+    async def _top_up(self) -> None:
+        if self._puller.stalled():
+            log.warning("pull_stalled", agency=self.agency_id, session_id=self.session_id)
+            self._puller.forget_outstanding()
+        room = self.window - len(self._unacked) - self._puller.outstanding - self._puller.queue.qsize()
+        threshold = max(1, min(self.max_batch, self.window // 4))
+        if room >= threshold or (room > 0 and self._puller.outstanding == 0):
+            await self._puller.request(room)
+
+    async def next_frame(self) -> bytes:
+        """The next ConnectResponse to send, serialized: a batch of deliveries or a heartbeat."""
+        await self._top_up()
+        queue = self._puller.queue
+        try:
+            first = await asyncio.wait_for(queue.get(), timeout=self._heartbeat)
+        except TimeoutError:
+            beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=receipts.timestamp(self._clock())))
+            return beat.SerializeToString()
+        items = [first]
+        while len(items) < self.max_batch and not queue.empty():
+            items.append(queue.get_nowait())
+        return self._frame(items)
+
+    def _frame(self, items: Iterable[Pulled | BaseException]) -> bytes:
+        frame = store_pb2.RawConnectResponse()
+        batch = frame.deliveries
+        now_ns = time.time_ns()
+        backlog = 0
+        first_attempts = 0
+        for item in items:
+            if isinstance(item, _Superseded):
+                if item.reason is Reason.SESSION_SUPERSEDED:
+                    raise Refused(item.reason, "a newer session of this agency replaced this one")
+                raise Refused(item.reason, "the hub is stopping; reconnect")
+            if isinstance(item, ConsumerGone):
+                raise StoreUnavailable(f"the delivery consumer went away ({item}); reconnect")
+            if isinstance(item, BaseException):
+                raise item
+            self._unacked[item.stream_seq] = item
+            stored_at = Timestamp(seconds=item.time_ns // 1_000_000_000, nanos=item.time_ns % 1_000_000_000)
+            batch.deliveries.add(
+                sequence=item.stream_seq, envelope=item.data, stored_at=stored_at, attempt=item.delivered
+            )
+            if item.delivered == 1:
+                first_attempts += 1
+                self._metrics.publish_to_delivery.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
+            backlog = item.pending
+        batch.backlog = backlog
+        count = len(batch.deliveries)
+        self._metrics.deliveries.labels(self.agency_id).inc(count)
+        self._metrics.backlog.labels(self.agency_id).set(backlog)
+        return frame.SerializeToString()
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def on_ack(self, sequences: Iterable[int]) -> None:
+        """The room's client acknowledged these sequences; unknown or repeated ones are ignored."""
+        for seq in sequences:
+            if seq in self._unacked and seq not in self._acked:
+                self._acked.add(seq)
+                self._to_record.append(seq)
+        if self._to_record:
+            self._ack_event.set()
+
+    async def record_acks_forever(self) -> None:
+        """Record acknowledgements as they come, in batches; runs for the life of the session."""
+        while True:
+            await self._ack_event.wait()
+            self._ack_event.clear()
+            try:
+                await self._record_acks()
+            except OpsroomError as exc:
+                log.warning("ack_record_failed", agency=self.agency_id, reason=exc.reason.name)
+                await asyncio.sleep(1)
+                self._ack_event.set()
+
+    async def _record_acks(self) -> None:
+        if not self._to_record:
+            return
+        seqs, self._to_record = self._to_record, []
+        now = self._clock()
+        layout = self._js.layout
+        try:
+            await asyncio.gather(
+                *(
+                    self._committer.submit(
+                        [receipts.delivered_message(layout, self._unacked[s].distribution_id, self.agency_id, s, now)]
+                    )
+                    for s in seqs
+                )
+            )
+        except BaseException:
+            self._to_record = seqs + self._to_record
+            raise
+        self._metrics.acks.labels(self.agency_id).inc(len(seqs))
+        highest: Pulled | None = None
+        for seq in list(self._unacked):
+            if seq not in self._acked:
+                break
+            highest = self._unacked.pop(seq)
+            self._acked.discard(seq)
+        if highest is not None:
+            await self._js.ack(highest.reply)
+
+
+class SessionRegistry:
+    """The open sessions of this hub, one per agency: a new session supersedes the old."""
+
+    def __init__(self) -> None:
+        """No sessions."""
+        self._by_agency: dict[str, DeliverySession] = {}
+
+    def register(self, session: DeliverySession) -> None:
+        """Make session the agency's current one, ending the previous."""
+        old = self._by_agency.get(session.agency_id)
+        if old is not None:
+            log.info("session_superseded", agency=session.agency_id, session_id=old.session_id)
+            old.supersede()
+        self._by_agency[session.agency_id] = session
+
+    def unregister(self, session: DeliverySession) -> None:
+        """Forget session if it is still the agency's current one."""
+        if self._by_agency.get(session.agency_id) is session:
+            del self._by_agency[session.agency_id]
+
+    def connected(self) -> frozenset[str]:
+        """Agencies with an open session."""
+        return frozenset(self._by_agency)
+
+    def end_all(self) -> None:
+        """End every session because the hub is stopping."""
+        for session in self._by_agency.values():
+            session.supersede(Reason.SHUTTING_DOWN)

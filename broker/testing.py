@@ -1,0 +1,91 @@
+"""Helpers to run a real hub on loopback for the demo, the tests and the benchmark: dev PKI, config, nats-server, hub.
+
+    async with local_hub(tmp_path, agencies, allow) as env:
+        client = env.client("it.pl.001272")
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from broker.certs import DevPki, make_dev_pki
+from broker.client import Credentials, HubClient, RetryPolicy
+from broker.config import Agency, HubConfig, NatsConfig, TlsConfig
+from broker.embedded import NatsServer
+from broker.hub import Hub
+from broker.routing import AllowRule
+
+
+def dev_config(
+    pki: DevPki,
+    nats: NatsServer,
+    agencies: Mapping[str, str],
+    allow: Iterable[AllowRule],
+    *,
+    listen: str = "127.0.0.1:0",
+    metrics_listen: str = "",
+) -> HubConfig:
+    """A hub config for a local nats-server and a dev PKI."""
+    return HubConfig(
+        listen=listen,
+        metrics_listen=metrics_listen,
+        tls=TlsConfig(pki.ca, pki.hub.cert, pki.hub.key),
+        nats=NatsConfig(servers=(nats.url,), monitor_urls=(nats.monitor_url,)),
+        agencies=tuple(Agency(agency_id, name) for agency_id, name in agencies.items()),
+        allow=tuple(allow),
+    )
+
+
+def credentials(pki: DevPki, agency_id: str) -> Credentials:
+    """The dev credentials of an agency."""
+    pair = pki.agency(agency_id)
+    return Credentials.from_files(pki.ca, pair.cert, pair.key)
+
+
+@dataclass
+class LocalHub:
+    """A running nats-server and hub, with the PKI to make clients."""
+
+    pki: DevPki
+    nats: NatsServer
+    hub: Hub
+
+    @property
+    def target(self) -> str:
+        """The hub's gRPC address."""
+        return f"127.0.0.1:{self.hub.port}"
+
+    def client(self, agency_id: str, retry: RetryPolicy | None = None) -> HubClient:
+        """A client authenticated as agency_id."""
+        return HubClient(self.target, credentials(self.pki, agency_id), server_name="localhost", retry=retry)
+
+
+@contextlib.asynccontextmanager
+async def local_hub(
+    root: Path,
+    agencies: Mapping[str, str],
+    allow: Iterable[AllowRule],
+    *,
+    extra_certs: Iterable[str] = (),
+    metrics_listen: str = "",
+    nats_config: NatsConfig | None = None,
+) -> AsyncIterator[LocalHub]:
+    """Start nats-server and a hub under root; stop both (by PID for the server) on exit."""
+    pki = make_dev_pki(root / "pki", [*agencies, *extra_certs])
+    nats = NatsServer(root / "nats")
+    nats.start()
+    try:
+        cfg = dev_config(pki, nats, agencies, allow, metrics_listen=metrics_listen)
+        if nats_config is not None:
+            cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
+        hub = Hub(cfg)
+        await hub.start()
+        try:
+            yield LocalHub(pki, nats, hub)
+        finally:
+            await hub.stop(grace=2)
+    finally:
+        nats.stop()

@@ -1,0 +1,1 @@
+"""The hub's JetStream transport: the only package that imports nats."""

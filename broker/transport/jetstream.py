@@ -1,0 +1,475 @@
+"""JetStream access for the hub: the stream, atomic batch commits, direct reads, and per-agency pull consumers.
+
+Everything here speaks the JetStream JSON API directly over a nats-py connection, so that the
+hub uses the server features it relies on (atomic batches, nats-server 2.12; consumer reset,
+2.14) without waiting for client support. nats errors become broker.errors exceptions here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+
+from broker.config import NatsConfig
+from broker.errors import StoreFull, StoreUnavailable
+from broker.layout import DISTRIBUTION_HEADER, Layout
+from broker.logging import get_logger
+
+log = get_logger(__name__)
+
+_NS = 1_000_000_000
+# JetStream error codes the hub acts on (nats-server errors.json).
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_BATCH_DUPLICATE_MSG_ID = 10201
+ERR_STREAM_NOT_FOUND = 10059
+ERR_CONSUMER_NOT_FOUND = 10014
+ERR_STREAM_NAME_IN_USE = 10058
+ERR_CONSUMER_EXISTS = 10148
+ERR_CONSUMER_EXISTS_OLD = 10013
+_FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, max bytes, max msgs
+
+
+@dataclass(frozen=True, slots=True)
+class OutMsg:
+    """A message to write: subject, payload and JetStream headers (message id, expectations)."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAck:
+    """JetStream's answer to a committed batch: the sequence of its last message and the count."""
+
+    seq: int
+    count: int
+
+
+class DuplicateInBatch(Exception):  # noqa: N818 - an outcome, not a failure
+    """The batch repeats a message id or an expected-absent subject: some of it was stored before."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMsg:
+    """A message read back from the stream."""
+
+    subject: str
+    seq: int
+    data: bytes
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    """A message delivered by a pull consumer, with the metadata of its ack subject."""
+
+    stream_seq: int
+    delivered: int
+    time_ns: int
+    pending: int
+    reply: str
+    distribution_id: str
+    data: bytes
+
+
+class ConsumerGone(Exception):  # noqa: N818 - a state, reported to the session
+    """The consumer was deleted or lost its leader: the session must end and the client reconnect."""
+
+
+def _api_error(reply: dict[str, Any]) -> tuple[int, str] | None:
+    err = reply.get("error")
+    if not err:
+        return None
+    return int(err.get("err_code", 0)), str(err.get("description", ""))
+
+
+def _parse_ack_subject(reply: str) -> tuple[int, int, int, int]:
+    """(delivered, stream seq, time ns, pending) from a $JS.ACK subject, old (9 tokens) or new (12) form."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        base = 4
+    elif len(tokens) >= 11:  # $JS.ACK.<domain>.<acc hash>.<stream>.<consumer>.<delivered>...
+        base = 6
+    else:
+        raise ValueError("not a JetStream ack subject")
+    return int(tokens[base]), int(tokens[base + 1]), int(tokens[base + 3]), int(tokens[base + 4])
+
+
+def check_sync_always(monitor_url: str, timeout: float = 5.0) -> bool:
+    """True if the nats-server behind monitor_url runs JetStream with sync_interval: always (reads /varz)."""
+    url = monitor_url.rstrip("/") + "/varz"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) monitoring URL: {monitor_url}")
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - scheme checked above
+        varz = json.load(response)
+    return bool(varz.get("jetstream", {}).get("config", {}).get("sync_always"))
+
+
+class JetStream:
+    """The hub's connection to JetStream and its one stream."""
+
+    def __init__(self, cfg: NatsConfig, nc: Client) -> None:
+        """Use an open connection; see connect()."""
+        self.cfg = cfg
+        self.nc = nc
+        self.layout = Layout(cfg.subject_prefix)
+        self._api = "$JS.API"
+
+    @classmethod
+    async def connect(cls, cfg: NatsConfig, name: str = "opsroom-hub") -> JetStream:
+        """Connect to the configured servers (reconnecting forever afterwards)."""
+        tls: ssl.SSLContext | None = None
+        if cfg.tls is not None:
+            tls = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
+            tls.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+        try:
+            nc = await nats.connect(
+                servers=list(cfg.servers),
+                name=name,
+                tls=tls,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                allow_reconnect=True,
+                pending_size=64 * 1024 * 1024,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnected,
+                reconnected_cb=_on_reconnected,
+            )
+        except (OSError, NatsError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot connect to NATS at {', '.join(cfg.servers)}: {exc}") from exc
+        return cls(cfg, nc)
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        try:
+            await self.nc.drain()
+        except (NatsError, asyncio.TimeoutError, OSError):
+            await self.nc.close()
+
+    # -- JSON API --------------------------------------------------------------------------
+
+    async def api(self, subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+        """A JetStream API request; returns the decoded reply (which may hold an "error")."""
+        payload = json.dumps(body).encode() if body is not None else b""
+        try:
+            msg = await self.nc.request(f"{self._api}.{subject}", payload, timeout=timeout)
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"JetStream API {subject.split('.')[0]} failed: {type(exc).__name__}") from exc
+        reply: dict[str, Any] = json.loads(msg.data)
+        return reply
+
+    def stream_config(self) -> dict[str, Any]:
+        """The stream's configuration as the hub wants it."""
+        c = self.cfg
+        return {
+            "name": c.stream,
+            "subjects": self.layout.stream_subjects,
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": c.replicas,
+            "duplicate_window": int(c.duplicate_window.total_seconds() * _NS),
+            "max_age": int(c.max_age.total_seconds() * _NS),
+            "max_bytes": c.max_bytes,
+            # A full stream refuses new envelopes (STORE_FULL) rather than dropping undelivered ones.
+            "discard": "new",
+            "allow_atomic": True,
+            "allow_direct": True,
+        }
+
+    async def ensure_stream(self) -> dict[str, Any]:
+        """Create the stream, or update it to the wanted configuration; returns the stream info."""
+        config = self.stream_config()
+        reply = await self.api(f"STREAM.CREATE.{self.cfg.stream}", config)
+        err = _api_error(reply)
+        if err is not None and err[0] == ERR_STREAM_NAME_IN_USE:
+            reply = await self.api(f"STREAM.UPDATE.{self.cfg.stream}", config)
+            err = _api_error(reply)
+        if err is not None:
+            raise StoreUnavailable(f"cannot create or update stream {self.cfg.stream}: {err[1]} ({err[0]})")
+        log.info("stream_ready", stream=self.cfg.stream)
+        return reply
+
+    async def verify_sync_always(self) -> None:
+        """Refuse to run unless every configured monitoring endpoint reports sync_always."""
+        for url in self.cfg.monitor_urls:
+            try:
+                ok = await asyncio.to_thread(check_sync_always, url)
+            except (OSError, ValueError) as exc:
+                raise StoreUnavailable(f"cannot read {url}/varz to check sync_always: {exc}") from exc
+            if not ok:
+                raise StoreUnavailable(
+                    f"the nats-server at {url} does not run with jetstream sync_interval: always; "
+                    "acknowledged events could be lost on power failure"
+                )
+            log.info("sync_always_verified", url=url)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def commit(self, msgs: Sequence[OutMsg]) -> BatchAck:
+        """Store msgs as one atomic batch (all or none, one fsync); raises DuplicateInBatch, StoreFull, StoreUnavailable."""
+        if not msgs:
+            raise ValueError("empty batch")
+        batch_id = uuid.uuid4().hex
+        last = len(msgs)
+        publish = self.nc.publish
+        try:
+            for i, m in enumerate(msgs[:-1], start=1):
+                await publish(
+                    m.subject,
+                    m.payload,
+                    headers={**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)},
+                )
+            tail = msgs[-1]
+            headers = {
+                **tail.headers,
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(last),
+                "Nats-Batch-Commit": "1",
+            }
+            reply = await self.nc.request(
+                tail.subject, tail.payload, timeout=self.cfg.commit_timeout.total_seconds(), headers=headers
+            )
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"JetStream did not confirm the batch: {type(exc).__name__}") from exc
+        ack: dict[str, Any] = json.loads(reply.data) if reply.data else {}
+        err = _api_error(ack)
+        if err is not None:
+            code, description = err
+            if code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
+                raise DuplicateInBatch(description)
+            if code in _FULL_CODES or "maximum" in description:
+                raise StoreFull(f"stream {self.cfg.stream} refused the batch: {description}")
+            raise StoreUnavailable(f"stream {self.cfg.stream} refused the batch: {description} ({code})")
+        if "seq" not in ack:
+            raise StoreUnavailable("JetStream answered the batch without a sequence")
+        return BatchAck(int(ack["seq"]), int(ack.get("count", last)))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def last_by_subject(self, subject: str) -> StoredMsg | None:
+        """The last message on subject (direct get), or None."""
+        try:
+            msg = await self.nc.request(
+                f"{self._api}.DIRECT.GET.{self.cfg.stream}", json.dumps({"last_by_subj": subject}).encode(), timeout=5
+            )
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
+        return _stored(msg)
+
+    async def last_per_subject(self, subject_filter: str, limit: int = 1000) -> list[StoredMsg]:
+        """The last message of every subject matching the filter (batched direct get)."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        out: list[StoredMsg] = []
+        try:
+            await self.nc.publish(
+                f"{self._api}.DIRECT.GET.{self.cfg.stream}",
+                json.dumps({"multi_last": [subject_filter], "batch": limit}).encode(),
+                reply=inbox,
+            )
+            for _ in range(limit + 1):
+                msg = await sub.next_msg(timeout=5)
+                stored = _stored(msg)
+                if stored is None:
+                    break
+                out.append(stored)
+        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    # -- consumers -------------------------------------------------------------------------
+
+    def consumer_config(self, agency_id: str) -> dict[str, Any]:
+        """The durable consumer of an agency's deliveries."""
+        return {
+            "durable_name": self.layout.consumer_name(agency_id),
+            "filter_subject": self.layout.delivery_subject(agency_id),
+            "deliver_policy": "all",
+            # Acknowledging a delivery acknowledges all before it: the room's client acknowledges
+            # in order, and the ack floor is exactly "where it acked" for the next session.
+            "ack_policy": "all",
+            "ack_wait": int(self.cfg.ack_wait.total_seconds() * _NS),
+            "max_ack_pending": self.cfg.max_ack_pending,
+            "max_deliver": -1,
+            "replay_policy": "instant",
+            "num_replicas": 0,
+        }
+
+    async def ensure_consumer(self, agency_id: str) -> None:
+        """Create the agency's consumer, or update it to the wanted configuration."""
+        name = self.layout.consumer_name(agency_id)
+        body: dict[str, Any] = {"stream_name": self.cfg.stream, "config": self.consumer_config(agency_id)}
+        reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", body)
+        err = _api_error(reply)
+        if err is not None and err[0] in (ERR_CONSUMER_EXISTS, ERR_CONSUMER_EXISTS_OLD):
+            reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", {**body, "action": "update"})
+            err = _api_error(reply)
+        if err is not None:
+            raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
+
+    async def reset_consumer(self, agency_id: str) -> int:
+        """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog."""
+        name = self.layout.consumer_name(agency_id)
+        reply = await self.api(f"CONSUMER.RESET.{self.cfg.stream}.{name}")
+        err = _api_error(reply)
+        if err is not None:
+            raise StoreUnavailable(f"cannot reset consumer {name}: {err[1]} ({err[0]})")
+        return int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
+
+    async def ack(self, reply: str) -> None:
+        """Acknowledge a delivery and, the policy being ack-all, every one before it."""
+        try:
+            await self.nc.publish(reply, b"+ACK")
+        except (NatsError, OSError) as exc:
+            raise StoreUnavailable(f"cannot acknowledge: {type(exc).__name__}") from exc
+
+    def puller(self, agency_id: str) -> Puller:
+        """A continuous pull on the agency's consumer."""
+        return Puller(self, self.layout.consumer_name(agency_id))
+
+
+def _stored(msg: Msg) -> StoredMsg | None:
+    headers = msg.headers or {}
+    if "Status" in headers:
+        return None
+    return StoredMsg(
+        subject=headers.get("Nats-Subject", ""),
+        seq=int(headers.get("Nats-Sequence", "0")),
+        data=msg.data,
+        time_ns=_parse_rfc3339_ns(headers.get("Nats-Time-Stamp", "")),
+    )
+
+
+def _parse_rfc3339_ns(value: str) -> int:
+    """Nanoseconds since the epoch from a JetStream RFC 3339 timestamp with up to 9 fractional digits."""
+    if not value:
+        return 0
+    from datetime import datetime  # noqa: PLC0415 - only on the read path
+
+    main, _, frac = value.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(main + "+00:00").timestamp())
+    nanos = int((frac + "000000000")[:9]) if frac else 0
+    return seconds * _NS + nanos
+
+
+class Puller:
+    """Keeps pull requests outstanding on one durable consumer and queues what arrives.
+
+    The owner asks for credits with request(n) whenever it has room; messages arrive on an
+    inbox and wait in a queue no larger than the credits asked for, so memory stays bounded.
+    """
+
+    EXPIRES = 30.0
+    HEARTBEAT = 5.0
+
+    def __init__(self, js: JetStream, consumer: str) -> None:
+        """A puller on consumer; call start() before use."""
+        self.js = js
+        self.consumer = consumer
+        self.queue: asyncio.Queue[Pulled | BaseException] = asyncio.Queue()
+        self.outstanding = 0
+        self.last_seen = time.monotonic()
+        self._inbox = ""
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        """Subscribe to the inbox the server delivers to."""
+        self._inbox = self.js.nc.new_inbox()
+        self._sub = await self.js.nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def stop(self) -> None:
+        """Stop receiving; unacknowledged deliveries stay with the consumer."""
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except (NatsError, OSError):
+                log.warning("pull_unsubscribe_failed", consumer=self.consumer)
+            self._sub = None
+
+    async def request(self, count: int) -> None:
+        """Ask the server for up to count more messages."""
+        if count <= 0:
+            return
+        body = {
+            "batch": count,
+            "expires": int(self.EXPIRES * _NS),
+            "idle_heartbeat": int(self.HEARTBEAT * _NS),
+        }
+        try:
+            await self.js.nc.publish(
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.js.cfg.stream}.{self.consumer}",
+                json.dumps(body).encode(),
+                reply=self._inbox,
+            )
+        except (NatsError, OSError) as exc:
+            raise StoreUnavailable(f"cannot pull: {type(exc).__name__}") from exc
+        self.outstanding += count
+
+    def stalled(self) -> bool:
+        """True when credits are outstanding but the server has been silent past two heartbeats."""
+        return self.outstanding > 0 and time.monotonic() - self.last_seen > 2.5 * self.HEARTBEAT
+
+    def forget_outstanding(self) -> None:
+        """Treat outstanding requests as lost (after a stall), so the owner asks again."""
+        self.outstanding = 0
+        self.last_seen = time.monotonic()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_seen = time.monotonic()
+        headers = msg.headers
+        if headers and "Status" in headers:
+            self._on_status(headers)
+            return
+        try:
+            delivered, seq, ts, pending = _parse_ack_subject(msg.reply)
+        except ValueError:
+            log.warning("pull_unexpected_message", consumer=self.consumer)
+            return
+        self.outstanding = max(0, self.outstanding - 1)
+        dist = headers.get(DISTRIBUTION_HEADER, "") if headers else ""
+        self.queue.put_nowait(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data))
+
+    def _on_status(self, headers: dict[str, str]) -> None:
+        status = headers.get("Status", "")
+        if status == "100":  # idle heartbeat or flow control
+            return
+        if status in ("404", "408"):  # no messages / request expired: its credits are void
+            pending = headers.get("Nats-Pending-Messages")
+            self.outstanding = max(0, self.outstanding - int(pending)) if pending else 0
+            return
+        description = headers.get("Description", "")
+        if status == "409" and ("Deleted" in description or "Leadership" in description):
+            self.queue.put_nowait(ConsumerGone(description))
+            return
+        # Other 409s (exceeded max waiting or max bytes) void the request.
+        log.warning("pull_status", consumer=self.consumer, code=status, reason=description)
+        pending = headers.get("Nats-Pending-Messages")
+        self.outstanding = max(0, self.outstanding - int(pending)) if pending else 0
+
+
+async def _on_error(exc: Exception) -> None:
+    log.warning("nats_error", error_type=type(exc).__name__)
+
+
+async def _on_disconnected() -> None:
+    log.warning("nats_disconnected")
+
+
+async def _on_reconnected() -> None:
+    log.info("nats_reconnected")

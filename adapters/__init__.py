@@ -1,1 +1,4 @@
-"""Adapters between external formats (CAP, EIDO, 112 NUE contact card, CAD REST) and the hub; one subpackage per format. None is built yet."""
+"""Adapters between external formats and the hub, one subpackage per format (none is built yet).
+
+Planned: CAP 1.2, NENA EIDO, the 112 NUE contact card, CAD REST; each a pure codec and a connector.
+"""

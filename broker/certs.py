@@ -54,9 +54,7 @@ def _key() -> ec.EllipticCurvePrivateKey:
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     path.chmod(0o600)
 
@@ -94,12 +92,18 @@ def _load_ca(root: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .sign(key, hashes.SHA256())
     )
     _write_key(ca_key_path, key)
@@ -128,9 +132,7 @@ def _issue(
     _write_cert(pair.cert, cert)
 
 
-def make_dev_pki(
-    root: Path, agencies: Iterable[str], hosts: Iterable[str] = ("localhost", "127.0.0.1")
-) -> DevPki:
+def make_dev_pki(root: Path, agencies: Iterable[str], hosts: Iterable[str] = ("localhost", "127.0.0.1")) -> DevPki:
     """Create (or complete) a development PKI under root; existing files are kept."""
     root.mkdir(parents=True, exist_ok=True)
     ca = _load_ca(root)

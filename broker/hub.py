@@ -1,10 +1,11 @@
-"""The hub process: wires config, JetStream, the committer, the publisher and the gRPC server, and stops them in order."""
+"""The hub process: wires config, JetStream, committer, publisher and gRPC server; stops them in order."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,7 +51,7 @@ class Hub:
         self._health = health.aio.HealthServicer()
         self._sessions = SessionRegistry()
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> Self:
         """Start the hub."""
         await self.start()
         return self
@@ -87,7 +88,15 @@ class Hub:
         registered = cfg.agency_ids
         validation = ValidationContext(codelists.load(), registered.__contains__, cfg.limits)
         publisher = Publisher(js, committer, self.router, validation, self.clock)
-        self._servicer = HubServicer(cfg, js, publisher, self._sessions, self.metrics, self.clock, committer)
+        self._servicer = HubServicer(
+            cfg,
+            js=js,
+            publisher=publisher,
+            sessions=self._sessions,
+            metrics=self.metrics,
+            clock=self.clock,
+            committer=committer,
+        )
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_request_bytes),
@@ -133,7 +142,7 @@ class Hub:
             try:
                 await asyncio.wait_for(self._committer_task, timeout=grace + 5)
             except TimeoutError:
-                log.error("committer_did_not_drain")
+                log.exception("committer_did_not_drain")
             self._committer_task = None
         if self._js is not None:
             await self._js.close()

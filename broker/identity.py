@@ -40,10 +40,11 @@ class IdentityResolver:
     def agency(self, context: grpc.aio.ServicerContext[object, object]) -> str:
         """The agency of the call; raises Unauthenticated if the certificate names none."""
         auth = context.auth_context()
-        pems = auth.get("x509_pem_cert") or []
+        pems = list(auth.get("x509_pem_cert") or ())
         if not pems:
             raise Unauthenticated(
-                Reason.CERTIFICATE_WITHOUT_AGENCY, "no client certificate: connect with the agency's certificate"
+                Reason.CERTIFICATE_WITHOUT_AGENCY,
+                "no client certificate: connect with the agency's certificate",
             )
         pem = pems[0]
         if pem in self._cache:

@@ -56,10 +56,8 @@ ALLOWED_KEYS = frozenset(
 )
 
 
-def drop_unlisted_keys(
-    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: remove keys not in ALLOWED_KEYS, naming them in dropped_keys."""
+def drop_unlisted_keys(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Structlog processor: remove keys not in ALLOWED_KEYS, naming them in dropped_keys."""
     dropped = [key for key in event_dict if key not in ALLOWED_KEYS]
     for key in dropped:
         del event_dict[key]

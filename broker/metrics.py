@@ -15,9 +15,27 @@ UNREGISTERED = "unregistered"
 
 # Latency buckets from 0.5 ms to 30 s: an operator notices anything above a second.
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
-    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
 
 
@@ -41,7 +59,10 @@ class Metrics:
             registry=r,
         )
         self.deliveries = Counter(
-            "opsroom_deliveries", "Deliveries sent to a room's session, by recipient agency.", ["agency"], registry=r
+            "opsroom_deliveries",
+            "Deliveries sent to a room's session, by recipient agency.",
+            ["agency"],
+            registry=r,
         )
         self.acks = Counter(
             "opsroom_acks",
@@ -85,9 +106,7 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.sessions = Gauge(
-            "opsroom_sessions", "Open delivery sessions, by agency.", ["agency"], registry=r
-        )
+        self.sessions = Gauge("opsroom_sessions", "Open delivery sessions, by agency.", ["agency"], registry=r)
         self.backlog = Gauge(
             "opsroom_backlog",
             "Deliveries waiting for an agency, as JetStream reported on the last delivery.",

@@ -1,4 +1,4 @@
-"""The publish path: identity check, validation, routing, and the atomic write of an envelope's deliveries and first answer.
+"""The publish path: identity, validation, routing, and one atomic write of deliveries and first answer.
 
 An envelope is acknowledged only after JetStream confirmed, in one atomic batch on a server
 running with sync_interval: always, one delivery message per recipient and the acceptance
@@ -207,16 +207,12 @@ class Publisher:
         if env.kind not in REPLY_KINDS or not env.references:
             return {}
         wanted = list(dict.fromkeys(ref.distribution_id for ref in env.references))
-        found = await asyncio.gather(
-            *(self._js.last_by_subject(self._layout.acceptance_subject(d)) for d in wanted)
-        )
+        found = await asyncio.gather(*(self._js.last_by_subject(self._layout.acceptance_subject(d)) for d in wanted))
         out: dict[str, Referenced] = {}
         for dist, stored in zip(wanted, found, strict=True):
             if stored is not None:
                 record = store_pb2.AcceptedRecord.FromString(stored.data)
-                out[dist] = Referenced(
-                    record.sender_agency_id, frozenset(record.acceptance.recipients), record.payload
-                )
+                out[dist] = Referenced(record.sender_agency_id, frozenset(record.acceptance.recipients), record.payload)
         return out
 
     def _response_record(
@@ -234,7 +230,8 @@ class Publisher:
             raise NotPermitted(Reason.NOT_A_RECIPIENT, "references[0] names a message not sent to this agency")
         if _ANSWERS.get(payload) != request.payload:
             raise Refused(
-                Reason.RESPONSE_MISMATCH, f"{payload} does not answer the {request.payload or 'message'} in references[0]"
+                Reason.RESPONSE_MISMATCH,
+                f"{payload} does not answer the {request.payload or 'message'} in references[0]",
             )
         answer = env.assistance_response if payload == "assistance_response" else env.handover_response
         response = hub_pb2.BusinessResponse(
@@ -295,4 +292,7 @@ def _replayed(first: hub_pb2.Acceptance, first_digest: bytes, digest: bytes) -> 
 
 def is_refusal(exc: BaseException) -> bool:
     """True for errors that are the caller's to fix (not the store's)."""
-    return isinstance(exc, OpsroomError) and exc.reason not in (Reason.STORE_UNAVAILABLE, Reason.SHUTTING_DOWN)
+    return isinstance(exc, OpsroomError) and exc.reason not in (
+        Reason.STORE_UNAVAILABLE,
+        Reason.SHUTTING_DOWN,
+    )

@@ -26,9 +26,7 @@ def delivered_message(layout: Layout, distribution_id: str, agency_id: str, sequ
     return OutMsg(layout.delivered_subject(distribution_id, agency_id), record.SerializeToString())
 
 
-def response_message(
-    layout: Layout, request_id: str, agency_id: str, response: hub_pb2.BusinessResponse
-) -> OutMsg:
+def response_message(layout: Layout, request_id: str, agency_id: str, response: hub_pb2.BusinessResponse) -> OutMsg:
     """The record of agency_id's operator answering request_id."""
     record = store_pb2.ResponseRecord(agency_id=agency_id, response=response)
     return OutMsg(
@@ -44,9 +42,7 @@ def build_receipt(layout: Layout, accepted: store_pb2.AcceptedRecord, records: I
     dist = acceptance.distribution_id
     by_agency: dict[str, hub_pb2.RecipientReceipt] = {}
     for agency_id in acceptance.recipients:
-        by_agency[agency_id] = hub_pb2.RecipientReceipt(
-            agency_id=agency_id, state=hub_pb2.DELIVERY_STATE_STORED
-        )
+        by_agency[agency_id] = hub_pb2.RecipientReceipt(agency_id=agency_id, state=hub_pb2.DELIVERY_STATE_STORED)
     for stored in records:
         for agency_id, entry in by_agency.items():
             if stored.subject == layout.delivered_subject(dist, agency_id):

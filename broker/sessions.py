@@ -1,4 +1,4 @@
-"""Delivery sessions: one per connected room, pulling its durable consumer, forwarding stored envelopes, recording acknowledgements.
+"""Delivery sessions: one per connected room; pull its consumer, forward envelopes, record acknowledgements.
 
 A session starts by resetting the agency's consumer to its ack floor, so the room gets every
 delivery it has not acknowledged, in order, then live traffic. Deliveries leave in batches
@@ -35,7 +35,7 @@ MAX_BATCH = 1000
 MAX_WINDOW = 10_000
 
 
-class _Superseded(Exception):  # noqa: N818 - a signal in the session's queue
+class _Superseded(Exception):
     """The session must end: a newer session of the same agency took over, or the hub is stopping."""
 
     def __init__(self, reason: Reason) -> None:

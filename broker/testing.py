@@ -1,7 +1,7 @@
 """Helpers to run a real hub on loopback for the demo, the tests and the benchmark: dev PKI, config, nats-server, hub.
 
-    async with local_hub(tmp_path, agencies, allow) as env:
-        client = env.client("it.pl.001272")
+async with local_hub(tmp_path, agencies, allow) as env:
+    client = env.client("it.pl.001272")
 """
 
 from __future__ import annotations

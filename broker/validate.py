@@ -1,4 +1,4 @@
-"""Validation of an envelope against the contract's rules and the real code lists: a pure function returning every violation.
+"""Validation of an envelope against the contract's rules and the real code lists (pure; returns every violation).
 
 Paths are proto field names relative to the envelope ("incident.locations[0].comune_istat");
 the gRPC edge places them under the request ("envelope." or "envelopes[3].").
@@ -46,9 +46,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _KIND_PAYLOADS: dict[int, frozenset[str]] = {
     common_pb2.KIND_REPORT: frozenset({"incident", "alert"}),
     common_pb2.KIND_UPDATE: frozenset({"incident", "alert", "closure"}),
-    common_pb2.KIND_CANCEL: frozenset(
-        {"incident", "alert", "closure", "assistance_request", "handover_request"}
-    ),
+    common_pb2.KIND_CANCEL: frozenset({"incident", "alert", "closure", "assistance_request", "handover_request"}),
     common_pb2.KIND_REQUEST: frozenset({"assistance_request", "handover_request"}),
     common_pb2.KIND_RESPONSE: frozenset({"assistance_response", "handover_response"}),
     common_pb2.KIND_ACK: frozenset({"acknowledgement"}),
@@ -126,9 +124,7 @@ class _Checker:
 
     # -- scalar helpers ------------------------------------------------------------------
 
-    def text(
-        self, path: str, value: str, *, required: bool = False, max_len: int | None = None
-    ) -> None:
+    def text(self, path: str, value: str, *, required: bool = False, max_len: int | None = None) -> None:
         if not value:
             if required:
                 self.fail(path, "required", "is required")
@@ -139,9 +135,7 @@ class _Checker:
         if _CONTROL_RE.search(value):
             self.fail(path, "control_characters", "must not contain control characters")
 
-    def pattern(
-        self, path: str, value: str, regex: re.Pattern[str], what: str, *, required: bool = False
-    ) -> None:
+    def pattern(self, path: str, value: str, regex: re.Pattern[str], what: str, *, required: bool = False) -> None:
         if not value:
             if required:
                 self.fail(path, "required", "is required")
@@ -149,9 +143,7 @@ class _Checker:
         if regex.fullmatch(value) is None:
             self.fail(path, "format", f"must be {what}")
 
-    def code(
-        self, path: str, value: str, allowed: Collection[str], what: str, *, required: bool = False
-    ) -> None:
+    def code(self, path: str, value: str, allowed: Collection[str], what: str, *, required: bool = False) -> None:
         if not value:
             if required:
                 self.fail(path, "required", "is required")
@@ -203,7 +195,7 @@ class _Checker:
 
     # -- envelope ------------------------------------------------------------------------
 
-    def envelope(self, env: envelope_pb2.Envelope) -> None:  # noqa: C901, PLR0912
+    def envelope(self, env: envelope_pb2.Envelope) -> None:
         lim = self.limits
         self.pattern("distribution_id", env.distribution_id, ids.UUID_RE, "a lowercase UUID", required=True)
         if not env.HasField("sender"):
@@ -265,11 +257,21 @@ class _Checker:
         elif which == "comune_istat":
             self.comune(f"{path}.comune_istat", area.comune_istat, required=True)
         elif which == "provincia_istat":
-            self.code(f"{path}.provincia_istat", area.provincia_istat, codes.provinces,
-                      "the ISTAT provinces (three digits)", required=True)  # fmt: skip
+            self.code(
+                f"{path}.provincia_istat",
+                area.provincia_istat,
+                codes.provinces,
+                "the ISTAT provinces (three digits)",
+                required=True,
+            )
         else:
-            self.code(f"{path}.regione_istat", area.regione_istat, codes.regions,
-                      "the ISTAT regions (two digits)", required=True)  # fmt: skip
+            self.code(
+                f"{path}.regione_istat",
+                area.regione_istat,
+                codes.regions,
+                "the ISTAT regions (two digits)",
+                required=True,
+            )
 
     def references(self, env: envelope_pb2.Envelope) -> None:
         self.max_items("references", env.references, self.limits.max_references)
@@ -277,8 +279,7 @@ class _Checker:
             self.fail("references", "required", "must name the message this one acts on")
         for i, ref in enumerate(env.references[: self.limits.max_references]):
             path = f"references[{i}]"
-            self.pattern(f"{path}.distribution_id", ref.distribution_id, ids.UUID_RE, "a lowercase UUID",
-                         required=True)  # fmt: skip
+            self.pattern(f"{path}.distribution_id", ref.distribution_id, ids.UUID_RE, "a lowercase UUID", required=True)
             if ref.distribution_id and ref.distribution_id == env.distribution_id:
                 self.fail(f"{path}.distribution_id", "not_self", "must not reference the envelope itself")
             self.agency(f"{path}.sender_agency_id", ref.sender_agency_id)
@@ -327,10 +328,19 @@ class _Checker:
         if not inc.HasField("type"):
             self.fail(f"{path}.type", "required", "is required")
         else:
-            self.code(f"{path}.type.eido_code", inc.type.eido_code, codes.eido_incident_types,
-                      "the EIDO incident-type-common registry", required=True)  # fmt: skip
-            self.code(f"{path}.type.emsi_category", inc.type.emsi_category, codes.emsi_categories,
-                      "the EMSI EVENT.ETYPE.CATEGORY list")  # fmt: skip
+            self.code(
+                f"{path}.type.eido_code",
+                inc.type.eido_code,
+                codes.eido_incident_types,
+                "the EIDO incident-type-common registry",
+                required=True,
+            )
+            self.code(
+                f"{path}.type.emsi_category",
+                inc.type.emsi_category,
+                codes.emsi_categories,
+                "the EMSI EVENT.ETYPE.CATEGORY list",
+            )
         self.enum(f"{path}.status", inc.status, _INCIDENT_STATUS)
         self.enum(f"{path}.priority", inc.priority, _PRIORITY)
         self.timestamp(f"{path}.occurred_at", inc.occurred_at, present=inc.HasField("occurred_at"))
@@ -355,8 +365,7 @@ class _Checker:
         for i, inv in enumerate(inc.agencies[: lim.max_items]):
             p = f"{path}.agencies[{i}]"
             self.agency(f"{p}.agency_id", inv.agency_id)
-            self.code(f"{p}.role", inv.role, codes.eido_agency_roles, "the EIDO agency-role registry",
-                      required=True)  # fmt: skip
+            self.code(f"{p}.role", inv.role, codes.eido_agency_roles, "the EIDO agency-role registry", required=True)
         self.media(f"{path}.media", inc.media)
         self.text(f"{path}.description", inc.description, max_len=lim.max_text)
 
@@ -404,8 +413,13 @@ class _Checker:
         self.pattern(f"{path}.language", call.language, _LANGUAGE_RE, "a BCP 47 language tag")
 
     def person(self, path: str, person: incident_pb2.Person) -> None:
-        self.code(f"{path}.role", person.role, self.ctx.codes.eido_person_roles, "the EIDO person-role registry",
-                  required=True)  # fmt: skip
+        self.code(
+            f"{path}.role",
+            person.role,
+            self.ctx.codes.eido_person_roles,
+            "the EIDO person-role registry",
+            required=True,
+        )
         self.text(f"{path}.name", person.name)
         self.text(f"{path}.surname", person.surname)
         if person.birth_date:
@@ -419,8 +433,12 @@ class _Checker:
         self.text(f"{path}.description", person.description, max_len=self.limits.max_text)
 
     def vehicle(self, path: str, v: incident_pb2.Vehicle) -> None:
-        self.code(f"{path}.relationship", v.relationship, self.ctx.codes.eido_vehicle_relationships,
-                  "the EIDO vehicle-relationship-type registry")  # fmt: skip
+        self.code(
+            f"{path}.relationship",
+            v.relationship,
+            self.ctx.codes.eido_vehicle_relationships,
+            "the EIDO vehicle-relationship-type registry",
+        )
         self.pattern(f"{path}.plate", v.plate, _PLATE_RE, "upper-case letters and digits, no spaces")
         self.pattern(f"{path}.plate_country", v.plate_country, _COUNTRY_RE, "an ISO 3166-1 alpha-2 code")
         self.text(f"{path}.make", v.make)
@@ -446,8 +464,12 @@ class _Checker:
         self.incident_ref(f"{path}.incident_id", c.incident_id)
         self.timestamp(f"{path}.closed_at", c.closed_at, present=c.HasField("closed_at"), required=True)
         self.enum(f"{path}.status", c.status, _COMPLETION)
-        self.code(f"{path}.disposition_code", c.disposition_code, self.ctx.codes.eido_disposition_codes,
-                  "the EIDO common-disposition-code registry")  # fmt: skip
+        self.code(
+            f"{path}.disposition_code",
+            c.disposition_code,
+            self.ctx.codes.eido_disposition_codes,
+            "the EIDO common-disposition-code registry",
+        )
         self.text(f"{path}.remarks", c.remarks, max_len=self.limits.max_text)
 
     def assistance_request(self, path: str, r: request_pb2.AssistanceRequest) -> None:
@@ -457,8 +479,13 @@ class _Checker:
         self.max_items(f"{path}.resources", r.resources, self.limits.max_items)
         for i, need in enumerate(r.resources[: self.limits.max_items]):
             p = f"{path}.resources[{i}]"
-            self.code(f"{p}.resource_type", need.resource_type, self.ctx.codes.eido_resource_types,
-                      "the EIDO emergency-resource-type-common registry", required=True)  # fmt: skip
+            self.code(
+                f"{p}.resource_type",
+                need.resource_type,
+                self.ctx.codes.eido_resource_types,
+                "the EIDO emergency-resource-type-common registry",
+                required=True,
+            )
             if not 1 <= need.quantity <= 100:
                 self.fail(f"{p}.quantity", "range", "must be between 1 and 100")
         if r.HasField("location"):
@@ -479,8 +506,13 @@ class _Checker:
             p = f"{path}.resources[{i}]"
             self.pattern(f"{p}.resource_id", res.resource_id, ids.LOCAL_ID_RE, "a unit id", required=True)
             self.text(f"{p}.resource_name", res.resource_name, required=True, max_len=64)
-            self.code(f"{p}.resource_type", res.resource_type, self.ctx.codes.eido_resource_types,
-                      "the EIDO emergency-resource-type-common registry", required=True)  # fmt: skip
+            self.code(
+                f"{p}.resource_type",
+                res.resource_type,
+                self.ctx.codes.eido_resource_types,
+                "the EIDO emergency-resource-type-common registry",
+                required=True,
+            )
             self.timestamp(f"{p}.eta", res.eta, present=res.HasField("eta"))
 
     def handover_request(self, path: str, r: request_pb2.HandoverRequest) -> None:
@@ -501,8 +533,7 @@ class _Checker:
 
     def alert(self, path: str, alert: alert_pb2.Alert) -> None:
         self.enum(f"{path}.scope", alert.scope, _SCOPE)
-        self.text(f"{path}.restriction", alert.restriction,
-                  required=alert.scope == alert_pb2.SCOPE_RESTRICTED)  # fmt: skip
+        self.text(f"{path}.restriction", alert.restriction, required=alert.scope == alert_pb2.SCOPE_RESTRICTED)
         if not alert.infos:
             self.fail(f"{path}.infos", "required", "must have at least one info block")
         self.max_items(f"{path}.infos", alert.infos, 8)
@@ -512,7 +543,7 @@ class _Checker:
         for i, vehicle in enumerate(alert.vehicles[: self.limits.max_items]):
             self.vehicle(f"{path}.vehicles[{i}]", vehicle)
 
-    def alert_info(self, path: str, info: alert_pb2.AlertInfo) -> None:  # noqa: C901
+    def alert_info(self, path: str, info: alert_pb2.AlertInfo) -> None:
         lim = self.limits
         self.pattern(f"{path}.language", info.language, _LANGUAGE_RE, "a BCP 47 language tag")
         if not info.categories:

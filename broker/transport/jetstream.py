@@ -58,7 +58,7 @@ class BatchAck:
     count: int
 
 
-class DuplicateInBatch(Exception):  # noqa: N818 - an outcome, not a failure
+class DuplicateInBatch(Exception):
     """The batch repeats a message id or an expected-absent subject: some of it was stored before."""
 
 
@@ -85,7 +85,7 @@ class Pulled:
     data: bytes
 
 
-class ConsumerGone(Exception):  # noqa: N818 - a state, reported to the session
+class ConsumerGone(Exception):
     """The consumer was deleted or lost its leader: the session must end and the client reconnect."""
 
 
@@ -149,7 +149,7 @@ class JetStream:
                 disconnected_cb=_on_disconnected,
                 reconnected_cb=_on_reconnected,
             )
-        except (OSError, NatsError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, NatsError) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {', '.join(cfg.servers)}: {exc}") from exc
         return cls(cfg, nc)
 
@@ -157,18 +157,20 @@ class JetStream:
         """Flush and close the connection."""
         try:
             await self.nc.drain()
-        except (NatsError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, NatsError, OSError):
             await self.nc.close()
 
     # -- JSON API --------------------------------------------------------------------------
 
-    async def api(self, subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """A JetStream API request; returns the decoded reply (which may hold an "error")."""
         payload = json.dumps(body).encode() if body is not None else b""
         try:
-            msg = await self.nc.request(f"{self._api}.{subject}", payload, timeout=timeout)
-        except (NatsError, asyncio.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"JetStream API {subject.split('.')[0]} failed: {type(exc).__name__}") from exc
+            msg = await self.nc.request(f"{self._api}.{subject}", payload, timeout=5.0)
+        except (TimeoutError, NatsError, OSError) as exc:
+            raise StoreUnavailable(
+                f"JetStream API {subject.split('.', maxsplit=1)[0]} failed: {type(exc).__name__}"
+            ) from exc
         reply: dict[str, Any] = json.loads(msg.data)
         return reply
 
@@ -220,7 +222,10 @@ class JetStream:
     # -- writes ----------------------------------------------------------------------------
 
     async def commit(self, msgs: Sequence[OutMsg]) -> BatchAck:
-        """Store msgs as one atomic batch (all or none, one fsync); raises DuplicateInBatch, StoreFull, StoreUnavailable."""
+        """Store msgs as one atomic batch (all or none, one fsync).
+
+        Raises DuplicateInBatch, StoreFull or StoreUnavailable.
+        """
         if not msgs:
             raise ValueError("empty batch")
         batch_id = uuid.uuid4().hex
@@ -243,7 +248,7 @@ class JetStream:
             reply = await self.nc.request(
                 tail.subject, tail.payload, timeout=self.cfg.commit_timeout.total_seconds(), headers=headers
             )
-        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"JetStream did not confirm the batch: {type(exc).__name__}") from exc
         ack: dict[str, Any] = json.loads(reply.data) if reply.data else {}
         err = _api_error(ack)
@@ -264,9 +269,11 @@ class JetStream:
         """The last message on subject (direct get), or None."""
         try:
             msg = await self.nc.request(
-                f"{self._api}.DIRECT.GET.{self.cfg.stream}", json.dumps({"last_by_subj": subject}).encode(), timeout=5
+                f"{self._api}.DIRECT.GET.{self.cfg.stream}",
+                json.dumps({"last_by_subj": subject}).encode(),
+                timeout=5,
             )
-        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
         return _stored(msg)
 
@@ -287,7 +294,7 @@ class JetStream:
                 if stored is None:
                     break
                 out.append(stored)
-        except (NatsError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
         finally:
             await sub.unsubscribe()

@@ -348,6 +348,8 @@ class Inbox:
         self._ack_ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self._reading = False
+        self._ended = asyncio.Event()
         self.session_id = ""
         self.backlog = 0
         self.reconnects = 0
@@ -395,16 +397,23 @@ class Inbox:
                 return
             if self._call is None:
                 await self._open()
+            self._reading = True
             try:
                 response = await self._call.read()
             except grpc.aio.AioRpcError as exc:
+                self._ended.set()
                 error = HubError.from_rpc_error(exc)
                 await self._reset()
                 if not (error.retryable or error.code == grpc.StatusCode.ABORTED) or self._closed:
                     raise error from None
                 await self._backoff()
                 continue
+            finally:
+                self._reading = False
             if response is grpc.aio.EOF:
+                if self._closed:
+                    self._ended.set()
+                    return
                 await self._reset()
                 await self._backoff()
                 continue
@@ -472,8 +481,11 @@ class Inbox:
                     await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
                 await call.done_writing()
                 async with asyncio.timeout(grace):
-                    while await call.read() is not grpc.aio.EOF:
-                        pass
+                    if self._reading:  # the iterating task will see the end of the stream
+                        await self._ended.wait()
+                    else:
+                        while not call.done() and await call.read() is not grpc.aio.EOF:
+                            pass
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, TimeoutError):
                 pass
         await self._reset()

@@ -44,7 +44,7 @@ class DevPki:
     def agency(self, agency_id: str) -> KeyPair:
         """The certificate pair of an agency."""
         base = self.root / "agencies" / agency_id
-        return KeyPair(base.with_suffix(".pem"), Path(f"{base}-key.pem"))
+        return KeyPair(Path(f"{base}.pem"), Path(f"{base}-key.pem"))
 
 
 def _key() -> ec.EllipticCurvePrivateKey:

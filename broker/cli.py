@@ -14,7 +14,7 @@ from pathlib import Path
 
 from broker import logging as hub_logging
 from broker import sim
-from broker.certs import make_dev_pki
+from broker.certs import DevPki, make_dev_pki
 from broker.config import load
 from broker.embedded import NatsServer
 from broker.errors import ConfigError, OpsroomError
@@ -46,12 +46,16 @@ async def serve(config_path: Path) -> int:
     return 0
 
 
-async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool) -> int:
-    """The embedded default: nats-server, the hub and four simulated Torino rooms playing a scenario."""
+def _prepare(data: Path, *, keep: bool) -> DevPki:
     data.mkdir(parents=True, exist_ok=True)
     if not keep:
         shutil.rmtree(data / "nats" / "jetstream", ignore_errors=True)
-    pki = make_dev_pki(data / "pki", sim.TORINO_ROOMS)
+    return make_dev_pki(data / "pki", sim.TORINO_ROOMS)
+
+
+async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool) -> int:
+    """The embedded default: nats-server, the hub and four simulated Torino rooms playing a scenario."""
+    pki = _prepare(data, keep=keep)
     nats = NatsServer(data / "nats")
     _print(f"starting nats-server ({nats.binary}) with JetStream in {data / 'nats'}, sync_interval: always")
     nats.start()
@@ -70,7 +74,7 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         _print("stopped nats-server")
 
 
-async def _play(hub: Hub, pki: object, *, once: bool) -> int:
+async def _play(hub: Hub, pki: DevPki, *, once: bool) -> int:
     from broker.client import HubClient  # noqa: PLC0415 - keeps `opsroom serve` free of client code
 
     target = f"127.0.0.1:{hub.port}"
@@ -78,10 +82,14 @@ async def _play(hub: Hub, pki: object, *, once: bool) -> int:
         agency_id: sim.Room(
             agency_id,
             name,
-            HubClient(target, credentials(pki, agency_id), server_name="localhost"),  # type: ignore[arg-type]
+            HubClient(target, credentials(pki, agency_id), server_name="localhost"),
             _print,
             accepts=frozenset(
-                {"assistance_request"} if agency_id == sim.CC else {"handover_request"} if agency_id == sim.QUESTURA else ()
+                {"assistance_request"}
+                if agency_id == sim.CC
+                else {"handover_request"}
+                if agency_id == sim.QUESTURA
+                else ()
             ),
         )
         for agency_id, name in sim.TORINO_ROOMS.items()

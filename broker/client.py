@@ -332,53 +332,73 @@ class _Seen:
             self.acked.popitem(last=False)
 
 
+class _Closed(Exception):
+    """The inbox was closed."""
+
+
 class Inbox:
-    """An agency's deliveries as an async iterator: backlog first, in order, then live; reconnects by itself."""
+    """An agency's deliveries as an async iterator: backlog first, in order, then live.
+
+    A background task owns the Connect stream: it reconnects after failures (backoff, at most
+    max_reconnects consecutive failures) and queues what arrives, so a caller may put a timeout
+    around iteration without disturbing the stream. A redelivered envelope (same distribution
+    id) is never handed over twice; if it was already acknowledged it is acknowledged again.
+    """
 
     def __init__(self, client: HubClient, *, max_batch: int, window: int, max_reconnects: int) -> None:
-        """Not connected until iterated."""
+        """Not connected until first iterated (or started)."""
         self._client = client
         self._max_batch = max_batch
         self._window = window
         self._max_reconnects = max_reconnects
-        self._call: Any = None
-        self._buffer: list[hub_pb2.Delivery] = []
+        self._queue: asyncio.Queue[hub_pb2.Delivery | BaseException] = asyncio.Queue()
         self._seen = _Seen()
         self._acks: list[int] = []
         self._ack_ready = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._call: Any = None
         self._closed = False
-        self._reading = False
-        self._ended = asyncio.Event()
         self.session_id = ""
         self.backlog = 0
         self.reconnects = 0
-        self._failures = 0
         self.duplicates_dropped = 0
+        self.opened = asyncio.Event()
 
     def __aiter__(self) -> Inbox:
         """Iterate deliveries."""
         return self
 
+    def is_closed(self) -> bool:
+        """True once close() was called (a method, so that checks are never narrowed away)."""
+        return self._closed
+
+    def start(self) -> None:
+        """Open the session now (iteration does it too)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="opsroom-inbox")
+
     async def __anext__(self) -> hub_pb2.Delivery:
         """The next new delivery (never one already handed over)."""
+        self.start()
         while True:
-            while self._buffer:
-                delivery = self._buffer.pop(0)
-                dist = delivery.envelope.distribution_id
-                if dist in self._seen.acked:
-                    self.duplicates_dropped += 1
-                    self._queue_ack(delivery.sequence)
-                    continue
-                if dist in self._seen.open:
-                    self.duplicates_dropped += 1
-                    self._seen.open[dist] = delivery.sequence
-                    continue
-                self._seen.open[dist] = delivery.sequence
-                return delivery
-            if self._closed:
+            if self._closed and self._queue.empty():
                 raise StopAsyncIteration
-            await self._receive()
+            item = await self._queue.get()
+            if isinstance(item, _Closed):
+                raise StopAsyncIteration
+            if isinstance(item, BaseException):
+                raise item
+            dist = item.envelope.distribution_id
+            if dist in self._seen.acked:
+                self.duplicates_dropped += 1
+                self._queue_ack(item.sequence)
+                continue
+            if dist in self._seen.open:
+                self.duplicates_dropped += 1
+                self._seen.open[dist] = item.sequence
+                continue
+            self._seen.open[dist] = item.sequence
+            return item
 
     def ack(self, delivery: hub_pb2.Delivery) -> None:
         """Acknowledge a delivery (sent in the background, batched with others)."""
@@ -391,52 +411,65 @@ class Inbox:
         self._acks.append(sequence)
         self._ack_ready.set()
 
-    async def _receive(self) -> None:
-        for _ in range(self._max_reconnects + 1):
-            if self._closed:
-                return
-            if self._call is None:
-                await self._open()
-            self._reading = True
-            try:
-                response = await self._call.read()
-            except grpc.aio.AioRpcError as exc:
-                self._ended.set()
-                error = HubError.from_rpc_error(exc)
-                await self._reset()
-                if not (error.retryable or error.code == grpc.StatusCode.ABORTED) or self._closed:
-                    raise error from None
-                await self._backoff()
-                continue
-            finally:
-                self._reading = False
-            if response is grpc.aio.EOF:
-                if self._closed:
-                    self._ended.set()
+    async def _run(self) -> None:
+        failures = 0
+        try:
+            while not self.is_closed():
+                try:
+                    await self._session()
+                    failures = 0
+                except HubError as error:
+                    if self.is_closed():
+                        return
+                    if not error.retryable:  # e.g. ABORTED: another session of this agency took over
+                        self._queue.put_nowait(error)
+                        return
+                    failures += 1
+                if self.is_closed():
                     return
-                await self._reset()
-                await self._backoff()
-                continue
-            self._failures = 0
-            which = response.WhichOneof("response")
-            if which == "deliveries":
-                self._buffer.extend(response.deliveries.deliveries)
-                self.backlog = response.deliveries.backlog
-                return
-            if which == "opened":
-                self.session_id = response.opened.session_id
-                self.backlog = response.opened.backlog
-            return
-        raise HubError(grpc.StatusCode.UNAVAILABLE, "", f"gave up after {self._max_reconnects} reconnects")
+                if failures > self._max_reconnects:
+                    self._queue.put_nowait(HubError(grpc.StatusCode.UNAVAILABLE, "", "too many failed reconnects"))
+                    return
+                self.reconnects += 1
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random()))  # noqa: S311
+        finally:
+            self._queue.put_nowait(_Closed())
 
-    async def _open(self) -> None:
-        self._call = self._client._connect()  # noqa: SLF001 - the inbox is part of the client
-        await self._call.write(
-            hub_pb2.ConnectRequest(open=hub_pb2.OpenSession(max_batch=self._max_batch, window=self._window))
-        )
-        self._writer = asyncio.get_running_loop().create_task(self._write_acks(self._call))
-        if self._acks:
-            self._ack_ready.set()
+    async def _session(self) -> None:
+        """One Connect stream, until it ends; raises HubError if it failed."""
+        call = self._client._connect()  # noqa: SLF001 - the inbox is part of the client
+        self._call = call
+        writer: asyncio.Task[None] | None = None
+        try:
+            await call.write(
+                hub_pb2.ConnectRequest(open=hub_pb2.OpenSession(max_batch=self._max_batch, window=self._window))
+            )
+            writer = asyncio.get_running_loop().create_task(self._write_acks(call))
+            if self._acks:
+                self._ack_ready.set()
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                assert isinstance(response, hub_pb2.ConnectResponse)
+                which = response.WhichOneof("response")
+                if which == "deliveries":
+                    self.backlog = response.deliveries.backlog
+                    for delivery in response.deliveries.deliveries:
+                        self._queue.put_nowait(delivery)
+                elif which == "opened":
+                    self.session_id = response.opened.session_id
+                    self.backlog = response.opened.backlog
+                    self.opened.set()
+        except grpc.aio.AioRpcError as exc:
+            raise HubError.from_rpc_error(exc) from None
+        finally:
+            self.opened.clear()
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+            self._call = None
+            call.cancel()
 
     async def _write_acks(self, call: Any) -> None:
         while True:
@@ -448,44 +481,26 @@ class Inbox:
             try:
                 await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
-                self._acks = sequences + self._acks  # resent on the next session
+                self._acks = sequences + self._acks  # sent again on the next session
                 return
 
-    async def _reset(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        self._buffer.clear()
-
-    async def _backoff(self) -> None:
-        self.reconnects += 1
-        self._failures += 1
-        await asyncio.sleep(min(2.0, 0.05 * 2 ** min(self._failures, 6)) * (0.5 + random.random()))  # noqa: S311
-
     async def close(self, grace: float = 5.0) -> None:
-        """Send pending acknowledgements, end the session cleanly (the hub records them) and close."""
+        """Send pending acknowledgements, end the session cleanly (the hub records them) and stop."""
+        if self._closed:
+            return
         self._closed = True
-        call = self._call
-        if call is not None:
-            if self._writer is not None:
-                self._writer.cancel()
-                await asyncio.gather(self._writer, return_exceptions=True)
-                self._writer = None
+        call, task = self._call, self._task
+        if call is not None and task is not None:
             try:
                 if self._acks:
                     sequences, self._acks = self._acks, []
                     await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
                 await call.done_writing()
                 async with asyncio.timeout(grace):
-                    if self._reading:  # the iterating task will see the end of the stream
-                        await self._ended.wait()
-                    else:
-                        while not call.done() and await call.read() is not grpc.aio.EOF:
-                            pass
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, TimeoutError):
+                    await asyncio.shield(task)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError, TimeoutError, HubError):
                 pass
-        await self._reset()
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._queue.put_nowait(_Closed())

@@ -25,7 +25,7 @@ from broker.committer import Committer
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.logging import get_logger
 from broker.metrics import Metrics
-from broker.transport.jetstream import ConsumerGone, JetStream, Pulled
+from broker.transport.jetstream import ConsumerGone, JetStream, Pulled, Wake
 
 log = get_logger(__name__)
 
@@ -96,6 +96,7 @@ class DeliverySession:
         except (TimeoutError, OpsroomError):
             log.warning("session_acks_unrecorded", agency=self.agency_id, count=len(self._to_record))
         await self._puller.stop()
+        self._js.forget(self._puller)
         self._metrics.sessions.labels(self.agency_id).dec()
 
     # -- outbound ------------------------------------------------------------------------
@@ -111,17 +112,24 @@ class DeliverySession:
 
     async def next_frame(self) -> bytes:
         """The next ConnectResponse to send, serialized: a batch of deliveries or a heartbeat."""
-        await self._top_up()
         queue = self._puller.queue
-        try:
-            first = await asyncio.wait_for(queue.get(), timeout=self._heartbeat)
-        except TimeoutError:
-            beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=receipts.timestamp(self._clock())))
-            return beat.SerializeToString()
-        items = [first]
-        while len(items) < self.max_batch and not queue.empty():
-            items.append(queue.get_nowait())
-        return self._frame(items)
+        deadline = asyncio.get_running_loop().time() + self._heartbeat
+        while True:
+            await self._top_up()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                first = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
+            except TimeoutError:
+                beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=receipts.timestamp(self._clock())))
+                return beat.SerializeToString()
+            if isinstance(first, Wake):
+                continue
+            items = [first]
+            while len(items) < self.max_batch and not queue.empty():
+                item = queue.get_nowait()
+                if not isinstance(item, Wake):
+                    items.append(item)
+            return self._frame(items)
 
     def _frame(self, items: Iterable[Pulled | BaseException]) -> bytes:
         frame = store_pb2.RawConnectResponse()

@@ -137,9 +137,9 @@ class Room:
         await self.client.publish(response)
         self.out(f"  [{self.name}] -> RESPONSE {common_pb2.Outcome.Name(common_pb2.OUTCOME_ACCEPTED)} sent")
 
-    async def wait_for(self, count: int, timeout: float) -> None:
+    async def wait_for(self, count: int, patience: float) -> None:
         """Until at least count envelopes arrived."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(patience):
             while len(self.received) < count:
                 self.changed.clear()
                 await self.changed.wait()
@@ -178,7 +178,7 @@ def _incident(incident_id: str, status: int) -> incident_pb2.Incident:
     )
 
 
-async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30.0) -> dict[str, hub_pb2.Receipt]:
+async def run_scenario(rooms: dict[str, Room], out: Printer, patience: float = 30.0) -> dict[str, hub_pb2.Receipt]:
     """Play the Torino scenario; returns the receipts of the request and hand-over."""
     incident_id = "urn:emergency:uid:incidentid:cur-to-2026-001234:nue.to.it"
     cur, pl, cc, questura = rooms[CUR], rooms[PL], rooms[CC], rooms[QUESTURA]
@@ -198,8 +198,8 @@ async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30
         incident=_incident(incident_id, incident_pb2.INCIDENT_STATUS_ACTIVE),
     )
     await send(cur, report, "REPORT incident")
-    await questura.wait_for(1, timeout)
-    await pl.wait_for(1, timeout)
+    await questura.wait_for(1, patience)
+    await pl.wait_for(1, patience)
 
     out("2. The Questura dispatches a patrol and updates the incident")
     update = new_envelope(
@@ -211,7 +211,7 @@ async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30
         incident=_incident(incident_id, incident_pb2.INCIDENT_STATUS_RESOURCES_ENROUTE),
     )
     await send(questura, update, "UPDATE incident")
-    await pl.wait_for(2, timeout)
+    await pl.wait_for(2, patience)
 
     out("3. The Polizia Locale asks the Carabinieri for backup; their operator accepts")
     request = new_envelope(
@@ -227,7 +227,7 @@ async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30
         ),
     )
     await send(pl, request, "REQUEST assistance")
-    await pl.wait_for(3, timeout)
+    await pl.wait_for(3, patience)
 
     out("4. A plate reader of the Polizia Locale hits a vehicle on the SCNTT stolen list")
     alert = new_envelope(
@@ -253,7 +253,7 @@ async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30
         ),
     )
     await send(pl, alert, "REPORT plate alert")
-    await cc.wait_for(2, timeout)
+    await cc.wait_for(2, patience)
 
     out("5. The Polizia Locale hands the incident over to the Questura, which accepts")
     handover = new_envelope(
@@ -267,7 +267,7 @@ async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30
         ),
     )
     await send(pl, handover, "REQUEST hand-over")
-    await pl.wait_for(4, timeout)
+    await pl.wait_for(4, patience)
 
     out("6. The Questura closes the incident")
     closure = new_envelope(
@@ -283,20 +283,20 @@ async def run_scenario(rooms: dict[str, Room], out: Printer, timeout: float = 30
         ),
     )
     await send(questura, closure, "UPDATE closure")
-    await cur.wait_for(2, timeout)
-    await cc.wait_for(3, timeout)
+    await cur.wait_for(2, patience)
+    await cc.wait_for(3, patience)
 
     receipts = {}
     for name, env, sender in (("report", report, cur), ("request", request, pl), ("hand-over", handover, pl)):
-        receipts[name] = await _settled_receipt(sender.client, env.distribution_id, timeout)
+        receipts[name] = await _settled_receipt(sender.client, env.distribution_id, patience)
     return receipts
 
 
-async def _settled_receipt(client: HubClient, distribution_id: str, timeout: float) -> hub_pb2.Receipt:
+async def _settled_receipt(client: HubClient, distribution_id: str, patience: float) -> hub_pb2.Receipt:
     """The receipt once every recipient's client acknowledged (rooms acknowledge in the background)."""
     receipt = await client.receipt(distribution_id)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(patience):
             while any(r.state != hub_pb2.DELIVERY_STATE_DELIVERED for r in receipt.recipients):
                 await asyncio.sleep(0.05)
                 receipt = await client.receipt(distribution_id)

@@ -121,16 +121,19 @@ def check_sync_always(monitor_url: str, timeout: float = 5.0) -> bool:
 class JetStream:
     """The hub's connection to JetStream and its one stream."""
 
-    def __init__(self, cfg: NatsConfig, nc: Client) -> None:
+    def __init__(self, cfg: NatsConfig, nc: Client, events: _ConnectionEvents) -> None:
         """Use an open connection; see connect()."""
         self.cfg = cfg
         self.nc = nc
         self.layout = Layout(cfg.subject_prefix)
         self._api = "$JS.API"
+        self._events = events
+        events.pullers = set()
 
     @classmethod
     async def connect(cls, cfg: NatsConfig, name: str = "opsroom-hub") -> JetStream:
         """Connect to the configured servers (reconnecting forever afterwards)."""
+        events = _ConnectionEvents()
         tls: ssl.SSLContext | None = None
         if cfg.tls is not None:
             tls = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
@@ -145,16 +148,17 @@ class JetStream:
                 connect_timeout=5,
                 allow_reconnect=True,
                 pending_size=64 * 1024 * 1024,
-                error_cb=_on_error,
-                disconnected_cb=_on_disconnected,
-                reconnected_cb=_on_reconnected,
+                error_cb=events.on_error,
+                disconnected_cb=events.on_disconnected,
+                reconnected_cb=events.on_reconnected,
             )
         except (TimeoutError, OSError, NatsError) as exc:
             raise StoreUnavailable(f"cannot connect to NATS at {', '.join(cfg.servers)}: {exc}") from exc
-        return cls(cfg, nc)
+        return cls(cfg, nc, events)
 
     async def close(self) -> None:
         """Flush and close the connection."""
+        self._events.closing = True
         try:
             await self.nc.drain()
         except (TimeoutError, NatsError, OSError):
@@ -347,8 +351,14 @@ class JetStream:
             raise StoreUnavailable(f"cannot acknowledge: {type(exc).__name__}") from exc
 
     def puller(self, agency_id: str) -> Puller:
-        """A continuous pull on the agency's consumer."""
-        return Puller(self, self.layout.consumer_name(agency_id))
+        """A continuous pull on the agency's consumer (told to pull again after a reconnect)."""
+        puller = Puller(self, self.layout.consumer_name(agency_id))
+        self._events.pullers.add(puller)
+        return puller
+
+    def forget(self, puller: Puller) -> None:
+        """Stop telling puller about reconnects."""
+        self._events.pullers.discard(puller)
 
 
 def _stored(msg: Msg) -> StoredMsg | None:
@@ -470,13 +480,27 @@ class Puller:
         self.outstanding = max(0, self.outstanding - int(pending)) if pending else 0
 
 
-async def _on_error(exc: Exception) -> None:
-    log.warning("nats_error", error_type=type(exc).__name__)
+class Wake(Exception):
+    """The connection came back: pull requests made before are lost, ask again."""
 
 
-async def _on_disconnected() -> None:
-    log.warning("nats_disconnected")
+class _ConnectionEvents:
+    """Connection callbacks: logs (quiet while closing) and wakes the pullers after a reconnect."""
 
+    def __init__(self) -> None:
+        self.closing = False
+        self.pullers: set[Puller] = set()
 
-async def _on_reconnected() -> None:
-    log.info("nats_reconnected")
+    async def on_error(self, exc: Exception) -> None:
+        if not self.closing:
+            log.warning("nats_error", error_type=type(exc).__name__)
+
+    async def on_disconnected(self) -> None:
+        if not self.closing:
+            log.warning("nats_disconnected")
+
+    async def on_reconnected(self) -> None:
+        log.info("nats_reconnected")
+        for puller in list(self.pullers):
+            puller.forget_outstanding()
+            puller.queue.put_nowait(Wake())

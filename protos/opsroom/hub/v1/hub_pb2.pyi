@@ -417,7 +417,10 @@ class Delivery(_message.Message):
     sequence: _builtins.int
     """Position in the room's queue, increasing; acknowledge with this."""
     attempt: _builtins.int
-    """1 on first delivery, more when redelivered (the room's client drops duplicates by id)."""
+    """Delivery count within this session: 1, or more when the hub sent it again because the
+    client did not acknowledge it in time. A new session counts from 1 again, so a room must
+    not rely on it to spot duplicates: the distribution id does that.
+    """
     @_builtins.property
     def envelope(self) -> _envelope_pb2.Envelope:
         """The envelope as this recipient may see it."""

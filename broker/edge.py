@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import grpc
 import structlog
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opsroom.hub.v1 import hub_pb2
@@ -74,6 +75,37 @@ def _identity(frame: bytes) -> bytes:
     return frame
 
 
+class Malformed:
+    """Stands for a request whose bytes did not parse; handlers answer INVALID_ARGUMENT MALFORMED_REQUEST."""
+
+    def __init__(self, method: str) -> None:
+        """The request message type that was expected."""
+        self.method = method
+
+    def error(self) -> OpsroomError:
+        """The refusal for it."""
+        return OpsroomError(Reason.MALFORMED_REQUEST, f"the request bytes are not a valid {self.method}")
+
+
+def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
+    """A deserializer that returns a Malformed marker instead of raising (grpc would answer INTERNAL)."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Malformed(name)
+
+    return deserialize
+
+
+def _parsed(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise request.error()
+    return request
+
+
 class HubServicer:
     """The HubService implementation, registered as a generic handler (Connect sends pre-serialized frames)."""
 
@@ -107,22 +139,22 @@ class HubServicer:
             {
                 "Publish": grpc.unary_unary_rpc_method_handler(
                     self.publish,
-                    request_deserializer=hub_pb2.PublishRequest.FromString,
+                    request_deserializer=_tolerant(hub_pb2.PublishRequest),
                     response_serializer=hub_pb2.PublishResponse.SerializeToString,
                 ),
                 "PublishStream": grpc.stream_stream_rpc_method_handler(
                     self.publish_stream,
-                    request_deserializer=hub_pb2.PublishStreamRequest.FromString,
+                    request_deserializer=_tolerant(hub_pb2.PublishStreamRequest),
                     response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
                 ),
                 "Connect": grpc.stream_stream_rpc_method_handler(
                     self.connect,
-                    request_deserializer=hub_pb2.ConnectRequest.FromString,
+                    request_deserializer=_tolerant(hub_pb2.ConnectRequest),
                     response_serializer=_identity,
                 ),
                 "GetReceipt": grpc.unary_unary_rpc_method_handler(
                     self.get_receipt,
-                    request_deserializer=hub_pb2.GetReceiptRequest.FromString,
+                    request_deserializer=_tolerant(hub_pb2.GetReceiptRequest),
                     response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
                 ),
             },
@@ -169,6 +201,7 @@ class HubServicer:
         agency = ""
         try:
             agency = self._agency(context)
+            request = _parsed(request)
             self._check_draining()
             self._check_size(request.envelope.ByteSize())
             try:
@@ -183,7 +216,7 @@ class HubServicer:
             log.info(
                 "publish_refused",
                 sender_agency=agency,
-                distribution_id=_safe_id(request.envelope.distribution_id),
+                distribution_id=_safe_id(_distribution_id_of(request)),
                 reason=err.reason.name,
             )
             await self._abort(context, agency, err, "envelope")
@@ -200,7 +233,7 @@ class HubServicer:
     # -- PublishStream ---------------------------------------------------------------------
 
     async def publish_stream(
-        self, requests: AsyncIterator[hub_pb2.PublishStreamRequest], context: Context
+        self, requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed], context: Context
     ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
         """Publish batches; answers each request in order while later ones are being stored."""
         try:
@@ -208,7 +241,7 @@ class HubServicer:
         except OpsroomError as err:
             await self._abort(context, "", err)
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
-        answers: asyncio.Queue[tuple[int, list[Any], float] | None] = asyncio.Queue()
+        answers: asyncio.Queue[tuple[int, list[Any], float] | Malformed | None] = asyncio.Queue()
         read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
         reader = asyncio.get_running_loop().create_task(self._read_batches(requests, agency, answers, read_ahead))
         try:
@@ -216,6 +249,8 @@ class HubServicer:
                 item = await answers.get()
                 if item is None:
                     break
+                if isinstance(item, Malformed):
+                    await self._abort(context, agency, item.error())
                 request_id, pending, started = item
                 results = [await self._result(agency, p, started) for p in pending]
                 read_ahead.release()
@@ -226,13 +261,16 @@ class HubServicer:
 
     async def _read_batches(
         self,
-        requests: AsyncIterator[hub_pb2.PublishStreamRequest],
+        requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed],
         agency: str,
-        answers: asyncio.Queue[tuple[int, list[Any], float] | None],
+        answers: asyncio.Queue[tuple[int, list[Any], float] | Malformed | None],
         read_ahead: asyncio.Semaphore,
     ) -> None:
         try:
             async for request in requests:
+                if isinstance(request, Malformed):
+                    answers.put_nowait(request)
+                    return
                 await read_ahead.acquire()
                 started = time.perf_counter()
                 pending: list[Any] = []
@@ -283,6 +321,7 @@ class HubServicer:
             first = await context.read()
             if first is grpc.aio.EOF:
                 return
+            first = _parsed(first)
             if first.WhichOneof("request") != "open":
                 raise Refused(Reason.SESSION_NOT_OPENED, "the first message on Connect must be open")
             session = DeliverySession(
@@ -322,7 +361,7 @@ class HubServicer:
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     return
-                if request.WhichOneof("request") == "ack":
+                if _parsed(request).WhichOneof("request") == "ack":
                     session.on_ack(request.ack.sequences)
 
         async def write_frames() -> None:
@@ -338,6 +377,7 @@ class HubServicer:
         agency = ""
         try:
             agency = self._agency(context)
+            request = _parsed(request)
             _check_distribution_id(request.distribution_id)
             receipt = await self._publisher.receipt(request.distribution_id, agency)
         except OpsroomError as err:
@@ -371,6 +411,11 @@ def _check_distribution_id(value: str) -> None:
             "distribution_id: must be a lowercase UUID",
             violations=[Violation("distribution_id", "format", "must be a lowercase UUID")],
         )
+
+
+def _distribution_id_of(request: object) -> str:
+    """The envelope's distribution id of a PublishRequest, or "" for a malformed request."""
+    return request.envelope.distribution_id if isinstance(request, hub_pb2.PublishRequest) else ""
 
 
 def _safe_id(value: str) -> str:

@@ -29,11 +29,12 @@ http: 127.0.0.1:{monitor_port}
 max_payload: 8MB
 jetstream {{
   store_dir: "{store_dir}"
-  # Every write is fsynced before JetStream acknowledges it: the hub acknowledges a publish
-  # only after that, so an acknowledged event survives a power cut.
-  sync_interval: always
+{sync}
 }}
 """
+SYNC_ALWAYS = """  # Every write is fsynced before JetStream acknowledges it: the hub acknowledges a publish
+  # only after that, so an acknowledged event survives a power cut.
+  sync_interval: always"""
 
 
 def find_nats_server() -> Path:
@@ -63,6 +64,8 @@ class NatsServer:
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
     binary: Path = field(default_factory=find_nats_server)
+    # Only tests turn this off, to check that the hub refuses such a server.
+    sync_always: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,7 +96,11 @@ class NatsServer:
         store = self.data_dir / "jetstream"
         self.config_path.write_text(
             CONFIG_TEMPLATE.format(
-                name=self.name, port=self.port, monitor_port=self.monitor_port, store_dir=store.as_posix()
+                name=self.name,
+                port=self.port,
+                monitor_port=self.monitor_port,
+                store_dir=store.as_posix(),
+                sync=SYNC_ALWAYS if self.sync_always else "  # sync_interval left at the default (unsafe)",
             )
         )
         log_file = (self.data_dir / "nats-server.log").open("ab")

@@ -22,6 +22,7 @@ class Reason(enum.Enum):
 
     INVALID_ENVELOPE = (StatusCode.INVALID_ARGUMENT, "a field breaks a rule; BadRequest names each field")
     INVALID_REQUEST = (StatusCode.INVALID_ARGUMENT, "a request field outside the envelope breaks a rule")
+    MALFORMED_REQUEST = (StatusCode.INVALID_ARGUMENT, "the request bytes are not the protobuf message of the method")
     ENVELOPE_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "one envelope exceeds the size limit")
     BATCH_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "a PublishStream request holds too many envelopes")
     CERTIFICATE_WITHOUT_AGENCY = (StatusCode.UNAUTHENTICATED, "no client certificate naming an agency")

@@ -70,7 +70,8 @@ class DeliverySession:
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._puller = js.puller(agency_id)
         self._unacked: dict[int, Pulled] = {}
-        self._acked: set[int] = set()
+        self._acked: set[int] = set()  # acknowledged by the client and recorded as receipts
+        self._recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
         self._to_record: list[int] = []
         self._ack_event = asyncio.Event()
         self._room = asyncio.Event()
@@ -166,8 +167,8 @@ class DeliverySession:
     def on_ack(self, sequences: Iterable[int]) -> None:
         """The room's client acknowledged these sequences; unknown or repeated ones are ignored."""
         for seq in sequences:
-            if seq in self._unacked and seq not in self._acked:
-                self._acked.add(seq)
+            if seq in self._unacked and seq not in self._acked and seq not in self._recording:
+                self._recording.add(seq)
                 self._to_record.append(seq)
         if self._to_record:
             self._ack_event.set()
@@ -202,6 +203,9 @@ class DeliverySession:
         except BaseException:
             self._to_record = seqs + self._to_record
             raise
+        # Only now, with the receipts stored, do these count as acknowledged.
+        self._recording.difference_update(seqs)
+        self._acked.update(seqs)
         self._metrics.acks.labels(self.agency_id).inc(len(seqs))
         highest: Pulled | None = None
         for seq in list(self._unacked):

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from broker.certs import DevPki, make_dev_pki
 from broker.client import Credentials, HubClient, RetryPolicy
@@ -72,8 +73,12 @@ async def local_hub(
     extra_certs: Iterable[str] = (),
     metrics_listen: str = "",
     nats_config: NatsConfig | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
-    """Start nats-server and a hub under root; stop both (by PID for the server) on exit."""
+    """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
+
+    overrides replace HubConfig fields (e.g. heartbeat=timedelta(seconds=1)).
+    """
     pki = make_dev_pki(root / "pki", [*agencies, *extra_certs])
     nats = NatsServer(root / "nats")
     nats.start()
@@ -81,6 +86,7 @@ async def local_hub(
         cfg = dev_config(pki, nats, agencies, allow, metrics_listen=metrics_listen)
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
+        cfg = replace(cfg, **overrides)
         hub = Hub(cfg)
         await hub.start()
         try:

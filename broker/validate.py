@@ -28,7 +28,7 @@ from broker.errors import Violation
 _TS_MIN = -62135596800
 _TS_MAX = 253402300799
 
-_PHONE_RE = re.compile(r"\+?[0-9]{3,16}")
+_PHONE_RE = re.compile(r"\+?[0-9]{3,15}")  # E.164: at most 15 digits
 _IMSI_RE = re.compile(r"[0-9]{14,15}")
 _LANGUAGE_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8}){0,3}")
 _PLATE_RE = re.compile(r"[A-Z0-9]{1,12}")
@@ -40,13 +40,14 @@ _POSTAL_RE = re.compile(r"[0-9]{5}")
 _CODE_RE = re.compile(r"[A-Z0-9_]{1,64}")
 _AGREEMENT_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 _CIVIC_RE = re.compile(r"[A-Za-z0-9/ -]{1,16}")
-# Control characters other than tab, line feed and carriage return.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (C0, DEL, C1) other than tab, line feed and carriage return.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 _KIND_PAYLOADS: dict[int, frozenset[str]] = {
     common_pb2.KIND_REPORT: frozenset({"incident", "alert"}),
     common_pb2.KIND_UPDATE: frozenset({"incident", "alert", "closure"}),
-    common_pb2.KIND_CANCEL: frozenset({"incident", "alert", "closure", "assistance_request", "handover_request"}),
+    common_pb2.KIND_CANCEL: frozenset({"incident", "alert", "assistance_request", "handover_request"}),
     common_pb2.KIND_REQUEST: frozenset({"assistance_request", "handover_request"}),
     common_pb2.KIND_RESPONSE: frozenset({"assistance_response", "handover_response"}),
     common_pb2.KIND_ACK: frozenset({"acknowledgement"}),
@@ -101,6 +102,7 @@ _CATEGORY = _enum_values(alert_pb2.Category)
 _URGENCY = _enum_values(alert_pb2.Urgency)
 _SEVERITY = _enum_values(alert_pb2.Severity)
 _CERTAINTY = _enum_values(alert_pb2.Certainty)
+_MAX_CATEGORIES = len(_CATEGORY) - 1  # each CAP category once at most
 
 
 def _ts_seconds(ts: Timestamp) -> float:
@@ -204,7 +206,8 @@ class _Checker:
             self.agency("sender.agency_id", env.sender.agency_id)
             self.pattern("sender.operator_id", env.sender.operator_id, ids.LOCAL_ID_RE, "a staff id")
             self.pattern("sender.workstation_id", env.sender.workstation_id, ids.LOCAL_ID_RE, "a station id")
-        if self.timestamp("sent_at", env.sent_at, present=env.HasField("sent_at"), required=True):
+        sent_ok = self.timestamp("sent_at", env.sent_at, present=env.HasField("sent_at"), required=True)
+        if sent_ok:
             sent = _ts_seconds(env.sent_at)
             if sent > self.now + lim.max_future_skew.total_seconds():
                 self.fail("sent_at", "future", "must not be in the future (clock skew above limit)")
@@ -212,11 +215,11 @@ class _Checker:
                 self.fail("sent_at", "too_old", f"must be less than {lim.max_sent_age} old")
         self.enum("status", env.status, _STATUS)
         self.enum("kind", env.kind, _KIND)
-        self.enum("confidentiality", env.confidentiality, _CONFIDENTIALITY)
         self.recipients(env)
         self.max_items("target_areas", env.target_areas, lim.max_target_areas)
         for i, area in enumerate(env.target_areas[: lim.max_target_areas]):
             self.area(f"target_areas[{i}]", area)
+        self.enum("confidentiality", env.confidentiality, _CONFIDENTIALITY)
         self.max_items("incident_ids", env.incident_ids, lim.max_incident_ids)
         seen: set[str] = set()
         for i, incident_id in enumerate(env.incident_ids[: lim.max_incident_ids]):
@@ -228,8 +231,10 @@ class _Checker:
         self.incident_ids = frozenset(seen)
         self.references(env)
         self.legal_basis(env)
-        if self.timestamp("expires_at", env.expires_at, present=env.HasField("expires_at")) and (
-            env.HasField("sent_at") and _ts_seconds(env.expires_at) <= _ts_seconds(env.sent_at)
+        if (
+            self.timestamp("expires_at", env.expires_at, present=env.HasField("expires_at"))
+            and sent_ok
+            and _ts_seconds(env.expires_at) <= _ts_seconds(env.sent_at)
         ):
             self.fail("expires_at", "after_sent_at", "must be after sent_at")
         self.payload(env)
@@ -424,8 +429,8 @@ class _Checker:
         self.text(f"{path}.surname", person.surname)
         if person.birth_date:
             try:
+                well_formed = _DATE_RE.fullmatch(person.birth_date) is not None
                 date.fromisoformat(person.birth_date)
-                well_formed = len(person.birth_date) == 10
             except ValueError:
                 well_formed = False
             if not well_formed:
@@ -494,13 +499,12 @@ class _Checker:
         self.timestamp(f"{path}.needed_by", r.needed_by, present=r.HasField("needed_by"))
         self.text(f"{path}.remarks", r.remarks, max_len=self.limits.max_text)
 
-    def answer(self, path: str, outcome: int, cause: str, ts: Timestamp, *, present: bool) -> None:
+    def outcome(self, path: str, outcome: int, cause: str) -> None:
         self.enum(f"{path}.outcome", outcome, _OUTCOME)
         self.text(f"{path}.cause", cause, required=outcome == common_pb2.OUTCOME_REJECTED, max_len=500)
-        self.timestamp(f"{path}.responded_at", ts, present=present, required=True)
 
     def assistance_response(self, path: str, r: request_pb2.AssistanceResponse) -> None:
-        self.answer(path, r.outcome, r.cause, r.responded_at, present=r.HasField("responded_at"))
+        self.outcome(path, r.outcome, r.cause)
         self.max_items(f"{path}.resources", r.resources, self.limits.max_items)
         for i, res in enumerate(r.resources[: self.limits.max_items]):
             p = f"{path}.resources[{i}]"
@@ -514,6 +518,7 @@ class _Checker:
                 required=True,
             )
             self.timestamp(f"{p}.eta", res.eta, present=res.HasField("eta"))
+        self.timestamp(f"{path}.responded_at", r.responded_at, present=r.HasField("responded_at"), required=True)
 
     def handover_request(self, path: str, r: request_pb2.HandoverRequest) -> None:
         if not r.HasField("incident"):
@@ -523,9 +528,10 @@ class _Checker:
         self.text(f"{path}.reason", r.reason, max_len=self.limits.max_text)
 
     def handover_response(self, path: str, r: request_pb2.HandoverResponse) -> None:
-        self.answer(path, r.outcome, r.cause, r.responded_at, present=r.HasField("responded_at"))
         if r.outcome == common_pb2.OUTCOME_PARTIALLY_ACCEPTED:
             self.fail(f"{path}.outcome", "enum", "a hand-over is accepted or rejected, not in part")
+        self.outcome(path, r.outcome, r.cause)
+        self.timestamp(f"{path}.responded_at", r.responded_at, present=r.HasField("responded_at"), required=True)
 
     def acknowledgement(self, path: str, a: envelope_pb2.Acknowledgement) -> None:
         self.pattern(f"{path}.code", a.code, _CODE_RE, "upper-case letters, digits and _", required=True)
@@ -548,29 +554,33 @@ class _Checker:
         self.pattern(f"{path}.language", info.language, _LANGUAGE_RE, "a BCP 47 language tag")
         if not info.categories:
             self.fail(f"{path}.categories", "required", "must have at least one category")
-        for i, category in enumerate(info.categories[:12]):
+        self.max_items(f"{path}.categories", info.categories, _MAX_CATEGORIES)
+        for i, category in enumerate(info.categories[:_MAX_CATEGORIES]):
             self.enum(f"{path}.categories[{i}]", category, _CATEGORY)
         self.text(f"{path}.event", info.event, required=True)
         self.enum(f"{path}.urgency", info.urgency, _URGENCY)
         self.enum(f"{path}.severity", info.severity, _SEVERITY)
         self.enum(f"{path}.certainty", info.certainty, _CERTAINTY)
-        for name, values in (("event_codes", info.event_codes), ("parameters", info.parameters)):
-            self.max_items(f"{path}.{name}", values, lim.max_items)
-            for i, nv in enumerate(values[: lim.max_items]):
-                self.text(f"{path}.{name}[{i}].name", nv.name, required=True, max_len=100)
-                self.text(f"{path}.{name}[{i}].value", nv.value, max_len=lim.max_short)
+        self.named_values(f"{path}.event_codes", info.event_codes)
         self.timestamp(f"{path}.effective", info.effective, present=info.HasField("effective"))
         self.timestamp(f"{path}.onset", info.onset, present=info.HasField("onset"))
         self.timestamp(f"{path}.expires", info.expires, present=info.HasField("expires"))
         self.text(f"{path}.headline", info.headline)
         self.text(f"{path}.description", info.description, max_len=lim.max_text)
         self.text(f"{path}.instruction", info.instruction, max_len=lim.max_text)
+        self.named_values(f"{path}.parameters", info.parameters)
         self.media(f"{path}.resources", info.resources)
         if not info.areas:
             self.fail(f"{path}.areas", "required", "must have at least one area")
         self.max_items(f"{path}.areas", info.areas, lim.max_items)
         for i, area in enumerate(info.areas[: lim.max_items]):
             self.alert_area(f"{path}.areas[{i}]", area)
+
+    def named_values(self, path: str, values: Sequence[alert_pb2.NamedValue]) -> None:
+        self.max_items(path, values, self.limits.max_items)
+        for i, nv in enumerate(values[: self.limits.max_items]):
+            self.text(f"{path}[{i}].name", nv.name, required=True, max_len=100)
+            self.text(f"{path}[{i}].value", nv.value, max_len=self.limits.max_short)
 
     def alert_area(self, path: str, area: alert_pb2.AlertArea) -> None:
         lim = self.limits

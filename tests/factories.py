@@ -104,7 +104,9 @@ def alert() -> alert_pb2.Alert:
                     alert_pb2.AlertArea(
                         area_desc="Torino",
                         comuni_istat=["001272"],
-                        circles=[alert_pb2.Circle(center=common_pb2.GeoPoint(latitude=45.07, longitude=7.68), radius_km=1)],
+                        circles=[
+                            alert_pb2.Circle(center=common_pb2.GeoPoint(latitude=45.07, longitude=7.68), radius_km=1)
+                        ],
                         polygons=[
                             alert_pb2.Polygon(
                                 points=[

@@ -132,7 +132,7 @@ class Envelope(_message.Message):
 
     @_builtins.property
     def assistance_request(self) -> _request_pb2.AssistanceRequest:
-        """A request for assistance (REQUEST)."""
+        """A request for assistance (REQUEST; CANCEL withdraws it)."""
 
     @_builtins.property
     def assistance_response(self) -> _request_pb2.AssistanceResponse:
@@ -140,7 +140,7 @@ class Envelope(_message.Message):
 
     @_builtins.property
     def handover_request(self) -> _request_pb2.HandoverRequest:
-        """A hand-over of an incident (REQUEST)."""
+        """A hand-over of an incident (REQUEST; CANCEL withdraws it)."""
 
     @_builtins.property
     def handover_response(self) -> _request_pb2.HandoverResponse:
@@ -152,7 +152,7 @@ class Envelope(_message.Message):
 
     @_builtins.property
     def closure(self) -> _incident_pb2.IncidentClosure:
-        """The closure of an incident (UPDATE)."""
+        """The closure of an incident (UPDATE; a wrong closure is undone by an UPDATE reopening it)."""
 
     @_builtins.property
     def acknowledgement(self) -> Global___Acknowledgement:

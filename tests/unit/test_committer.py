@@ -1,0 +1,377 @@
+"""broker.committer: group commit into atomic batches, with a fake JetStream commit function (no servers)."""
+
+# Asserts read `expected == actual`, also when expected is a literal.
+# ruff: noqa: SIM300
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.committer import Committer, GroupResult, Outcome
+from broker.errors import OpsroomError, Reason, Refused, StoreFull, StoreUnavailable
+from broker.metrics import Metrics
+from broker.transport.jetstream import BatchAck, DuplicateInBatch, OutMsg
+
+WAIT = 5.0
+
+
+def msg(name: str, size: int = 1) -> OutMsg:
+    """A message whose JetStream message id is its name, with a payload of `size` bytes."""
+    return OutMsg(f"opsroom.test.{name}", b"x" * size, {"Nats-Msg-Id": name})
+
+
+def group(prefix: str, count: int = 1, size: int = 1) -> list[OutMsg]:
+    """`count` messages named prefix/0, prefix/1, ..."""
+    return [msg(f"{prefix}/{i}", size) for i in range(count)]
+
+
+def names(batch: Sequence[OutMsg]) -> list[str]:
+    return [m.headers["Nats-Msg-Id"] for m in batch]
+
+
+class FakeStore:
+    """A stream that numbers stored messages from `first_seq`, refuses batches repeating a stored message id
+    (as JetStream does with DuplicateInBatch), can fail on demand, and can hold a commit in flight.
+    """
+
+    def __init__(self, first_seq: int = 1, stored_ids: Sequence[str] = ()) -> None:
+        self.next_seq = first_seq
+        self.ids: set[str] = set(stored_ids)
+        self.calls: list[list[str]] = []
+        self.stored: list[str] = []
+        self.errors: dict[int, Exception] = {}  # call index -> exception to raise
+        self.in_flight = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        """Make commits wait until release()."""
+        self.gate = asyncio.Event()
+
+    def release(self) -> None:
+        assert self.gate is not None
+        self.gate.set()
+
+    async def commit(self, msgs: Sequence[OutMsg]) -> BatchAck:
+        call = len(self.calls)
+        self.calls.append(names(msgs))
+        self.in_flight.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        if call in self.errors:
+            raise self.errors[call]
+        batch = names(msgs)
+        if self.ids.intersection(batch):
+            raise DuplicateInBatch("duplicate message id in batch")
+        self.ids.update(batch)
+        self.stored.extend(batch)
+        self.next_seq += len(msgs)
+        return BatchAck(self.next_seq - 1, len(msgs))
+
+
+@contextlib.asynccontextmanager
+async def running(committer: Committer) -> AsyncIterator[asyncio.Task[None]]:
+    """Run committer.run() as a task for the body; cancel and await it afterwards."""
+    task = asyncio.create_task(committer.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def outcomes(futures: Sequence[asyncio.Future[GroupResult]]) -> list[GroupResult | BaseException]:
+    async with asyncio.timeout(WAIT):
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+
+async def test_single_group_is_stored_with_its_last_sequence() -> None:
+    """One group is committed as one batch; its result is STORED with the sequence of its last message."""
+    store = FakeStore(first_seq=41)
+    committer = Committer(store.commit, Metrics())
+    async with running(committer):
+        async with asyncio.timeout(WAIT):
+            result = await committer.submit(group("a", 3))
+    assert GroupResult(Outcome.STORED, 43) == result
+    assert [["a/0", "a/1", "a/2"]] == store.calls
+
+
+async def test_groups_queued_during_a_commit_go_together_in_the_next_batch() -> None:
+    """Groups queued while a batch is in flight are committed together, in queue order, as the next batch."""
+    store = FakeStore(first_seq=10)
+    store.hold()
+    committer = Committer(store.commit, Metrics())
+    async with running(committer):
+        first = await committer.enqueue(group("a"))
+        async with asyncio.timeout(WAIT):
+            await store.in_flight.wait()
+        later = [await committer.enqueue(group(p, n)) for p, n in (("b", 2), ("c", 1), ("d", 3))]
+        store.release()
+        results = await outcomes([first, *later])
+    assert [["a/0"], ["b/0", "b/1", "c/0", "d/0", "d/1", "d/2"]] == store.calls
+    assert [
+        GroupResult(Outcome.STORED, 10),
+        GroupResult(Outcome.STORED, 12),
+        GroupResult(Outcome.STORED, 13),
+        GroupResult(Outcome.STORED, 16),
+    ] == results
+
+
+async def test_last_seq_comes_from_the_batch_ack() -> None:
+    """Each group's last_seq counts back from the BatchAck's seq, which is the batch's last message."""
+    seen: list[int] = []
+
+    async def commit(msgs: Sequence[OutMsg]) -> BatchAck:
+        seen.append(len(msgs))
+        return BatchAck(1000, len(msgs))
+
+    committer = Committer(commit, Metrics())
+    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 1), ("b", 2), ("c", 3))]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [6] == seen
+    assert [995, 997, 1000] == [r.last_seq for r in results if isinstance(r, GroupResult)]
+
+
+async def test_duplicate_batch_is_retried_group_by_group() -> None:
+    """A batch refused with DuplicateInBatch is committed again one group at a time, in order;
+    only the groups the store already holds come back as DUPLICATE.
+    """
+    store = FakeStore(first_seq=1, stored_ids=["b/1", "d/0"])
+    metrics = Metrics()
+    committer = Committer(store.commit, metrics)
+    futures = [await committer.enqueue(group(p, 2)) for p in "abcde"]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [
+        ["a/0", "a/1", "b/0", "b/1", "c/0", "c/1", "d/0", "d/1", "e/0", "e/1"],
+        ["a/0", "a/1"],
+        ["b/0", "b/1"],
+        ["c/0", "c/1"],
+        ["d/0", "d/1"],
+        ["e/0", "e/1"],
+    ] == store.calls
+    assert [
+        GroupResult(Outcome.STORED, 2),
+        GroupResult(Outcome.DUPLICATE),
+        GroupResult(Outcome.STORED, 4),
+        GroupResult(Outcome.DUPLICATE),
+        GroupResult(Outcome.STORED, 6),
+    ] == results
+    assert ["a/0", "a/1", "c/0", "c/1", "e/0", "e/1"] == store.stored
+    assert 3.0 == metrics.registry.get_sample_value("opsroom_commit_failures_total", {"kind": "duplicate"})
+
+
+async def test_duplicate_single_group_is_not_retried() -> None:
+    """A batch of one group refused as duplicate resolves to DUPLICATE without another commit."""
+    store = FakeStore(stored_ids=["a/0"])
+    committer = Committer(store.commit, Metrics())
+    async with running(committer):
+        async with asyncio.timeout(WAIT):
+            result = await committer.submit(group("a", 2))
+    assert GroupResult(Outcome.DUPLICATE) == result
+    assert [["a/0", "a/1"]] == store.calls
+
+
+async def test_error_during_duplicate_retry_fails_only_that_group() -> None:
+    """When a group-by-group retry fails with a store error, only that group gets the error."""
+    store = FakeStore(stored_ids=["a/0"])
+    boom = StoreUnavailable("no quorum")
+    store.errors[2] = boom  # call 0: whole batch, call 1: group a, call 2: group b
+    committer = Committer(store.commit, Metrics())
+    futures = [await committer.enqueue(group(p)) for p in "abc"]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [GroupResult(Outcome.DUPLICATE), boom, GroupResult(Outcome.STORED, 1)] == results
+
+
+@pytest.mark.parametrize("error", [StoreUnavailable("no ack"), StoreFull("stream full")])
+async def test_store_error_fails_every_group_of_the_batch(error: OpsroomError) -> None:
+    """An OpsroomError from the commit fails each group of that batch with the same error; later batches go on."""
+    store = FakeStore()
+    store.errors[0] = error
+    metrics = Metrics()
+    committer = Committer(store.commit, metrics)
+    futures = [await committer.enqueue(group(p, 2)) for p in "abc"]
+    async with running(committer):
+        results = await outcomes(futures)
+        async with asyncio.timeout(WAIT):
+            after = await committer.submit(group("d"))
+    assert [error, error, error] == results
+    assert GroupResult(Outcome.STORED, 1) == after
+    assert ["d/0"] == store.stored
+    assert 1.0 == metrics.registry.get_sample_value(
+        "opsroom_commit_failures_total", {"kind": error.reason.name.lower()}
+    )
+
+
+async def test_unexpected_exception_becomes_store_unavailable() -> None:
+    """A non-hub exception from the commit fails the batch's groups with StoreUnavailable."""
+
+    async def commit(msgs: Sequence[OutMsg]) -> BatchAck:
+        raise RuntimeError("bug in the transport")
+
+    committer = Committer(commit, Metrics())
+    futures = [await committer.enqueue(group(p)) for p in "ab"]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [StoreUnavailable, StoreUnavailable] == [type(r) for r in results]
+    assert all(isinstance(r, OpsroomError) and r.reason is Reason.STORE_UNAVAILABLE for r in results)
+
+
+async def test_max_messages_splits_batches_and_carries_groups() -> None:
+    """A group that would overflow max_messages starts the next batch; nothing is lost or reordered."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics(), max_messages=4)
+    sizes = (("a", 2), ("b", 2), ("c", 1), ("d", 3), ("e", 4), ("f", 1))
+    futures = [await committer.enqueue(group(p, n)) for p, n in sizes]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [
+        ["a/0", "a/1", "b/0", "b/1"],
+        ["c/0", "d/0", "d/1", "d/2"],
+        ["e/0", "e/1", "e/2", "e/3"],
+        ["f/0"],
+    ] == store.calls
+    assert [2, 4, 5, 8, 12, 13] == [r.last_seq for r in results if isinstance(r, GroupResult)]
+
+
+async def test_max_bytes_splits_batches_and_carries_groups() -> None:
+    """A group that would overflow max_bytes starts the next batch; a group alone above the limit still goes."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics(), max_bytes=10)
+    sizes = (("a", 4), ("b", 4), ("c", 4), ("d", 15), ("e", 1), ("f", 1))
+    futures = [await committer.enqueue([msg(p, n)]) for p, n in sizes]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["a", "b"], ["c"], ["d"], ["e", "f"]] == store.calls
+    assert [GroupResult(Outcome.STORED, i) for i in range(1, 7)] == results
+
+
+def batches_respect(calls: list[list[str]], groups: list[list[OutMsg]], max_messages: int, max_bytes: int) -> None:
+    """Batches hold whole groups, in order, within the limits unless a batch is one group."""
+    flat = [n for call in calls for n in call]
+    assert [n for g in groups for n in names(g)] == flat
+    starts = {names(g)[0]: len(g) for g in groups}
+    sizes = {names(g)[0]: sum(len(m.payload) for m in g) for g in groups}
+    for call in calls:
+        i, count, size, parts = 0, 0, 0, 0
+        while i < len(call):
+            assert call[i] in starts, "a batch starts in the middle of a group"
+            count += starts[call[i]]
+            size += sizes[call[i]]
+            i += starts[call[i]]
+            parts += 1
+        assert i == len(call), "a group was split across batches"
+        assert parts == 1 or (count <= max_messages and size <= max_bytes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 6)), min_size=1, max_size=25),
+    max_messages=st.integers(5, 9),
+    max_bytes=st.integers(4, 30),
+    held=st.booleans(),
+)
+def test_batches_keep_groups_whole_ordered_and_within_limits(
+    shape: list[tuple[int, int]], max_messages: int, max_bytes: int, held: bool
+) -> None:
+    """For random group shapes and limits, every group is stored once, whole, in order, within the limits."""
+
+    async def scenario() -> tuple[list[list[str]], list[GroupResult | BaseException], list[list[OutMsg]]]:
+        store = FakeStore()
+        committer = Committer(store.commit, Metrics(), max_messages=max_messages, max_bytes=max_bytes)
+        groups = [group(f"g{i}", count, size) for i, (count, size) in enumerate(shape)]
+        async with running(committer):
+            if held:
+                store.hold()
+            futures = []
+            for g in groups:
+                futures.append(await committer.enqueue(g))
+                await asyncio.sleep(0)
+            if held:
+                store.release()
+            results = await outcomes(futures)
+        return store.calls, results, groups
+
+    calls, results, groups = asyncio.run(scenario())
+    batches_respect(calls, groups, max_messages, max_bytes)
+    expected_last = list(itertools.accumulate(len(g) for g in groups))
+    assert [GroupResult(Outcome.STORED, seq) for seq in expected_last] == results
+
+
+async def test_close_lets_run_return_after_committing_the_queue() -> None:
+    """After close(), run() commits what was queued (carried groups included) and returns."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics(), max_messages=2)
+    futures = [await committer.enqueue(group(p, 2)) for p in "abc"]
+    committer.close()
+    async with running(committer) as task:
+        async with asyncio.timeout(WAIT):
+            await task
+        results = await outcomes(futures)
+    assert [["a/0", "a/1"], ["b/0", "b/1"], ["c/0", "c/1"]] == store.calls
+    assert [GroupResult(Outcome.STORED, n) for n in (2, 4, 6)] == results
+
+
+async def test_close_while_idle_ends_run() -> None:
+    """close() on an idle committer makes run() return."""
+    committer = Committer(FakeStore().commit, Metrics())
+    async with running(committer) as task:
+        await asyncio.sleep(0)
+        committer.close()
+        async with asyncio.timeout(WAIT):
+            await task
+        assert task.done()
+        assert task.exception() is None
+
+
+async def test_enqueue_after_close_raises_store_unavailable() -> None:
+    """A closed committer refuses new groups with StoreUnavailable, and commits nothing."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics())
+    committer.close()
+    with pytest.raises(StoreUnavailable) as info:
+        await committer.enqueue(group("a"))
+    assert Reason.STORE_UNAVAILABLE == info.value.reason
+    with pytest.raises(StoreUnavailable):
+        await committer.submit(group("b"))
+    async with running(committer) as task:
+        async with asyncio.timeout(WAIT):
+            await task
+    assert [] == store.calls
+
+
+async def test_group_larger_than_max_messages_is_refused() -> None:
+    """A group with more messages than one batch may hold is refused at once; one of exactly max_messages is not."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics(), max_messages=3)
+    with pytest.raises(Refused) as info:
+        await committer.enqueue(group("a", 4))
+    assert Reason.ENVELOPE_TOO_LARGE == info.value.reason
+    async with running(committer):
+        async with asyncio.timeout(WAIT):
+            result = await committer.submit(group("b", 3))
+    assert GroupResult(Outcome.STORED, 3) == result
+    assert [["b/0", "b/1", "b/2"]] == store.calls
+
+
+async def test_commit_metrics_observe_each_batch() -> None:
+    """Each stored batch is observed in the commit size and duration histograms."""
+    store = FakeStore()
+    metrics = Metrics()
+    committer = Committer(store.commit, metrics)
+    futures = [await committer.enqueue(group(p, 3)) for p in "ab"]
+    async with running(committer):
+        await outcomes(futures)
+    assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_messages_count")
+    assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum")
+    assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_seconds_count")

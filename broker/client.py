@@ -300,6 +300,10 @@ class HubClient:
             raise HubError.from_rpc_error(exc) from None
         return response.receipt
 
+    def stream_publisher(self, *, max_batch: int = 100, max_requests_in_flight: int = 32) -> StreamPublisher:
+        """A publisher over one long-lived PublishStream that batches concurrent publishes."""
+        return StreamPublisher(self, max_batch=max_batch, max_requests_in_flight=max_requests_in_flight)
+
     def inbox(self, *, max_batch: int = 64, window: int = 1024, max_reconnects: int = 1000) -> Inbox:
         """This agency's deliveries (one inbox per client)."""
         if self._inbox is None:
@@ -311,6 +315,129 @@ class HubClient:
         if self._inbox is None:
             raise RuntimeError("no inbox open")
         self._inbox.ack(delivery)
+
+
+@dataclass(eq=False)
+class _Pending:
+    envelope: envelope_pb2.Envelope
+    future: asyncio.Future[hub_pb2.Acceptance]
+    attempts: int = 0
+
+
+class StreamPublisher:
+    """Publishes over one PublishStream, batching publish() calls made while earlier ones are in flight.
+
+    Envelopes submitted while a request is on its way travel together in the next one (up to
+    max_batch), so a busy sender pays one gRPC message and one hub commit for many envelopes.
+    Transient failures are retried with the same ids, in order, on a new stream.
+    """
+
+    def __init__(self, client: HubClient, *, max_batch: int, max_requests_in_flight: int) -> None:
+        """Idle until the first publish."""
+        self._client = client
+        self._max_batch = max_batch
+        self._max_requests = max_requests_in_flight
+        self._slots = asyncio.Semaphore(max_requests_in_flight)
+        self._queue: list[_Pending] = []
+        self._ready = asyncio.Event()
+        self._in_flight: dict[int, list[_Pending]] = {}
+        self._next_id = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def publish(self, envelope: envelope_pb2.Envelope) -> hub_pb2.Acceptance:
+        """Publish envelope; raises HubError when refused or when retries are exhausted."""
+        if self._closed:
+            raise RuntimeError("publisher closed")
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="opsroom-publisher")
+        pending = _Pending(envelope, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        self._ready.set()
+        return await pending.future
+
+    async def close(self) -> None:
+        """Stop after what was submitted is answered (or failed)."""
+        self._closed = True
+        self._ready.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delays = iter(self._client.retry.delays())
+        while self._queue or self._in_flight or not self._closed:
+            try:
+                await self._stream()
+                delays = iter(self._client.retry.delays())
+            except grpc.aio.AioRpcError as exc:
+                error = HubError.from_rpc_error(exc)
+                self._requeue(error)
+                delay = next(delays, None)
+                if delay is None or not error.retryable:
+                    self._fail_all(error)
+                    delays = iter(self._client.retry.delays())
+                else:
+                    await asyncio.sleep(delay)
+            if self._closed and not self._queue:
+                return
+
+    def _requeue(self, error: HubError) -> None:
+        """Envelopes in flight on a failed stream go back to the front, in order."""
+        back = [p for request in sorted(self._in_flight) for p in self._in_flight[request]]
+        self._in_flight.clear()
+        keep = []
+        for pending in back:
+            pending.attempts += 1
+            if pending.attempts >= self._client.retry.attempts and not pending.future.done():
+                pending.future.set_exception(error)
+            else:
+                keep.append(pending)
+        self._queue[:0] = keep
+
+    def _fail_all(self, error: HubError) -> None:
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._queue.clear()
+
+    async def _requests(self) -> AsyncIterator[hub_pb2.PublishStreamRequest]:
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            await self._slots.acquire()
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            self._next_id += 1
+            self._in_flight[self._next_id] = batch
+            yield hub_pb2.PublishStreamRequest(request_id=self._next_id, envelopes=[p.envelope for p in batch])
+
+    async def _stream(self) -> None:
+        self._slots = asyncio.Semaphore(self._max_requests)
+        call = self._client._publish_stream(self._requests())  # noqa: SLF001 - part of the client
+        async for response in call:
+            batch = self._in_flight.pop(response.request_id, [])
+            self._slots.release()
+            retry: list[_Pending] = []
+            for pending, result in zip(batch, response.results, strict=False):
+                if pending.future.done():
+                    continue
+                if result.WhichOneof("result") == "acceptance":
+                    pending.future.set_result(result.acceptance)
+                    continue
+                error = HubError.from_status(result.error)
+                pending.attempts += 1
+                if error.retryable and pending.attempts < self._client.retry.attempts:
+                    retry.append(pending)
+                else:
+                    pending.future.set_exception(error)
+            if retry:
+                self._queue[:0] = retry
+                self._ready.set()
+            if self._closed and not self._queue and not self._in_flight:
+                call.cancel()
+                return
 
 
 def _retry(result: hub_pb2.Acceptance | HubError | None) -> bool:

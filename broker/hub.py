@@ -82,6 +82,8 @@ class Hub:
             self.metrics,
             max_messages=cfg.nats.commit_max_messages,
             max_bytes=cfg.nats.commit_max_bytes,
+            publish_each=js.publish_each,
+            atomic_threshold=cfg.nats.atomic_threshold,
         )
         self._committer = committer
         self._committer_task = asyncio.get_running_loop().create_task(committer.run(), name="committer")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -31,6 +32,7 @@ ALLOWED_KEYS = frozenset(
         "duration_ms",
         "error",
         "error_type",
+        "exception",
         "field",
         "fields",
         "kind",
@@ -56,6 +58,26 @@ ALLOWED_KEYS = frozenset(
 )
 
 
+def traceback_without_values(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Structlog processor: turn exc_info into `exception`: the type and the stack, never the message.
+
+    An exception's message may quote a value (personal data); its type and frames do not.
+    """
+    exc_info = event_dict.pop("exc_info", None)
+    if exc_info:
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        exc_type, _exc, tb = exc_info
+        if exc_type is not None:
+            frames = "".join(traceback.format_tb(tb))
+            event_dict["exception"] = f"{frames}{exc_type.__module__}.{exc_type.__qualname__}"
+    return event_dict
+
+
 def drop_unlisted_keys(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Structlog processor: remove keys not in ALLOWED_KEYS, naming them in dropped_keys."""
     dropped = [key for key in event_dict if key not in ALLOWED_KEYS]
@@ -74,6 +96,7 @@ def configure(*, json: bool = True, level: int = logging.INFO, stream: TextIO | 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            traceback_without_values,
             drop_unlisted_keys,
             renderer,
         ],

@@ -90,13 +90,15 @@ class Metrics:
         )
         self.commit_seconds = Histogram(
             "opsroom_commit_seconds",
-            "Duration of one atomic batch commit to JetStream (one fsync with sync_interval: always).",
+            "Duration of one write to JetStream, by mode: an atomic batch, or single pipelined publishes.",
+            ["mode"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.commit_messages = Histogram(
             "opsroom_commit_messages",
-            "JetStream messages per atomic batch commit: deliveries, acceptance and receipt records.",
+            "JetStream messages per write (deliveries, acceptance and receipt records), by mode.",
+            ["mode"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )

@@ -53,6 +53,14 @@ _KIND_PAYLOADS: dict[int, frozenset[str]] = {
     common_pb2.KIND_ACK: frozenset({"acknowledgement"}),
     common_pb2.KIND_ERROR: frozenset({"acknowledgement"}),
 }
+# Every rule id a Violation may carry (documented in docs/errors.md).
+RULES = frozenset(
+    {
+        "required", "format", "agency_id_format", "code_list", "enum", "range", "max_length", "max_items",
+        "control_characters", "unique", "not_sender", "not_self", "registered", "timestamp_range", "future",
+        "too_old", "after_sent_at", "kind_payload", "incident_id_mismatch", "polygon",
+    }
+)  # fmt: skip
 # Kinds that act on an earlier message and so must reference it.
 KINDS_WITH_REFERENCE = frozenset(
     {common_pb2.KIND_CANCEL, common_pb2.KIND_RESPONSE, common_pb2.KIND_ACK, common_pb2.KIND_ERROR}

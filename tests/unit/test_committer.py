@@ -1,8 +1,5 @@
 """broker.committer: group commit into atomic batches, with a fake JetStream commit function (no servers)."""
 
-# Asserts read `expected == actual`, also when expected is a literal.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import asyncio
@@ -47,6 +44,8 @@ class FakeStore:
         self.calls: list[list[str]] = []
         self.stored: list[str] = []
         self.errors: dict[int, Exception] = {}  # call index -> exception to raise
+        self.each_calls: list[list[str]] = []
+        self.each_errors: dict[str, Exception] = {}  # message name -> error publish_each reports for it
         self.in_flight = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
@@ -74,6 +73,24 @@ class FakeStore:
         self.stored.extend(batch)
         self.next_seq += len(msgs)
         return BatchAck(self.next_seq - 1, len(msgs))
+
+    async def publish_each(self, msgs: Sequence[OutMsg]) -> list[int | Exception]:
+        """Plain publishes: per message its sequence, or its error (DuplicateInBatch if already stored)."""
+        batch = names(msgs)
+        self.each_calls.append(batch)
+        await asyncio.sleep(0)
+        out: list[int | Exception] = []
+        for name in batch:
+            if name in self.each_errors:
+                out.append(self.each_errors[name])
+            elif name in self.ids:
+                out.append(DuplicateInBatch("expected-absent subject exists"))
+            else:
+                self.ids.add(name)
+                self.stored.append(name)
+                out.append(self.next_seq)
+                self.next_seq += 1
+        return out
 
 
 @contextlib.asynccontextmanager
@@ -142,9 +159,7 @@ async def test_last_seq_comes_from_the_batch_ack() -> None:
 
 
 async def test_duplicate_batch_is_retried_group_by_group() -> None:
-    """A batch refused with DuplicateInBatch is committed again one group at a time, in order;
-    only the groups the store already holds come back as DUPLICATE.
-    """
+    """After DuplicateInBatch, groups are committed one at a time, in order; only the stored ones are DUPLICATE."""
     store = FakeStore(first_seq=1, stored_ids=["b/1", "d/0"])
     metrics = Metrics()
     committer = Committer(store.commit, metrics)
@@ -372,6 +387,80 @@ async def test_commit_metrics_observe_each_batch() -> None:
     futures = [await committer.enqueue(group(p, 3)) for p in "ab"]
     async with running(committer):
         await outcomes(futures)
-    assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_messages_count")
-    assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum")
-    assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_seconds_count")
+    atomic = {"mode": "atomic"}
+    assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_messages_count", atomic)
+    assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum", atomic)
+    assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_seconds_count", atomic)
+
+
+# -- plain publishes below atomic_threshold ------------------------------------------------
+
+
+async def test_small_batches_are_plain_publishes_heads_before_tails() -> None:
+    """Below atomic_threshold, every group's leading messages are published first, then each group's last one."""
+    store = FakeStore(first_seq=50)
+    metrics = Metrics()
+    committer = Committer(store.commit, metrics, publish_each=store.publish_each, atomic_threshold=8)
+    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 3), ("b", 1), ("c", 2))]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [] == store.calls
+    assert [["a/0", "a/1", "c/0"], ["a/2", "b/0", "c/1"]] == store.each_calls
+    assert [GroupResult(Outcome.STORED, n) for n in (53, 54, 55)] == results
+    single = {"mode": "single"}
+    assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum", single)
+
+
+async def test_batches_at_the_threshold_are_atomic() -> None:
+    """A batch of atomic_threshold messages or more goes as one atomic batch."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=4)
+    futures = [await committer.enqueue(group(p, 2)) for p in "ab"]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["a/0", "a/1", "b/0", "b/1"]] == store.calls
+    assert [] == store.each_calls
+    assert [GroupResult(Outcome.STORED, 2), GroupResult(Outcome.STORED, 4)] == results
+
+
+async def test_failed_leading_message_fails_its_group_and_skips_its_last() -> None:
+    """When a group's leading message is not stored, that group fails and its last message is not written."""
+    store = FakeStore()
+    boom = StoreUnavailable("no quorum")
+    store.each_errors["a/1"] = boom
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=8)
+    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 3), ("b", 2))]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["a/0", "a/1", "b/0"], ["b/1"]] == store.each_calls
+    assert [boom, GroupResult(Outcome.STORED, 3)] == results
+
+
+async def test_plain_publish_duplicate_and_error_on_last_messages() -> None:
+    """A last message already stored makes its group DUPLICATE; a store error on it fails only that group."""
+    store = FakeStore(stored_ids=["b/1"])
+    full = StoreFull("stream full")
+    store.each_errors["c/0"] = full
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=8)
+    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 1), ("b", 2), ("c", 1), ("d", 1))]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["b/0"], ["a/0", "b/1", "c/0", "d/0"]] == store.each_calls
+    assert [
+        GroupResult(Outcome.STORED, 2),
+        GroupResult(Outcome.DUPLICATE),
+        full,
+        GroupResult(Outcome.STORED, 3),
+    ] == results
+
+
+async def test_duplicate_atomic_batch_retries_small_groups_as_plain_publishes() -> None:
+    """After DuplicateInBatch, groups retried one by one below the threshold go as plain publishes."""
+    store = FakeStore(stored_ids=["b/2"])
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=4)
+    futures = [await committer.enqueue(group(p, 3)) for p in "ab"]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["a/0", "a/1", "a/2", "b/0", "b/1", "b/2"]] == store.calls
+    assert [["a/0", "a/1"], ["a/2"], ["b/0", "b/1"], ["b/2"]] == store.each_calls
+    assert [GroupResult(Outcome.STORED, 3), GroupResult(Outcome.DUPLICATE)] == results

@@ -1,8 +1,5 @@
 """broker.errors catalogue, google.rpc.Status round trip (edge.status_of, client.HubError), broker.logging allow-list."""
 
-# Asserts read `expected == actual`, also when expected is a literal.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import io

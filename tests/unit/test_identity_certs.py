@@ -1,8 +1,5 @@
 """broker.certs (development PKI) and broker.identity (the agency named by a client certificate)."""
 
-# Asserts read `expected == actual`, also when expected is a literal.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import ipaddress
@@ -161,10 +158,8 @@ def test_agency_key_matches_its_certificate(pki: DevPki) -> None:
 
 
 def test_agencies_differing_in_last_segment_get_their_own_certificates(tmp_path: Path) -> None:
-    """Agencies whose ids differ only after the last dot get distinct certificate files naming each of them.
-
-    Regression: DevPki.agency() once used Path.with_suffix(".pem"), giving both agencies/it.pl.pem.
-    """
+    """Agencies whose ids differ only after the last dot get distinct certificate files naming each of them."""
+    # Regression: DevPki.agency() used Path.with_suffix(".pem") (eb3c521), giving both agencies/it.pl.pem.
     pki = make_dev_pki(tmp_path, [f.PL, f.PL_MILANO])
     assert pki.agency(f.PL).cert != pki.agency(f.PL_MILANO).cert
     for agency in (f.PL, f.PL_MILANO):

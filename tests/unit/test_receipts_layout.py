@@ -1,8 +1,5 @@
 """broker.layout subjects and names, broker.ids agency tokens, and broker.receipts.build_receipt (pure)."""
 
-# Asserts read `expected == actual`, also when expected is a literal.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta

@@ -1,8 +1,5 @@
 """AllowListRouter: explicit recipients checked against allow rules and the reply rule (pure)."""
 
-# Asserts read `expected == actual`, also when expected is a literal.
-# ruff: noqa: SIM300
-
 from __future__ import annotations
 
 import uuid

@@ -1,0 +1,410 @@
+"""Hub versus raw JetStream, side by side in one run, on one nats-server with sync_interval: always.
+
+    .venv/bin/python bench/run.py            # the full run (about two minutes)
+    .venv/bin/python bench/run.py --quick    # a smaller one (CI smoke)
+
+Raw JetStream: nats-py publishes 1 KB messages (with a message id) and a durable pull consumer
+receives and acknowledges them. Hub: a sender publishes ~1 KB envelopes over gRPC (mTLS) through
+the client's stream publisher, the hub validates, routes and stores them, and a receiver's inbox
+gets and acknowledges them over gRPC. The hub runs in its own process, as in production.
+
+Each scenario runs raw, then hub, then again in that order; the better of the two runs counts,
+so that a burst of noise on a shared machine does not decide the ratio. Throughput is events
+delivered to the receiver per second (first send to last delivery); latency is publish to
+delivery, measured in the bench process for both paths. Results go to stdout and, as JSON, to
+bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
+from opsroom.incident.v1 import incident_pb2
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from broker.certs import make_dev_pki  # noqa: E402
+from broker.client import HubClient, new_envelope  # noqa: E402
+from broker.embedded import NatsServer, free_port  # noqa: E402
+from broker.testing import credentials  # noqa: E402
+
+SENDER = "it.nue.cur.to"
+RECEIVER = "it.ps.questura.to"
+PAYLOAD_BYTES = 1024
+
+
+@dataclass
+class Result:
+    """One measured run."""
+
+    path: str
+    scenario: str
+    events: int
+    seconds: float
+    throughput: float
+    p50_ms: float
+    p99_ms: float
+    ack_p50_ms: float
+    ack_p99_ms: float
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of values, in the same unit."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summarize(
+    path: str, scenario: str, sent: dict[str, float], acked: dict[str, float], got: dict[str, float]
+) -> Result:
+    """A Result from send, ack and delivery times keyed by message id."""
+    start = min(sent.values())
+    end = max(got.values())
+    latencies = [(got[k] - sent[k]) * 1000 for k in got if k in sent]
+    ack_latencies = [(acked[k] - sent[k]) * 1000 for k in acked if k in sent]
+    seconds = end - start
+    return Result(
+        path,
+        scenario,
+        len(got),
+        round(seconds, 3),
+        round(len(got) / seconds, 1) if seconds > 0 else 0.0,
+        round(percentile(latencies, 0.5), 2),
+        round(percentile(latencies, 0.99), 2),
+        round(percentile(ack_latencies, 0.5), 2),
+        round(percentile(ack_latencies, 0.99), 2),
+    )
+
+
+async def paced(count: int, rate: float | None, window: int, send: Callable[[int], Awaitable[None]]) -> None:
+    """Call send(i) count times: as fast as `window` concurrent calls allow, or at `rate` per second."""
+    slots = asyncio.Semaphore(window)
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        try:
+            await send(i)
+        finally:
+            slots.release()
+
+    for i in range(count):
+        if rate:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await slots.acquire()
+        task = asyncio.get_running_loop().create_task(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+
+
+# -- raw JetStream -------------------------------------------------------------------------------
+
+
+async def run_raw(server: NatsServer, scenario: str, count: int, rate: float | None) -> Result:
+    """nats-py publish with acks, durable pull consumer with explicit acks."""
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    stream = f"RAW{uuid.uuid4().hex[:8]}"
+    subject = f"raw.{stream}"
+    await js.add_stream(StreamConfig(name=stream, subjects=[subject], storage=StorageType.FILE))
+    await js.add_consumer(
+        stream, ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000)
+    )
+    psub = await js.pull_subscribe_bind("c", stream=stream)
+    sent: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    got: dict[str, float] = {}
+    padding = os.urandom(PAYLOAD_BYTES - 36)
+
+    async def receive() -> None:
+        while len(got) < count:
+            try:
+                msgs = await psub.fetch(512, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            now = time.perf_counter()
+            for msg in msgs:
+                got[msg.data[:36].decode()] = now
+                await msg.ack()
+
+    async def send(_i: int) -> None:
+        key = str(uuid.uuid4())
+        sent[key] = time.perf_counter()
+        await js.publish(subject, key.encode() + padding, headers={"Nats-Msg-Id": key})
+        acked[key] = time.perf_counter()
+
+    receiver = asyncio.get_running_loop().create_task(receive())
+    await paced(count, rate, 512, send)
+    await asyncio.wait_for(receiver, timeout=120)
+    await js.delete_stream(stream)
+    await nc.close()
+    return summarize("raw JetStream", scenario, sent, acked, got)
+
+
+# -- hub -----------------------------------------------------------------------------------------
+
+
+def bench_envelope(incident_id: str) -> envelope_pb2.Envelope:
+    """An incident report of about PAYLOAD_BYTES serialized."""
+    env = new_envelope(
+        SENDER,
+        kind=common_pb2.KIND_REPORT,
+        recipients=[RECEIVER],
+        incident_ids=[incident_id],
+        operator_id="OP-BENCH-1",
+        incident=incident_pb2.Incident(
+            id=incident_id,
+            type=incident_pb2.IncidentType(eido_code="FIGHT"),
+            status=incident_pb2.INCIDENT_STATUS_ACTIVE,
+            priority=common_pb2.PRIORITY_HIGH,
+            locations=[common_pb2.Location(type="CurrentIncident", comune_istat="001272")],
+        ),
+    )
+    env.incident.description = "x" * max(0, PAYLOAD_BYTES - env.ByteSize() - 3)
+    return env
+
+
+async def run_hub(target: str, pki_root: Path, scenario: str, count: int, rate: float | None) -> Result:
+    """Sender -> hub (gRPC, mTLS) -> JetStream -> hub -> receiver (gRPC), acknowledged."""
+    from broker.certs import DevPki, KeyPair  # noqa: PLC0415
+
+    pki = DevPki(pki_root, pki_root / "ca.pem", KeyPair(pki_root / "hub.pem", pki_root / "hub-key.pem"))
+    sender = HubClient(target, credentials(pki, SENDER), server_name="localhost")
+    receiver = HubClient(target, credentials(pki, RECEIVER), server_name="localhost")
+    publisher = sender.stream_publisher(max_batch=200, max_requests_in_flight=16)
+    envelopes = [bench_envelope(f"urn:emergency:uid:incidentid:bench-{i % 50}:bench") for i in range(count)]
+    sent: dict[str, float] = {}
+    acked: dict[str, float] = {}
+    got: dict[str, float] = {}
+    inbox = receiver.inbox(max_batch=256, window=8192)
+    inbox.start()
+    await asyncio.wait_for(inbox.opened.wait(), timeout=30)
+
+    async def receive() -> None:
+        async for delivery in inbox:
+            got[delivery.envelope.distribution_id] = time.perf_counter()
+            inbox.ack(delivery)
+            if len(got) >= count:
+                return
+
+    async def send(i: int) -> None:
+        env = envelopes[i]
+        sent[env.distribution_id] = time.perf_counter()
+        await publisher.publish(env)
+        acked[env.distribution_id] = time.perf_counter()
+
+    receiving = asyncio.get_running_loop().create_task(receive())
+    await paced(count, rate, 4096, send)
+    await asyncio.wait_for(receiving, timeout=120)
+    await publisher.close()
+    await receiver.close()
+    await sender.close()
+    return summarize("hub", scenario, sent, acked, got)
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def write_hub_config(root: Path, server: NatsServer, port: int, metrics_port: int, nats_extra: list[str]) -> Path:
+    """A hub config for the bench's nats-server, agencies and dev PKI."""
+    config = root / "hub.toml"
+    config.write_text(
+        f"""
+[hub]
+listen = "127.0.0.1:{port}"
+metrics_listen = "127.0.0.1:{metrics_port}"
+[tls]
+ca_file = "pki/ca.pem"
+cert_file = "pki/hub.pem"
+key_file = "pki/hub-key.pem"
+[nats]
+servers = ["{server.url}"]
+monitor_urls = ["{server.monitor_url}"]
+{chr(10).join(nats_extra)}
+[[agencies]]
+id = "{SENDER}"
+[[agencies]]
+id = "{RECEIVER}"
+[[allow]]
+from = ["{SENDER}"]
+to = ["{RECEIVER}"]
+"""
+    )
+    return config
+
+
+@contextlib.contextmanager
+def hub_process(config: Path, port: int) -> object:
+    """`opsroom serve` in its own process, stopped by PID."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "--log-level", "WARNING", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {proc.returncode}")
+            try:
+                with __import__("socket").create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The hub's counters and histogram sums, by sample name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("opsroom_") and (" " in line) and ("_bucket" not in line):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def breakdown(before: dict[str, float], after: dict[str, float]) -> str:
+    """Mean durations inside the hub between two scrapes: writes by mode, publish to ack, store to delivery."""
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    parts = []
+    for mode in ("single", "atomic"):
+        n = delta(f'opsroom_commit_seconds_count{{mode="{mode}"}}')
+        if n:
+            seconds = delta(f'opsroom_commit_seconds_sum{{mode="{mode}"}}') / n
+            msgs = delta(f'opsroom_commit_messages_sum{{mode="{mode}"}}') / n
+            parts.append(f"{mode} writes {n:.0f} x {msgs:.1f} msgs, {seconds * 1000:.2f} ms")
+    for name, metric in (
+        ("publish->ack", "opsroom_publish_to_ack_seconds"),
+        ("store->delivery", "opsroom_publish_to_delivery_seconds"),
+    ):
+        n = delta(f"{metric}_count")
+        if n:
+            parts.append(f"{name} {delta(f'{metric}_sum') / n * 1000:.2f} ms")
+    return "; ".join(parts)
+
+
+def scenarios(*, quick: bool) -> list[tuple[str, int, float | None]]:
+    """(name, events, rate per second or None for max rate)."""
+    if quick:
+        return [("max rate", 3000, None), ("1000/s", 2000, 1000.0), ("100/s", 200, 100.0)]
+    return [("max rate", 20_000, None), ("1000/s", 10_000, 1000.0), ("100/s", 1000, 100.0)]
+
+
+def table(results: list[Result]) -> str:
+    """The results as a text table, with the hub/raw ratios."""
+    lines = [
+        f"{'scenario':<10} {'path':<14} {'events':>7} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ack p50':>8} {'ack p99':>8}"
+    ]
+    by_scenario: dict[str, dict[str, Result]] = {}
+    for r in results:
+        by_scenario.setdefault(r.scenario, {})[r.path] = r
+        lines.append(
+            f"{r.scenario:<10} {r.path:<14} {r.events:>7} {r.throughput:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
+            f" {r.ack_p50_ms:>8.2f} {r.ack_p99_ms:>8.2f}"
+        )
+    lines.append("")
+    for scenario, pair in by_scenario.items():
+        raw, hub = pair.get("raw JetStream"), pair.get("hub")
+        if raw and hub:
+            lines.append(
+                f"{scenario}: hub/raw throughput {hub.throughput / raw.throughput:.2f}x, "
+                f"p99 hub/raw {hub.p99_ms / raw.p99_ms:.2f}x (hub p99 {hub.p99_ms:.2f} ms)"
+            )
+    return "\n".join(lines)
+
+
+def best(a: Result, b: Result, rate: float | None) -> Result:
+    """The better of two runs: higher throughput at max rate, lower p99 at a fixed rate."""
+    if rate is None:
+        return a if a.throughput >= b.throughput else b
+    return a if a.p99_ms <= b.p99_ms else b
+
+
+async def main() -> int:
+    """Run every scenario on both paths and print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer events (for CI)")
+    parser.add_argument("--runs", type=int, default=2, help="runs per path and scenario; the best counts")
+    parser.add_argument("--scenario", action="append", default=[], help="run only these scenarios (by name)")
+    parser.add_argument("--nats", action="append", default=[], help="extra [nats] setting for the hub, key = value")
+    args = parser.parse_args()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="opsroom-bench-") as tmp:
+        root = Path(tmp)
+        make_dev_pki(root / "pki", [SENDER, RECEIVER])
+        server = NatsServer(root / "nats")
+        server.start()
+        try:
+            port = free_port()
+            metrics_port = free_port()
+            with hub_process(write_hub_config(root, server, port, metrics_port, args.nats), port):
+                target = f"127.0.0.1:{port}"
+                for name, count, rate in scenarios(quick=args.quick):
+                    if args.scenario and name not in args.scenario:
+                        continue
+                    raws, hubs = [], []
+                    for _ in range(args.runs):
+                        raws.append(await run_raw(server, name, count, rate))
+                        before = scrape(metrics_port)
+                        hubs.append(await run_hub(target, root / "pki", name, count, rate))
+                        print(f"  hub internals, {name}: {breakdown(before, scrape(metrics_port))}", file=sys.stderr)
+                    results.append(raws[0] if len(raws) == 1 else best(raws[0], raws[1], rate))
+                    results.append(hubs[0] if len(hubs) == 1 else best(hubs[0], hubs[1], rate))
+                    print(f"{name}: raw {[r.throughput for r in raws]} msg/s, hub {[h.throughput for h in hubs]} msg/s",
+                          file=sys.stderr)  # fmt: skip
+        finally:
+            server.stop()
+    report = table(results)
+    print(report)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    meta = {"when": stamp, "cpus": os.cpu_count(), "python": platform.python_version(), "quick": args.quick}
+    (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))
+    _ = statistics  # kept for ad-hoc analysis in an interactive session
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

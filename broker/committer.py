@@ -76,6 +76,7 @@ class Committer:
         queue_size: int = 20_000,
         publish_each: PublishEachFn | None = None,
         atomic_threshold: int = 8,
+        max_in_flight: int = 4,
     ) -> None:
         """A committer writing atomic batches through commit (at most max_messages and max_bytes each).
 
@@ -85,6 +86,7 @@ class Committer:
         self._commit = commit
         self._publish_each = publish_each
         self._atomic_threshold = atomic_threshold if publish_each is not None else 0
+        self._max_in_flight = max_in_flight
         self._metrics = metrics
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -111,28 +113,59 @@ class Committer:
         return await (await self.enqueue(messages))
 
     async def run(self) -> None:
-        """The commit loop; returns after close() once the queue is empty."""
+        """The commit loop; returns after close() once the queue is empty and every write answered."""
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                groups = await self._next_batch()
+                if groups is None:
+                    return
+                count = sum(len(g.messages) for g in groups)
+                if count >= self._atomic_threshold:
+                    # An atomic batch may be split and written again: nothing may overtake it.
+                    await self._settle(in_flight, 0)
+                    await self._commit_groups(groups)
+                    continue
+                # Single publishes keep their order on the connection, so several writes may be
+                # in flight: each group's messages are queued here, before the next batch's.
+                task = asyncio.get_running_loop().create_task(self._publish_groups(groups, count))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                await asyncio.sleep(0)  # let the task put its first messages on the wire
+                await self._settle(in_flight, self._max_in_flight - 1)
+        finally:
+            await self._settle(in_flight, 0)
+
+    @staticmethod
+    async def _settle(tasks: set[asyncio.Task[None]], keep: int) -> None:
+        """Wait until at most keep of the tasks are still running."""
+        while len(tasks) > keep:
+            await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _next_batch(self) -> list[WriteGroup] | None:
+        """The groups that queued up, within the batch limits; None once closed and empty."""
         while True:
             if self._carry is not None:
                 first, self._carry = self._carry, None
-            else:
-                if self._closed and self._queue.empty():
-                    return
-                try:
-                    first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
-                except TimeoutError:
-                    continue
-            groups = [first]
-            count, size = len(first.messages), first.size
-            while not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if count + len(nxt.messages) > self._max_messages or size + nxt.size > self._max_bytes:
-                    self._carry = nxt
-                    break
-                groups.append(nxt)
-                count += len(nxt.messages)
-                size += nxt.size
-            await self._commit_groups(groups)
+                break
+            if self._closed and self._queue.empty():
+                return None
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+        groups = [first]
+        count, size = len(first.messages), first.size
+        while not self._queue.empty():
+            nxt = self._queue.get_nowait()
+            if count + len(nxt.messages) > self._max_messages or size + nxt.size > self._max_bytes:
+                self._carry = nxt
+                break
+            groups.append(nxt)
+            count += len(nxt.messages)
+            size += nxt.size
+        return groups
 
     def close(self) -> None:
         """Refuse new groups; run() returns once the queued ones are committed."""

@@ -8,12 +8,13 @@ Two ways to write, chosen per batch by its size:
 - many messages: one JetStream atomic batch, all or nothing. nats-server 2.15 spends a fixed
   four fsyncs on a batch of any size, so under load this costs a few fsyncs per hundred events.
   If the batch is refused because part of it was stored before (a retried envelope), its groups
-  are written again one by one, in order, and only the repeated ones come back as DUPLICATE.
-- a few messages (below atomic_threshold, at low load): plain publishes, pipelined, one fsync
-  each, which answers in a fraction of the batch's latency. A group's last message (the
-  acceptance record, which makes the distribution id permanent) is written only after all its
-  other messages are stored, so a retry that finds the record never misses a delivery.
-Only one write is in flight at a time: the stored order is the arrival order.
+  are written again message by message, in order.
+- a few messages (below atomic_threshold, at low load): single publishes, pipelined, one fsync
+  each, which answer in a fraction of the batch's latency. Several such writes may be in
+  flight: the connection keeps their order. A group whose last message is a tail (a record
+  about the others) gets it written only after the others are stored.
+A group comes back DUPLICATE only if every message of it was stored before; an atomic batch is
+never overtaken by a later write, so the stored order is the arrival order.
 """
 
 from __future__ import annotations
@@ -52,9 +53,14 @@ class GroupResult:
 
 @dataclass(eq=False)
 class WriteGroup:
-    """Messages that must be stored together or not at all."""
+    """Messages written together: in one atomic batch, or one by one with a group outcome.
+
+    With tail=True the last message is written only once all the others are stored (it
+    records something about them, like an operator's answer about a delivered response).
+    """
 
     messages: Sequence[OutMsg]
+    tail: bool = False
     future: asyncio.Future[GroupResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -94,7 +100,7 @@ class Committer:
         self._carry: WriteGroup | None = None
         self._closed = False
 
-    async def enqueue(self, messages: Sequence[OutMsg]) -> asyncio.Future[GroupResult]:
+    async def enqueue(self, messages: Sequence[OutMsg], *, tail: bool = False) -> asyncio.Future[GroupResult]:
         """Queue messages for atomic storage (waiting while the queue is full); returns the future outcome.
 
         Groups are stored in the order they were queued. The future resolves to STORED or
@@ -104,13 +110,13 @@ class Committer:
             raise StoreUnavailable("the hub is stopping")
         if len(messages) > self._max_messages:
             raise Refused(Reason.ENVELOPE_TOO_LARGE, f"{len(messages)} messages exceed one batch")
-        group = WriteGroup(messages)
+        group = WriteGroup(messages, tail)
         await self._queue.put(group)
         return group.future
 
-    async def submit(self, messages: Sequence[OutMsg]) -> GroupResult:
-        """Store messages atomically and wait; returns STORED or DUPLICATE, raises the store's errors."""
-        return await (await self.enqueue(messages))
+    async def submit(self, messages: Sequence[OutMsg], *, tail: bool = False) -> GroupResult:
+        """Store messages and wait; returns STORED or DUPLICATE, raises the store's errors."""
+        return await (await self.enqueue(messages, tail=tail))
 
     async def run(self) -> None:
         """The commit loop; returns after close() once the queue is empty and every write answered."""
@@ -181,11 +187,7 @@ class Committer:
             ack = await self._commit(messages)
         except DuplicateInBatch:
             self._metrics.commit_failures.labels("duplicate").inc()
-            if len(groups) == 1:
-                _resolve(groups[0], GroupResult(Outcome.DUPLICATE))
-                return
-            for group in groups:
-                await self._commit_groups([group])
+            await self._after_duplicate(groups)
             return
         except OpsroomError as exc:
             self._metrics.commit_failures.labels(exc.reason.name.lower()).inc()
@@ -206,37 +208,53 @@ class Committer:
             first_seq += len(group.messages)
             _resolve(group, GroupResult(Outcome.STORED, first_seq - 1))
 
+    async def _after_duplicate(self, groups: list[WriteGroup]) -> None:
+        """An atomic batch was refused because part of it was stored before: write it again, group by group."""
+        if self._publish_each is not None:
+            # Message by message: which were stored before is then known exactly.
+            for group in groups:
+                await self._publish_groups([group], len(group.messages))
+        elif len(groups) == 1:
+            _resolve(groups[0], GroupResult(Outcome.DUPLICATE))
+        else:
+            for group in groups:
+                await self._commit_groups([group])
+
     async def _publish_groups(self, groups: list[WriteGroup], count: int) -> None:
-        """Plain pipelined publishes: every group's leading messages, then the last message of each intact group."""
+        """Single pipelined publishes: each group's messages (a tail after the rest), then one outcome per group.
+
+        A group is DUPLICATE when every message of it was stored before, STORED when at least one
+        is new (a retry that completes an interrupted write), failed at the first error.
+        """
         assert self._publish_each is not None
         started = time.perf_counter()
+        outcomes: dict[WriteGroup, list[int | Exception]] = {g: [] for g in groups}
         try:
-            heads = [(g, m) for g in groups for m in g.messages[:-1]]
-            failed: dict[WriteGroup, Exception] = {}
+            heads = [(g, m) for g in groups for m in (g.messages[:-1] if g.tail else g.messages)]
             if heads:
                 for (group, _), result in zip(heads, await self._publish_each([m for _, m in heads]), strict=True):
-                    if isinstance(result, Exception) and group not in failed:
-                        failed[group] = result
-            intact = [g for g in groups if g not in failed]
-            tails = await self._publish_each([g.messages[-1] for g in intact]) if intact else []
+                    outcomes[group].append(result)
+            tails = [g for g in groups if g.tail and not any(_is_error(r) for r in outcomes[g])]
+            if tails:
+                for group, result in zip(tails, await self._publish_each([g.messages[-1] for g in tails]), strict=True):
+                    outcomes[group].append(result)
         except Exception as exc:
             self._metrics.commit_failures.labels("unexpected").inc()
             log.exception("publish_crashed", messages=count, error_type=type(exc).__name__)
             for group in groups:
                 _fail(group, StoreUnavailable(f"unexpected {type(exc).__name__} while storing"))
             return
-        for group, error in failed.items():
-            self._note_failure(error, count)
-            _fail(group, error)
-        for group, result in zip(intact, tails, strict=True):
-            if isinstance(result, DuplicateInBatch):
+        for group, results in outcomes.items():
+            error = next((r for r in results if _is_error(r)), None)
+            stored = [r for r in results if isinstance(r, int)]
+            if isinstance(error, Exception):
+                self._note_failure(error, count)
+                _fail(group, error)
+            elif stored:
+                _resolve(group, GroupResult(Outcome.STORED, max(stored)))
+            else:
                 self._metrics.commit_failures.labels("duplicate").inc()
                 _resolve(group, GroupResult(Outcome.DUPLICATE))
-            elif isinstance(result, Exception):
-                self._note_failure(result, count)
-                _fail(group, result)
-            else:
-                _resolve(group, GroupResult(Outcome.STORED, result))
         self._metrics.commit_seconds.labels("single").observe(time.perf_counter() - started)
         self._metrics.commit_messages.labels("single").observe(count)
 
@@ -244,6 +262,10 @@ class Committer:
         reason = exc.reason.name if isinstance(exc, OpsroomError) else type(exc).__name__
         self._metrics.commit_failures.labels(reason.lower()).inc()
         log.warning("commit_failed", reason=reason, messages=count)
+
+
+def _is_error(result: int | Exception) -> bool:
+    return isinstance(result, Exception) and not isinstance(result, DuplicateInBatch)
 
 
 def _resolve(group: WriteGroup, result: GroupResult) -> None:

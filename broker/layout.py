@@ -1,23 +1,28 @@
-"""Where the hub keeps things in its JetStream stream: subjects, message ids and consumer names (pure).
+"""Where the hub keeps things in its JetStream stream: subjects, message ids, headers, consumer names (pure).
 
-One stream holds every agency's deliveries, the first answer to each envelope and the receipts,
-so that an envelope's deliveries and its acceptance record commit in one atomic batch:
+One stream holds every delivery and the records receipts are built from:
 
-    <prefix>.dlv.<agency>                     one message per (envelope, recipient)
-    <prefix>.acc.<distribution id>            the acceptance record (one per envelope, ever)
-    <prefix>.rcpt.<distribution id>.<agency>.dlv   the recipient's client acknowledged it
-    <prefix>.rcpt.<distribution id>.<agency>.rsp   the recipient's operator answered it
+    <prefix>.dlv.<agency>.<distribution id>        one message per (envelope, recipient)
+    <prefix>.ack.<agency>                          one AckRecord per acknowledgement flush of a room
+    <prefix>.rsp.<distribution id>.<agency>        the recipient operator's answer to a request
 
-<agency> is the agency id with dots as underscores (broker.ids.agency_token).
+An envelope costs one write per recipient and nothing else: its deliveries carry, in headers,
+what a retry and a receipt need (sender, acceptance time, digest of the envelope). Each
+delivery's subject is unique and written with "expect no earlier message on this subject", so
+a distribution id is taken for as long as the stream keeps its deliveries, beyond JetStream's
+duplicate window; within the window the message id "<distribution id>:<agency>" also catches
+it. <agency> is the agency id with dots as underscores (broker.ids.agency_token).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.ids import agency_token
+from broker.ids import agency_from_token, agency_token
 
-DISTRIBUTION_HEADER = "Opsroom-Distribution-Id"
+SENDER_HEADER = "Opsroom-Sender"
+ACCEPTED_AT_HEADER = "Opsroom-Accepted-At"  # nanoseconds since the epoch, hub clock
+DIGEST_HEADER = "Opsroom-Sha256"  # of the envelope as the sender sent it
 
 
 @dataclass(frozen=True)
@@ -31,25 +36,45 @@ class Layout:
         """Subjects the stream captures."""
         return [f"{self.prefix}.>"]
 
-    def delivery_subject(self, agency_id: str) -> str:
-        """Subject of an agency's deliveries."""
-        return f"{self.prefix}.dlv.{agency_token(agency_id)}"
+    def delivery_subject(self, agency_id: str, distribution_id: str) -> str:
+        """Subject of one delivery."""
+        return f"{self.prefix}.dlv.{agency_token(agency_id)}.{distribution_id}"
 
-    def acceptance_subject(self, distribution_id: str) -> str:
-        """Subject of an envelope's acceptance record."""
-        return f"{self.prefix}.acc.{distribution_id}"
+    def deliveries_of_agency(self, agency_id: str) -> str:
+        """Filter of an agency's deliveries (its consumer's filter)."""
+        return f"{self.prefix}.dlv.{agency_token(agency_id)}.*"
 
-    def delivered_subject(self, distribution_id: str, agency_id: str) -> str:
-        """Subject of a recipient's technical acknowledgement."""
-        return f"{self.prefix}.rcpt.{distribution_id}.{agency_token(agency_id)}.dlv"
+    def deliveries_of_envelope(self, distribution_id: str) -> str:
+        """Filter of an envelope's deliveries to every recipient."""
+        return f"{self.prefix}.dlv.*.{distribution_id}"
+
+    def ack_subject(self, agency_id: str) -> str:
+        """Subject of an agency's acknowledgement records."""
+        return f"{self.prefix}.ack.{agency_token(agency_id)}"
 
     def response_subject(self, distribution_id: str, agency_id: str) -> str:
-        """Subject of a recipient's business answer."""
-        return f"{self.prefix}.rcpt.{distribution_id}.{agency_token(agency_id)}.rsp"
+        """Subject of a recipient's answer to a request."""
+        return f"{self.prefix}.rsp.{distribution_id}.{agency_token(agency_id)}"
 
-    def receipts_filter(self, distribution_id: str) -> str:
-        """Filter matching every receipt record of an envelope."""
-        return f"{self.prefix}.rcpt.{distribution_id}.>"
+    def responses_of_envelope(self, distribution_id: str) -> str:
+        """Filter of every answer to a request."""
+        return f"{self.prefix}.rsp.{distribution_id}.*"
+
+    def parse_delivery(self, subject: str) -> tuple[str, str]:
+        """(agency id, distribution id) of a delivery subject."""
+        head = f"{self.prefix}.dlv."
+        if not subject.startswith(head):
+            raise ValueError("not a delivery subject")
+        token, _, distribution_id = subject[len(head) :].partition(".")
+        return agency_from_token(token), distribution_id
+
+    def parse_response(self, subject: str) -> tuple[str, str]:
+        """(request distribution id, agency id) of a response subject."""
+        head = f"{self.prefix}.rsp."
+        if not subject.startswith(head):
+            raise ValueError("not a response subject")
+        distribution_id, _, token = subject[len(head) :].partition(".")
+        return distribution_id, agency_from_token(token)
 
     @staticmethod
     def consumer_name(agency_id: str) -> str:
@@ -58,5 +83,5 @@ class Layout:
 
     @staticmethod
     def delivery_msg_id(distribution_id: str, agency_id: str) -> str:
-        """JetStream message id (dedup key) of one delivery."""
+        """JetStream message id (dedup key within the duplicate window) of one delivery."""
         return f"{distribution_id}:{agency_token(agency_id)}"

@@ -1,9 +1,10 @@
-"""The publish path: identity, validation, routing, and one atomic write of deliveries and first answer.
+"""The publish path: identity, validation, routing, and the write of one delivery per recipient.
 
-An envelope is acknowledged only after JetStream confirmed, in one atomic batch on a server
-running with sync_interval: always, one delivery message per recipient and the acceptance
-record that makes its distribution id permanent. A retry finds that record and gets the first
-answer back; a different envelope under the same id is refused.
+An envelope is acknowledged only after JetStream confirmed, on a server running with
+sync_interval: always, every one of its deliveries. Each delivery's subject is written once
+ever, so a retry finds them stored and gets the first answer back (rebuilt from their headers),
+and a retry of an interrupted write stores only what was missing. The same distribution id
+with other content is refused when it meets a stored delivery (same recipient).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
@@ -22,11 +24,13 @@ from opsroom.store.v1 import store_pb2
 from broker import receipts
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
-from broker.layout import DISTRIBUTION_HEADER, Layout
+from broker.layout import Layout
 from broker.routing import REPLY_KINDS, Decision, Referenced, Router, RoutingContext
-from broker.transport.jetstream import JetStream, OutMsg
+from broker.transport.jetstream import JetStream, OutMsg, StoredMsg
 from broker.validate import ValidationContext, validate_envelope
 
+# Acknowledgement records looked at, after a delivery, to find when it was acknowledged.
+ACK_SCAN_LIMIT = 32
 # Which request payload each response payload answers.
 _ANSWERS = {"assistance_response": "assistance_request", "handover_response": "handover_request"}
 
@@ -164,55 +168,45 @@ class Publisher:
         acceptance = hub_pb2.Acceptance(
             distribution_id=dist, accepted_at=receipts.timestamp(now), recipients=decision.recipients
         )
-        record = store_pb2.AcceptedRecord(
-            acceptance=acceptance,
-            sender_agency_id=agency_id,
-            kind=env.kind,
-            status=env.status,
-            envelope_sha256=digest,
-            incident_ids=env.incident_ids,
-            payload=env.WhichOneof("payload") or "",
-        )
+        accepted_ns = acceptance.accepted_at.ToNanoseconds()
         layout = self._layout
         messages = [
             OutMsg(
-                layout.delivery_subject(recipient),
+                layout.delivery_subject(recipient, dist),
                 data,
-                {"Nats-Msg-Id": layout.delivery_msg_id(dist, recipient), DISTRIBUTION_HEADER: dist},
+                receipts.delivery_headers(
+                    layout, dist, recipient, sender=agency_id, accepted_ns=accepted_ns, digest=digest
+                ),
             )
             for recipient in decision.recipients
         ]
         if extra is not None:
-            messages.append(extra)
-        messages.append(
-            OutMsg(
-                layout.acceptance_subject(dist),
-                record.SerializeToString(),
-                # The id never stored before: permanent dedup, beyond the duplicate window.
-                {"Nats-Msg-Id": dist, "Nats-Expected-Last-Subject-Sequence": "0"},
-            )
-        )
-        group = await self._committer.enqueue(messages)
+            messages.append(extra)  # written once the response itself is delivered
+        group = await self._committer.enqueue(messages, tail=extra is not None)
         return group, acceptance, decision
 
+    async def _stored_deliveries(self, distribution_id: str) -> list[StoredMsg]:
+        return await self._js.last_per_subject(self._layout.deliveries_of_envelope(distribution_id))
+
     async def _first_answer(self, dist: str, digest: bytes) -> hub_pb2.Acceptance:
-        stored = await self._js.last_by_subject(self._layout.acceptance_subject(dist))
-        if stored is None:
-            raise StoreUnavailable("the envelope was stored but its acceptance record is not readable yet; retry")
-        record = store_pb2.AcceptedRecord.FromString(stored.data)
-        return _replayed(record.acceptance, record.envelope_sha256, digest)
+        stored = await self._stored_deliveries(dist)
+        if not stored:
+            raise StoreUnavailable("the envelope was stored but its deliveries are not readable yet; retry")
+        first, first_digest, _sender = receipts.first_acceptance(self._layout, stored)
+        return _replayed(first, first_digest, digest)
 
     async def _referenced(self, env: envelope_pb2.Envelope) -> dict[str, Referenced]:
-        """Acceptance records of the messages a reply refers to (empty for other kinds)."""
+        """What the hub stored of the messages a reply refers to (empty for other kinds)."""
         if env.kind not in REPLY_KINDS or not env.references:
             return {}
-        wanted = list(dict.fromkeys(ref.distribution_id for ref in env.references))
-        found = await asyncio.gather(*(self._js.last_by_subject(self._layout.acceptance_subject(d)) for d in wanted))
+        wanted = list(dict.fromkeys(ref.distribution_id for ref in env.references))[:4]
+        found = await asyncio.gather(*(self._stored_deliveries(d) for d in wanted))
         out: dict[str, Referenced] = {}
         for dist, stored in zip(wanted, found, strict=True):
-            if stored is not None:
-                record = store_pb2.AcceptedRecord.FromString(stored.data)
-                out[dist] = Referenced(record.sender_agency_id, frozenset(record.acceptance.recipients), record.payload)
+            if stored:
+                acceptance, _digest, sender = receipts.first_acceptance(self._layout, stored)
+                payload = envelope_pb2.Envelope.FromString(stored[0].data).WhichOneof("payload") or ""
+                out[dist] = Referenced(sender, frozenset(acceptance.recipients), payload)
         return out
 
     def _response_record(
@@ -244,14 +238,35 @@ class Publisher:
 
     async def receipt(self, distribution_id: str, agency_id: str) -> hub_pb2.Receipt:
         """The receipt of an envelope agency_id sent."""
-        stored = await self._js.last_by_subject(self._layout.acceptance_subject(distribution_id))
-        if stored is None:
+        stored = await self._stored_deliveries(distribution_id)
+        if not stored:
             raise Refused(Reason.RECEIPT_NOT_FOUND, "the hub accepted no envelope with this distribution id")
-        record = store_pb2.AcceptedRecord.FromString(stored.data)
-        if record.sender_agency_id != agency_id:
+        _acceptance, _digest, sender = receipts.first_acceptance(self._layout, stored)
+        if sender != agency_id:
             raise NotPermitted(Reason.RECEIPT_NOT_YOURS, "only the sending agency may read a receipt")
-        records = await self._js.last_per_subject(self._layout.receipts_filter(distribution_id))
-        return receipts.build_receipt(self._layout, record, records)
+        delivered = {}
+        for delivery in stored:
+            recipient, _ = self._layout.parse_delivery(delivery.subject)
+            when = await self._delivered_at(recipient, delivery.seq)
+            if when is not None:
+                delivered[recipient] = when
+        responses = await self._js.last_per_subject(self._layout.responses_of_envelope(distribution_id))
+        kind = envelope_pb2.Envelope.FromString(stored[0].data).kind
+        return receipts.build_receipt(self._layout, stored, delivered, responses, kind)
+
+    async def _delivered_at(self, agency_id: str, sequence: int) -> Timestamp | bool | None:
+        """When agency_id's client acknowledged delivery `sequence`; True if it did at a time not found; None if not."""
+        subject = self._layout.ack_subject(agency_id)
+        start = sequence + 1
+        for _ in range(ACK_SCAN_LIMIT):
+            record = await self._js.next_by_subject(subject, start)
+            if record is None:
+                break
+            when = receipts.acked_at(store_pb2.AckRecord.FromString(record.data), sequence)
+            if when is not None:
+                return when
+            start = record.seq + 1
+        return True if await self._js.ack_floor(agency_id) >= sequence else None
 
 
 def _settle(result: asyncio.Future[Accepted], exc: BaseException) -> None:

@@ -1,15 +1,16 @@
-"""Receipts: the records written for acknowledgements and answers, and the Receipt built from them (pure)."""
+"""Receipts: the records written for acknowledgements and answers, and the Receipt built from what is stored (pure)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker.layout import Layout
+from broker.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
 from broker.transport.jetstream import OutMsg, StoredMsg
 
 
@@ -20,10 +21,29 @@ def timestamp(at: datetime) -> Timestamp:
     return ts
 
 
-def delivered_message(layout: Layout, distribution_id: str, agency_id: str, sequence: int, at: datetime) -> OutMsg:
-    """The record that agency_id's client acknowledged delivery `sequence` of distribution_id."""
-    record = store_pb2.DeliveredRecord(agency_id=agency_id, delivered_at=timestamp(at), sequence=sequence)
-    return OutMsg(layout.delivered_subject(distribution_id, agency_id), record.SerializeToString())
+def timestamp_ns(nanos: int) -> Timestamp:
+    """A protobuf Timestamp for nanoseconds since the epoch."""
+    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+
+
+def delivery_headers(
+    layout: Layout, distribution_id: str, agency_id: str, *, sender: str, accepted_ns: int, digest: bytes
+) -> dict[str, str]:
+    """Headers of one delivery: dedup keys and what a retry or a receipt needs later."""
+    return {
+        "Nats-Msg-Id": layout.delivery_msg_id(distribution_id, agency_id),
+        # Each delivery subject is written once, ever: a retry after the duplicate window is caught too.
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        SENDER_HEADER: sender,
+        ACCEPTED_AT_HEADER: str(accepted_ns),
+        DIGEST_HEADER: digest.hex(),
+    }
+
+
+def ack_message(layout: Layout, agency_id: str, sequences: Sequence[int], at: datetime, session_id: str) -> OutMsg:
+    """The record that agency_id's client acknowledged these deliveries."""
+    record = store_pb2.AckRecord(sequences=sorted(sequences), acked_at=timestamp(at), session_id=session_id)
+    return OutMsg(layout.ack_subject(agency_id), record.SerializeToString())
 
 
 def response_message(layout: Layout, request_id: str, agency_id: str, response: hub_pb2.BusinessResponse) -> OutMsg:
@@ -36,25 +56,53 @@ def response_message(layout: Layout, request_id: str, agency_id: str, response: 
     )
 
 
-def build_receipt(layout: Layout, accepted: store_pb2.AcceptedRecord, records: Iterable[StoredMsg]) -> hub_pb2.Receipt:
-    """The Receipt of an envelope from its acceptance record and the last receipt record per subject."""
-    acceptance = accepted.acceptance
-    dist = acceptance.distribution_id
+def first_acceptance(layout: Layout, deliveries: Sequence[StoredMsg]) -> tuple[hub_pb2.Acceptance, bytes, str]:
+    """The acceptance given when these deliveries were stored, their envelope's digest and sender."""
+    ordered = sorted(deliveries, key=lambda d: d.seq)
+    head = ordered[0].headers
+    acceptance = hub_pb2.Acceptance(
+        distribution_id=layout.parse_delivery(ordered[0].subject)[1],
+        accepted_at=timestamp_ns(int(head.get(ACCEPTED_AT_HEADER, "0"))),
+        recipients=[layout.parse_delivery(d.subject)[0] for d in ordered],
+    )
+    return acceptance, bytes.fromhex(head.get(DIGEST_HEADER, "")), head.get(SENDER_HEADER, "")
+
+
+def acked_at(record: store_pb2.AckRecord, sequence: int) -> Timestamp | None:
+    """When the record says the delivery was acknowledged, if it lists it."""
+    return record.acked_at if sequence in record.sequences else None
+
+
+def build_receipt(
+    layout: Layout,
+    deliveries: Sequence[StoredMsg],
+    delivered: Mapping[str, Timestamp | bool],
+    responses: Sequence[StoredMsg],
+    kind: common_pb2.Kind.ValueType,
+) -> hub_pb2.Receipt:
+    """The Receipt of an envelope from its stored deliveries, what is known of their acknowledgement, and answers.
+
+    delivered maps a recipient to the time its client acknowledged, or True when it did at an
+    unknown time; recipients missing from it are still STORED.
+    """
+    acceptance, _digest, sender = first_acceptance(layout, deliveries)
     by_agency: dict[str, hub_pb2.RecipientReceipt] = {}
     for agency_id in acceptance.recipients:
-        by_agency[agency_id] = hub_pb2.RecipientReceipt(agency_id=agency_id, state=hub_pb2.DELIVERY_STATE_STORED)
-    for stored in records:
-        for agency_id, entry in by_agency.items():
-            if stored.subject == layout.delivered_subject(dist, agency_id):
-                delivered = store_pb2.DeliveredRecord.FromString(stored.data)
-                entry.state = hub_pb2.DELIVERY_STATE_DELIVERED
-                entry.delivered_at.CopyFrom(delivered.delivered_at)
-            elif stored.subject == layout.response_subject(dist, agency_id):
-                entry.response.CopyFrom(store_pb2.ResponseRecord.FromString(stored.data).response)
+        entry = hub_pb2.RecipientReceipt(agency_id=agency_id, state=hub_pb2.DELIVERY_STATE_STORED)
+        when = delivered.get(agency_id)
+        if when is not None and when is not False:
+            entry.state = hub_pb2.DELIVERY_STATE_DELIVERED
+            if isinstance(when, Timestamp):
+                entry.delivered_at.CopyFrom(when)
+        by_agency[agency_id] = entry
+    for stored in sorted(responses, key=lambda r: r.seq):
+        request_id, agency_id = layout.parse_response(stored.subject)
+        if request_id == acceptance.distribution_id and agency_id in by_agency:
+            by_agency[agency_id].response.CopyFrom(store_pb2.ResponseRecord.FromString(stored.data).response)
     return hub_pb2.Receipt(
-        distribution_id=dist,
-        sender_agency_id=accepted.sender_agency_id,
-        kind=accepted.kind,
+        distribution_id=acceptance.distribution_id,
+        sender_agency_id=sender,
+        kind=kind,
         accepted_at=acceptance.accepted_at,
         recipients=[by_agency[a] for a in acceptance.recipients],
     )

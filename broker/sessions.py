@@ -189,17 +189,9 @@ class DeliverySession:
         if not self._to_record:
             return
         seqs, self._to_record = self._to_record, []
-        now = self._clock()
-        layout = self._js.layout
+        record = receipts.ack_message(self._js.layout, self.agency_id, seqs, self._clock(), self.session_id)
         try:
-            await asyncio.gather(
-                *(
-                    self._committer.submit(
-                        [receipts.delivered_message(layout, self._unacked[s].distribution_id, self.agency_id, s, now)]
-                    )
-                    for s in seqs
-                )
-            )
+            await self._committer.submit([record])
         except BaseException:
             self._to_record = seqs + self._to_record
             raise

@@ -24,7 +24,7 @@ from nats.errors import Error as NatsError
 
 from broker.config import NatsConfig
 from broker.errors import StoreFull, StoreUnavailable
-from broker.layout import DISTRIBUTION_HEADER, Layout
+from broker.layout import Layout
 from broker.logging import get_logger
 
 log = get_logger(__name__)
@@ -59,7 +59,7 @@ class BatchAck:
 
 
 class DuplicateInBatch(Exception):
-    """The batch repeats a message id or an expected-absent subject: some of it was stored before."""
+    """The write repeats a message id or an expected-absent subject: it (or part of it) was stored before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,7 @@ class StoredMsg:
     seq: int
     data: bytes
     time_ns: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +262,9 @@ class JetStream:
         """Store msgs one by one, pipelined on the connection (the server keeps their order).
 
         One fsync per message, no batch overhead: cheaper than an atomic batch for a few
-        messages. Returns, per message, its stream sequence or the error (DuplicateInBatch when an
-        expected-absent subject exists; a repeated message id counts as stored).
+        messages. Returns, per message, its new stream sequence, DuplicateInBatch when it was
+        stored before (repeated message id, or an expected-absent subject that exists), or the
+        error.
         """
         timeout = self.cfg.commit_timeout.total_seconds()
         replies = await asyncio.gather(
@@ -294,17 +296,24 @@ class JetStream:
             raise StoreUnavailable(f"stream {self.cfg.stream} refused {what}: {description} ({code})")
         if "seq" not in ack:
             raise StoreUnavailable(f"JetStream answered {what} without a sequence")
+        if ack.get("duplicate"):
+            raise DuplicateInBatch("message id seen within the duplicate window")
         return ack
 
     # -- reads -----------------------------------------------------------------------------
 
     async def last_by_subject(self, subject: str) -> StoredMsg | None:
         """The last message on subject (direct get), or None."""
+        return await self._direct_get({"last_by_subj": subject})
+
+    async def next_by_subject(self, subject_filter: str, start_seq: int) -> StoredMsg | None:
+        """The first message matching the filter at or after start_seq (direct get), or None."""
+        return await self._direct_get({"seq": start_seq, "next_by_subj": subject_filter})
+
+    async def _direct_get(self, body: dict[str, Any]) -> StoredMsg | None:
         try:
             msg = await self.nc.request(
-                f"{self._api}.DIRECT.GET.{self.cfg.stream}",
-                json.dumps({"last_by_subj": subject}).encode(),
-                timeout=5,
+                f"{self._api}.DIRECT.GET.{self.cfg.stream}", json.dumps(body).encode(), timeout=5
             )
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
@@ -339,7 +348,7 @@ class JetStream:
         """The durable consumer of an agency's deliveries."""
         return {
             "durable_name": self.layout.consumer_name(agency_id),
-            "filter_subject": self.layout.delivery_subject(agency_id),
+            "filter_subject": self.layout.deliveries_of_agency(agency_id),
             "deliver_policy": "all",
             # Acknowledging a delivery acknowledges all before it: the room's client acknowledges
             # in order, and the ack floor is exactly "where it acked" for the next session.
@@ -362,6 +371,17 @@ class JetStream:
             err = _api_error(reply)
         if err is not None:
             raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
+
+    async def ack_floor(self, agency_id: str) -> int:
+        """Stream sequence up to which the agency's client acknowledged everything (0 if no consumer)."""
+        name = self.layout.consumer_name(agency_id)
+        reply = await self.api(f"CONSUMER.INFO.{self.cfg.stream}.{name}")
+        err = _api_error(reply)
+        if err is not None:
+            if err[0] == ERR_CONSUMER_NOT_FOUND:
+                return 0
+            raise StoreUnavailable(f"cannot read consumer {name}: {err[1]} ({err[0]})")
+        return int(reply.get("ack_floor", {}).get("stream_seq", 0))
 
     async def reset_consumer(self, agency_id: str) -> int:
         """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog."""
@@ -399,6 +419,7 @@ def _stored(msg: Msg) -> StoredMsg | None:
         seq=int(headers.get("Nats-Sequence", "0")),
         data=msg.data,
         time_ns=_parse_rfc3339_ns(headers.get("Nats-Time-Stamp", "")),
+        headers=dict(headers),
     )
 
 
@@ -488,7 +509,7 @@ class Puller:
             log.warning("pull_unexpected_message", consumer=self.consumer)
             return
         self.outstanding = max(0, self.outstanding - 1)
-        dist = headers.get(DISTRIBUTION_HEADER, "") if headers else ""
+        dist = msg.subject.rpartition(".")[2]
         self.queue.put_nowait(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data))
 
     def _on_status(self, headers: dict[str, str]) -> None:

@@ -396,8 +396,8 @@ async def test_commit_metrics_observe_each_batch() -> None:
 # -- plain publishes below atomic_threshold ------------------------------------------------
 
 
-async def test_small_batches_are_plain_publishes_heads_before_tails() -> None:
-    """Below atomic_threshold, every group's leading messages are published first, then each group's last one."""
+async def test_small_batches_are_single_publishes_in_one_pipelined_call() -> None:
+    """Below atomic_threshold, every message of every group goes in one pipelined publish_each call, in order."""
     store = FakeStore(first_seq=50)
     metrics = Metrics()
     committer = Committer(store.commit, metrics, publish_each=store.publish_each, atomic_threshold=8)
@@ -405,10 +405,21 @@ async def test_small_batches_are_plain_publishes_heads_before_tails() -> None:
     async with running(committer):
         results = await outcomes(futures)
     assert [] == store.calls
-    assert [["a/0", "a/1", "c/0"], ["a/2", "b/0", "c/1"]] == store.each_calls
-    assert [GroupResult(Outcome.STORED, n) for n in (53, 54, 55)] == results
+    assert [["a/0", "a/1", "a/2", "b/0", "c/0", "c/1"]] == store.each_calls
+    assert [GroupResult(Outcome.STORED, n) for n in (52, 53, 55)] == results
     single = {"mode": "single"}
     assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum", single)
+
+
+async def test_a_tail_is_written_after_the_rest_of_its_group() -> None:
+    """A group with a tail gets its last message written in a second call, after its others are stored."""
+    store = FakeStore()
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=8)
+    futures = [await committer.enqueue(group("a", 3), tail=True), await committer.enqueue(group("b", 2))]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["a/0", "a/1", "b/0", "b/1"], ["a/2"]] == store.each_calls
+    assert [GroupResult(Outcome.STORED, 5), GroupResult(Outcome.STORED, 4)] == results
 
 
 async def test_batches_at_the_threshold_are_atomic() -> None:
@@ -423,44 +434,44 @@ async def test_batches_at_the_threshold_are_atomic() -> None:
     assert [GroupResult(Outcome.STORED, 2), GroupResult(Outcome.STORED, 4)] == results
 
 
-async def test_failed_leading_message_fails_its_group_and_skips_its_last() -> None:
-    """When a group's leading message is not stored, that group fails and its last message is not written."""
+async def test_failed_message_fails_its_group_and_skips_its_tail() -> None:
+    """When a message of a group is not stored, that group fails and its tail is not written; others are unharmed."""
     store = FakeStore()
     boom = StoreUnavailable("no quorum")
     store.each_errors["a/1"] = boom
     committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=8)
-    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 3), ("b", 2))]
+    futures = [await committer.enqueue(group("a", 3), tail=True), await committer.enqueue(group("b", 2), tail=True)]
     async with running(committer):
         results = await outcomes(futures)
     assert [["a/0", "a/1", "b/0"], ["b/1"]] == store.each_calls
     assert [boom, GroupResult(Outcome.STORED, 3)] == results
 
 
-async def test_plain_publish_duplicate_and_error_on_last_messages() -> None:
-    """A last message already stored makes its group DUPLICATE; a store error on it fails only that group."""
-    store = FakeStore(stored_ids=["b/1"])
+async def test_duplicate_means_every_message_was_stored_before() -> None:
+    """All stored before: DUPLICATE; some stored before: STORED (the retry completed it); an error fails the group."""
+    store = FakeStore(stored_ids=["b/0", "b/1", "c/0"])
     full = StoreFull("stream full")
-    store.each_errors["c/0"] = full
-    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=8)
-    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 1), ("b", 2), ("c", 1), ("d", 1))]
+    store.each_errors["d/0"] = full
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=10)
+    futures = [await committer.enqueue(group(p, n)) for p, n in (("a", 1), ("b", 2), ("c", 2), ("d", 1))]
     async with running(committer):
         results = await outcomes(futures)
-    assert [["b/0"], ["a/0", "b/1", "c/0", "d/0"]] == store.each_calls
+    assert [["a/0", "b/0", "b/1", "c/0", "c/1", "d/0"]] == store.each_calls
     assert [
-        GroupResult(Outcome.STORED, 2),
+        GroupResult(Outcome.STORED, 1),
         GroupResult(Outcome.DUPLICATE),
+        GroupResult(Outcome.STORED, 2),
         full,
-        GroupResult(Outcome.STORED, 3),
     ] == results
 
 
-async def test_duplicate_atomic_batch_retries_small_groups_as_plain_publishes() -> None:
-    """After DuplicateInBatch, groups retried one by one below the threshold go as plain publishes."""
-    store = FakeStore(stored_ids=["b/2"])
-    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=4)
+async def test_duplicate_atomic_batch_is_written_again_group_by_group() -> None:
+    """After DuplicateInBatch, each group is written again message by message, in order, whatever its size."""
+    store = FakeStore(stored_ids=["b/0", "b/1", "b/2"])
+    committer = Committer(store.commit, Metrics(), publish_each=store.publish_each, atomic_threshold=2)
     futures = [await committer.enqueue(group(p, 3)) for p in "ab"]
     async with running(committer):
         results = await outcomes(futures)
     assert [["a/0", "a/1", "a/2", "b/0", "b/1", "b/2"]] == store.calls
-    assert [["a/0", "a/1"], ["a/2"], ["b/0", "b/1"], ["b/2"]] == store.each_calls
+    assert [["a/0", "a/1", "a/2"], ["b/0", "b/1", "b/2"]] == store.each_calls
     assert [GroupResult(Outcome.STORED, 3), GroupResult(Outcome.DUPLICATE)] == results

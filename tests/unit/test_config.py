@@ -275,7 +275,11 @@ ERRORS = [
         {"hub": hub("heartbeat_seconds = -1")},
         "hub.heartbeat_seconds: must be a positive number of seconds (at most ten years)",
     ),
-    ("zero seconds", {"hub": hub("grace_seconds = 0")}, "hub.grace_seconds: must be a positive number of seconds (at most ten years)"),
+    (
+        "zero seconds",
+        {"hub": hub("grace_seconds = 0")},
+        "hub.grace_seconds: must be a positive number of seconds (at most ten years)",
+    ),
     (
         "negative nats seconds",
         {"nats": nats("ack_wait_seconds = -0.5")},

@@ -11,8 +11,17 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker import ids
-from broker.layout import Layout
-from broker.receipts import build_receipt, delivered_message, response_message, timestamp
+from broker.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
+from broker.receipts import (
+    ack_message,
+    acked_at,
+    build_receipt,
+    delivery_headers,
+    first_acceptance,
+    response_message,
+    timestamp,
+    timestamp_ns,
+)
 from broker.transport.jetstream import StoredMsg
 from tests import factories as f
 
@@ -38,11 +47,12 @@ close_agency_ids = st.builds(
 def test_subjects_for_a_dotted_agency_id() -> None:
     """Dots of the agency id become underscores, so the agency is one subject token."""
     assert ["opsroom.>"] == LAYOUT.stream_subjects
-    assert "opsroom.dlv.it_pl_001272" == LAYOUT.delivery_subject(f.PL)
-    assert f"opsroom.acc.{DIST}" == LAYOUT.acceptance_subject(DIST)
-    assert f"opsroom.rcpt.{DIST}.it_pl_001272.dlv" == LAYOUT.delivered_subject(DIST, f.PL)
-    assert f"opsroom.rcpt.{DIST}.it_nue_cur_to.rsp" == LAYOUT.response_subject(DIST, f.CUR)
-    assert f"opsroom.rcpt.{DIST}.>" == LAYOUT.receipts_filter(DIST)
+    assert f"opsroom.dlv.it_pl_001272.{DIST}" == LAYOUT.delivery_subject(f.PL, DIST)
+    assert "opsroom.dlv.it_pl_001272.*" == LAYOUT.deliveries_of_agency(f.PL)
+    assert f"opsroom.dlv.*.{DIST}" == LAYOUT.deliveries_of_envelope(DIST)
+    assert "opsroom.ack.it_pl_001272" == LAYOUT.ack_subject(f.PL)
+    assert f"opsroom.rsp.{DIST}.it_nue_cur_to" == LAYOUT.response_subject(DIST, f.CUR)
+    assert f"opsroom.rsp.{DIST}.*" == LAYOUT.responses_of_envelope(DIST)
 
 
 def test_names_for_a_dotted_agency_id() -> None:
@@ -57,11 +67,9 @@ def test_custom_prefix() -> None:
     """Every subject starts with the configured prefix."""
     layout = Layout("hub-to")
     assert ["hub-to.>"] == layout.stream_subjects
-    assert "hub-to.dlv.it_pl_001272" == layout.delivery_subject(f.PL)
-    assert f"hub-to.acc.{DIST}" == layout.acceptance_subject(DIST)
-    assert f"hub-to.rcpt.{DIST}.it_pl_001272.dlv" == layout.delivered_subject(DIST, f.PL)
-    assert f"hub-to.rcpt.{DIST}.it_pl_001272.rsp" == layout.response_subject(DIST, f.PL)
-    assert f"hub-to.rcpt.{DIST}.>" == layout.receipts_filter(DIST)
+    assert f"hub-to.dlv.it_pl_001272.{DIST}" == layout.delivery_subject(f.PL, DIST)
+    assert "hub-to.ack.it_pl_001272" == layout.ack_subject(f.PL)
+    assert f"hub-to.rsp.{DIST}.it_pl_001272" == layout.response_subject(DIST, f.PL)
 
 
 def test_agency_token_examples() -> None:
@@ -87,44 +95,40 @@ def test_agency_token_is_one_to_one(a: str, b: str) -> None:
     assert ids.is_agency_id(a)
     assert ids.is_agency_id(b)
     assert (a == b) == (ids.agency_token(a) == ids.agency_token(b))
-    assert (a == b) == (LAYOUT.delivery_subject(a) == LAYOUT.delivery_subject(b))
+    assert (a == b) == (LAYOUT.delivery_subject(a, DIST) == LAYOUT.delivery_subject(b, DIST))
     assert (a == b) == (Layout.consumer_name(a) == Layout.consumer_name(b))
 
 
 @given(agency=agency_ids)
-def test_subject_shapes_for_any_agency(agency: str) -> None:
-    """Subjects have a fixed number of tokens whatever the agency, and receipts fall under the receipts filter."""
-    assert 3 == len(LAYOUT.delivery_subject(agency).split("."))
-    for subject in (LAYOUT.delivered_subject(DIST, agency), LAYOUT.response_subject(DIST, agency)):
-        tokens = subject.split(".")
-        assert 5 == len(tokens)
-        assert ids.agency_token(agency) == tokens[3]
-        assert subject.startswith(LAYOUT.receipts_filter(DIST).removesuffix(">"))
-    assert "." not in Layout.consumer_name(agency)
+def test_subjects_parse_back(agency: str) -> None:
+    """Delivery and response subjects give back the agency and the distribution id, whatever the agency."""
+    assert (agency, DIST) == LAYOUT.parse_delivery(LAYOUT.delivery_subject(agency, DIST))
+    assert (DIST, agency) == LAYOUT.parse_response(LAYOUT.response_subject(DIST, agency))
+    assert 4 == len(LAYOUT.delivery_subject(agency, DIST).split("."))
+    assert 3 == len(LAYOUT.ack_subject(agency).split("."))
+
+
+def test_parse_refuses_other_subjects() -> None:
+    """A subject of another kind is not parsed as a delivery or a response."""
+    for parse, subject in ((LAYOUT.parse_delivery, LAYOUT.ack_subject(f.PL)), (LAYOUT.parse_response, "x.y")):
+        try:
+            parse(subject)
+        except ValueError:
+            continue
+        raise AssertionError(subject)
 
 
 # -- receipts ------------------------------------------------------------------------------
 
-ACCEPTED_AT = datetime(2026, 11, 23, 12, 0, 1, tzinfo=UTC)
-DELIVERED_AT = ACCEPTED_AT + timedelta(seconds=2)
+ACCEPTED_NS = 1_795_000_000_123_456_789
+DIGEST = bytes(range(32))
+DELIVERED_AT = datetime(2026, 11, 23, 12, 0, 5, tzinfo=UTC)
 
 
-def accepted(recipients: tuple[str, ...] = (f.QUESTURA, f.PL, f.CC)) -> store_pb2.AcceptedRecord:
-    return store_pb2.AcceptedRecord(
-        acceptance=hub_pb2.Acceptance(distribution_id=DIST, accepted_at=timestamp(ACCEPTED_AT), recipients=recipients),
-        sender_agency_id=f.CUR,
-        kind=common_pb2.KIND_REQUEST,
-        status=common_pb2.STATUS_ACTUAL,
-        payload="assistance_request",
-    )
-
-
-def stored(subject: str, record: store_pb2.DeliveredRecord | store_pb2.ResponseRecord, seq: int = 7) -> StoredMsg:
-    return StoredMsg(subject, seq, record.SerializeToString(), 1_795_000_000_000_000_000 + seq)
-
-
-def delivered_record(agency: str, at: datetime = DELIVERED_AT, sequence: int = 3) -> store_pb2.DeliveredRecord:
-    return store_pb2.DeliveredRecord(agency_id=agency, delivered_at=timestamp(at), sequence=sequence)
+def delivery(agency: str, seq: int, dist: str = DIST, sender: str = f.CUR) -> StoredMsg:
+    """A stored delivery as the hub writes it."""
+    headers = delivery_headers(LAYOUT, dist, agency, sender=sender, accepted_ns=ACCEPTED_NS, digest=DIGEST)
+    return StoredMsg(LAYOUT.delivery_subject(agency, dist), seq, b"", ACCEPTED_NS, headers)
 
 
 def business_response(outcome: int = common_pb2.OUTCOME_ACCEPTED, cause: str = "") -> hub_pb2.BusinessResponse:
@@ -136,127 +140,110 @@ def business_response(outcome: int = common_pb2.OUTCOME_ACCEPTED, cause: str = "
     )
 
 
-def stored_only(recipients: tuple[str, ...] = (f.QUESTURA, f.PL, f.CC)) -> hub_pb2.Receipt:
-    return hub_pb2.Receipt(
-        distribution_id=DIST,
-        sender_agency_id=f.CUR,
-        kind=common_pb2.KIND_REQUEST,
-        accepted_at=timestamp(ACCEPTED_AT),
-        recipients=[hub_pb2.RecipientReceipt(agency_id=a, state=hub_pb2.DELIVERY_STATE_STORED) for a in recipients],
+def stored_response(agency: str, response: hub_pb2.BusinessResponse, dist: str = DIST, seq: int = 99) -> StoredMsg:
+    msg = response_message(LAYOUT, dist, agency, response)
+    return StoredMsg(msg.subject, seq, msg.payload, 0, msg.headers)
+
+
+def test_delivery_headers_carry_what_a_retry_needs() -> None:
+    """Each delivery is written once ever (expected-absent subject) and carries sender, time and digest."""
+    headers = delivery_headers(LAYOUT, DIST, f.PL, sender=f.CUR, accepted_ns=ACCEPTED_NS, digest=DIGEST)
+    assert {
+        "Nats-Msg-Id": f"{DIST}:it_pl_001272",
+        "Nats-Expected-Last-Subject-Sequence": "0",
+        SENDER_HEADER: f.CUR,
+        ACCEPTED_AT_HEADER: str(ACCEPTED_NS),
+        DIGEST_HEADER: DIGEST.hex(),
+    } == headers
+
+
+def test_first_acceptance_is_rebuilt_in_stored_order() -> None:
+    """The first answer comes back from the deliveries: recipients in sequence order, time and digest from headers."""
+    acceptance, digest, sender = first_acceptance(LAYOUT, [delivery(f.PL, 12), delivery(f.QUESTURA, 11)])
+    assert (DIST, [f.QUESTURA, f.PL], ACCEPTED_NS, DIGEST, f.CUR) == (
+        acceptance.distribution_id,
+        list(acceptance.recipients),
+        acceptance.accepted_at.ToNanoseconds(),
+        digest,
+        sender,
     )
 
 
-def test_receipt_without_records_is_stored_for_every_recipient_in_order() -> None:
-    """With no receipt record, every recipient is STORED, in the acceptance's order."""
-    receipt = build_receipt(LAYOUT, accepted(), [])
-    assert stored_only() == receipt
-    assert [f.QUESTURA, f.PL, f.CC] == [r.agency_id for r in receipt.recipients]
-    assert not any(r.HasField("delivered_at") or r.HasField("response") for r in receipt.recipients)
-
-
-def test_recipient_order_follows_acceptance_not_records() -> None:
-    """Recipients keep the acceptance order whatever order the records come in."""
-    order = (f.CC, f.QUESTURA, f.PL_MILANO, f.PL)
-    records = [stored(LAYOUT.delivered_subject(DIST, a), delivered_record(a)) for a in reversed(order)]
-    receipt = build_receipt(LAYOUT, accepted(order), records)
-    assert list(order) == [r.agency_id for r in receipt.recipients]
-
-
-def test_delivered_record_sets_delivered_state_and_time() -> None:
-    """A DeliveredRecord on a recipient's .dlv subject makes it DELIVERED at the record's time."""
-    records = [stored(LAYOUT.delivered_subject(DIST, f.PL), delivered_record(f.PL))]
-    receipt = build_receipt(LAYOUT, accepted(), records)
-    expected = stored_only()
-    expected.recipients[1].state = hub_pb2.DELIVERY_STATE_DELIVERED
-    expected.recipients[1].delivered_at.CopyFrom(timestamp(DELIVERED_AT))
-    assert expected == receipt
-    assert DELIVERED_AT == receipt.recipients[1].delivered_at.ToDatetime(UTC)
-
-
-def test_response_record_sets_business_response() -> None:
-    """A ResponseRecord on a recipient's .rsp subject sets its business response; the state stays STORED."""
-    response = business_response(common_pb2.OUTCOME_REJECTED, "nessuna pattuglia libera")
-    record = store_pb2.ResponseRecord(agency_id=f.QUESTURA, response=response)
-    receipt = build_receipt(LAYOUT, accepted(), [stored(LAYOUT.response_subject(DIST, f.QUESTURA), record)])
-    expected = stored_only()
-    expected.recipients[0].response.CopyFrom(response)
-    assert expected == receipt
-    assert hub_pb2.DELIVERY_STATE_STORED == receipt.recipients[0].state
-
-
-def test_delivered_and_response_for_several_recipients() -> None:
-    """Records of several recipients, both kinds, each land on their own recipient."""
-    response = business_response()
-    records = [
-        stored(LAYOUT.response_subject(DIST, f.PL), store_pb2.ResponseRecord(agency_id=f.PL, response=response), 9),
-        stored(LAYOUT.delivered_subject(DIST, f.PL), delivered_record(f.PL), 8),
-        stored(LAYOUT.delivered_subject(DIST, f.CC), delivered_record(f.CC, DELIVERED_AT + timedelta(seconds=5)), 10),
+def test_receipt_without_acknowledgements_is_stored_for_every_recipient() -> None:
+    """No acknowledgement, no answer: every recipient STORED, in stored order."""
+    receipt = build_receipt(LAYOUT, [delivery(f.QUESTURA, 1), delivery(f.PL, 2)], {}, [], common_pb2.KIND_REPORT)
+    assert [(f.QUESTURA, hub_pb2.DELIVERY_STATE_STORED), (f.PL, hub_pb2.DELIVERY_STATE_STORED)] == [
+        (r.agency_id, r.state) for r in receipt.recipients
     ]
-    receipt = build_receipt(LAYOUT, accepted(), records)
-    assert [
-        (f.QUESTURA, hub_pb2.DELIVERY_STATE_STORED, False, False),
-        (f.PL, hub_pb2.DELIVERY_STATE_DELIVERED, True, True),
-        (f.CC, hub_pb2.DELIVERY_STATE_DELIVERED, True, False),
-    ] == [(r.agency_id, r.state, r.HasField("delivered_at"), r.HasField("response")) for r in receipt.recipients]
-    assert response == receipt.recipients[1].response
-    assert DELIVERED_AT + timedelta(seconds=5) == receipt.recipients[2].delivered_at.ToDatetime(UTC)
-
-
-def test_unrelated_records_are_ignored() -> None:
-    """Records of another envelope, of a non-recipient, under another prefix or another subject change nothing."""
-    other = Layout("other")
-    rsp = store_pb2.ResponseRecord(agency_id=f.PL, response=business_response())
-    records = [
-        stored(LAYOUT.delivered_subject(OTHER_DIST, f.PL), delivered_record(f.PL)),
-        stored(LAYOUT.response_subject(OTHER_DIST, f.PL), rsp),
-        stored(LAYOUT.delivered_subject(DIST, f.PL_MILANO), delivered_record(f.PL_MILANO)),
-        stored(LAYOUT.response_subject(DIST, f.ROGUE), store_pb2.ResponseRecord(agency_id=f.ROGUE)),
-        stored(other.delivered_subject(DIST, f.PL), delivered_record(f.PL)),
-        stored(other.response_subject(DIST, f.QUESTURA), rsp),
-        stored(LAYOUT.delivery_subject(f.PL), delivered_record(f.PL)),
-        stored(f"{LAYOUT.delivered_subject(DIST, f.PL)}.extra", delivered_record(f.PL)),
-        stored(LAYOUT.acceptance_subject(DIST), delivered_record(f.PL)),
-    ]
-    assert stored_only() == build_receipt(LAYOUT, accepted(), records)
-
-
-def test_receipt_with_a_custom_prefix_reads_its_own_records() -> None:
-    """A layout with another prefix finds records under that prefix only."""
-    layout = Layout("hub-to")
-    records = [
-        stored(layout.delivered_subject(DIST, f.CC), delivered_record(f.CC)),
-        stored(LAYOUT.delivered_subject(DIST, f.PL), delivered_record(f.PL)),
-    ]
-    receipt = build_receipt(layout, accepted(), records)
-    assert [hub_pb2.DELIVERY_STATE_STORED, hub_pb2.DELIVERY_STATE_STORED, hub_pb2.DELIVERY_STATE_DELIVERED] == [
-        r.state for r in receipt.recipients
-    ]
-
-
-def test_records_written_by_the_hub_helpers_are_read_back() -> None:
-    """delivered_message and response_message produce records build_receipt understands."""
-    response = business_response(common_pb2.OUTCOME_PARTIALLY_ACCEPTED, "una sola pattuglia")
-    dlv = delivered_message(LAYOUT, DIST, f.QUESTURA, 12, DELIVERED_AT)
-    rsp = response_message(LAYOUT, DIST, f.QUESTURA, response)
-    assert LAYOUT.delivered_subject(DIST, f.QUESTURA) == dlv.subject
-    assert LAYOUT.response_subject(DIST, f.QUESTURA) == rsp.subject
-    assert {"Nats-Msg-Id": f"rsp:{RESPONSE_DIST}"} == rsp.headers
-    assert delivered_record(f.QUESTURA, sequence=12) == store_pb2.DeliveredRecord.FromString(dlv.payload)
-    records = [StoredMsg(m.subject, i, m.payload, 0) for i, m in enumerate((dlv, rsp), start=20)]
-    entry = build_receipt(LAYOUT, accepted(), records).recipients[0]
-    assert (f.QUESTURA, hub_pb2.DELIVERY_STATE_DELIVERED, response) == (entry.agency_id, entry.state, entry.response)
-    assert DELIVERED_AT == entry.delivered_at.ToDatetime(UTC)
-
-
-def test_receipt_header_fields_come_from_the_acceptance_record() -> None:
-    """distribution id, sender, kind and accepted_at are those of the AcceptedRecord."""
-    record = accepted((f.PL,))
-    record.kind = common_pb2.KIND_REPORT
-    record.sender_agency_id = f.PL_MILANO
-    receipt = build_receipt(LAYOUT, record, [])
-    assert (DIST, f.PL_MILANO, common_pb2.KIND_REPORT, ACCEPTED_AT) == (
+    assert (DIST, f.CUR, common_pb2.KIND_REPORT, ACCEPTED_NS) == (
         receipt.distribution_id,
         receipt.sender_agency_id,
         receipt.kind,
-        receipt.accepted_at.ToDatetime(UTC),
+        receipt.accepted_at.ToNanoseconds(),
     )
+
+
+def test_delivered_with_and_without_a_known_time() -> None:
+    """A known acknowledgement time sets delivered_at; True means delivered at an unknown time."""
+    at = timestamp(DELIVERED_AT)
+    receipt = build_receipt(
+        LAYOUT,
+        [delivery(f.QUESTURA, 1), delivery(f.PL, 2), delivery(f.CC, 3)],
+        {f.QUESTURA: at, f.PL: True},
+        [],
+        common_pb2.KIND_REPORT,
+    )
+    states = [(r.agency_id, r.state, r.HasField("delivered_at")) for r in receipt.recipients]
+    assert [
+        (f.QUESTURA, hub_pb2.DELIVERY_STATE_DELIVERED, True),
+        (f.PL, hub_pb2.DELIVERY_STATE_DELIVERED, False),
+        (f.CC, hub_pb2.DELIVERY_STATE_STORED, False),
+    ] == states
+    assert at == receipt.recipients[0].delivered_at
+
+
+def test_business_answers_attach_to_their_recipient_only() -> None:
+    """An answer by a recipient attaches to it; answers of other requests or agencies are ignored."""
+    answer = business_response(common_pb2.OUTCOME_REJECTED, "nessuna pattuglia")
+    receipt = build_receipt(
+        LAYOUT,
+        [delivery(f.CC, 1), delivery(f.QUESTURA, 2)],
+        {},
+        [
+            stored_response(f.CC, answer),
+            stored_response(f.PL, business_response()),  # not a recipient
+            stored_response(f.QUESTURA, business_response(), dist=OTHER_DIST),  # another request
+        ],
+        common_pb2.KIND_REQUEST,
+    )
+    assert answer == receipt.recipients[0].response
+    assert not receipt.recipients[1].HasField("response")
+
+
+def test_the_last_answer_counts() -> None:
+    """When a recipient answered twice, the later answer is the one in the receipt."""
+    first = business_response(common_pb2.OUTCOME_ACCEPTED)
+    second = business_response(common_pb2.OUTCOME_REJECTED, "revocata")
+    receipt = build_receipt(
+        LAYOUT,
+        [delivery(f.CC, 1)],
+        {},
+        [stored_response(f.CC, second, seq=50), stored_response(f.CC, first, seq=40)],
+        common_pb2.KIND_REQUEST,
+    )
+    assert second == receipt.recipients[0].response
+
+
+def test_ack_record_round_trip() -> None:
+    """An ack record lists its sequences sorted; acked_at finds a listed one and not another."""
+    msg = ack_message(LAYOUT, f.PL, [9, 3, 5], DELIVERED_AT, "s1")
+    assert LAYOUT.ack_subject(f.PL) == msg.subject
+    record = store_pb2.AckRecord.FromString(msg.payload)
+    assert ([3, 5, 9], "s1") == (list(record.sequences), record.session_id)
+    assert timestamp(DELIVERED_AT) == acked_at(record, 5)
+    assert acked_at(record, 4) is None
+
+
+def test_timestamp_ns_round_trip() -> None:
+    """timestamp_ns keeps every nanosecond."""
+    assert ACCEPTED_NS == timestamp_ns(ACCEPTED_NS).ToNanoseconds()

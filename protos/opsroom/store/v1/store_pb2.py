@@ -23,27 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from opsroom.common.v1 import common_pb2 as opsroom_dot_common_dot_v1_dot_common__pb2
 from opsroom.hub.v1 import hub_pb2 as opsroom_dot_hub_dot_v1_dot_hub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1copsroom/store/v1/store.proto\x12\x10opsroom.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eopsroom/common/v1/common.proto\x1a\x18opsroom/hub/v1/hub.proto\"\xec\x01\n\x0e\x41\x63\x63\x65ptedRecord\x12.\n\nacceptance\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.Acceptance\x12\x18\n\x10sender_agency_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.opsroom.common.v1.Kind\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.opsroom.common.v1.Status\x12\x17\n\x0f\x65nvelope_sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cincident_ids\x18\x06 \x03(\t\x12\x0f\n\x07payload\x18\x07 \x01(\t\"h\n\x0f\x44\x65liveredRecord\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x30\n\x0c\x64\x65livered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"W\n\x0eResponseRecord\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .opsroom.hub.v1.BusinessResponse\"q\n\x0bRawDelivery\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"V\n\x10RawDeliveryBatch\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.opsroom.store.v1.RawDelivery\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x04\"L\n\x12RawConnectResponse\x12\x36\n\ndeliveries\x18\x02 \x01(\x0b\x32\".opsroom.store.v1.RawDeliveryBatchb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1copsroom/store/v1/store.proto\x12\x10opsroom.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18opsroom/hub/v1/hub.proto\"`\n\tAckRecord\x12\x11\n\tsequences\x18\x01 \x03(\x04\x12,\n\x08\x61\x63ked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x03 \x01(\t\"W\n\x0eResponseRecord\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .opsroom.hub.v1.BusinessResponse\"q\n\x0bRawDelivery\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\"V\n\x10RawDeliveryBatch\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.opsroom.store.v1.RawDelivery\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x04\"L\n\x12RawConnectResponse\x12\x36\n\ndeliveries\x18\x02 \x01(\x0b\x32\".opsroom.store.v1.RawDeliveryBatchb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'opsroom.store.v1.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCEPTEDRECORD']._serialized_start=142
-  _globals['_ACCEPTEDRECORD']._serialized_end=378
-  _globals['_DELIVEREDRECORD']._serialized_start=380
-  _globals['_DELIVEREDRECORD']._serialized_end=484
-  _globals['_RESPONSERECORD']._serialized_start=486
-  _globals['_RESPONSERECORD']._serialized_end=573
-  _globals['_RAWDELIVERY']._serialized_start=575
-  _globals['_RAWDELIVERY']._serialized_end=688
-  _globals['_RAWDELIVERYBATCH']._serialized_start=690
-  _globals['_RAWDELIVERYBATCH']._serialized_end=776
-  _globals['_RAWCONNECTRESPONSE']._serialized_start=778
-  _globals['_RAWCONNECTRESPONSE']._serialized_end=854
+  _globals['_ACKRECORD']._serialized_start=109
+  _globals['_ACKRECORD']._serialized_end=205
+  _globals['_RESPONSERECORD']._serialized_start=207
+  _globals['_RESPONSERECORD']._serialized_end=294
+  _globals['_RAWDELIVERY']._serialized_start=296
+  _globals['_RAWDELIVERY']._serialized_end=409
+  _globals['_RAWDELIVERYBATCH']._serialized_start=411
+  _globals['_RAWDELIVERYBATCH']._serialized_end=497
+  _globals['_RAWCONNECTRESPONSE']._serialized_start=499
+  _globals['_RAWCONNECTRESPONSE']._serialized_end=575
 # @@protoc_insertion_point(module_scope)

@@ -81,7 +81,7 @@ class Committer:
         max_bytes: int = 8 * 1024 * 1024,
         queue_size: int = 20_000,
         publish_each: PublishEachFn | None = None,
-        atomic_threshold: int = 8,
+        atomic_threshold: int = 64,
         max_in_flight: int = 4,
     ) -> None:
         """A committer writing atomic batches through commit (at most max_messages and max_bytes each).

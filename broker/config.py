@@ -51,7 +51,7 @@ class NatsConfig:
     commit_max_bytes: int = 8 * 1024 * 1024
     # Writes of fewer messages go as pipelined single publishes (lower latency at low load);
     # larger ones as one atomic batch (a fixed few fsyncs for the whole batch).
-    atomic_threshold: int = 8
+    atomic_threshold: int = 64
     commit_timeout: timedelta = timedelta(seconds=10)
     tls: TlsConfig | None = None
 

@@ -354,6 +354,42 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def strace_fsyncs(path: Path) -> int:
+    """fsync + fdatasync calls in an `strace -c` summary file."""
+    total = 0
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[-1] in ("fsync", "fdatasync") and len(parts) >= 4:
+            total += int(parts[3])
+    return total
+
+
+async def count_fsyncs(root: Path, *, quick: bool) -> list[str]:
+    """Events, fsyncs and fsyncs per event for each path, on a nats-server traced by strace.
+
+    strace slows the server down, so these runs only count; they say nothing of speed.
+    """
+    lines = [f"{'scenario':<10} {'path':<14} {'events':>7} {'fsyncs':>7} {'per event':>9}"]
+    for name, count, rate in scenarios(quick=quick):
+        for path in ("raw JetStream", "hub"):
+            trace = root / f"strace-{uuid.uuid4().hex[:6]}.txt"
+            wrapper = ("strace", "-f", "--seccomp-bpf", "-c", "-e", "trace=fsync,fdatasync", "-o", str(trace))
+            server = NatsServer(root / f"nats-{uuid.uuid4().hex[:6]}", wrapper=wrapper)
+            server.start()
+            try:
+                if path == "raw JetStream":
+                    result = await run_raw(server, name, count, rate)
+                else:
+                    port = free_port()
+                    with hub_process(write_hub_config(root, server, port, free_port(), []), port):
+                        result = await run_hub(f"127.0.0.1:{port}", root / "pki", name, count, rate)
+            finally:
+                server.stop()
+            fsyncs = strace_fsyncs(trace)
+            lines.append(f"{name:<10} {path:<14} {result.events:>7} {fsyncs:>7} {fsyncs / result.events:>9.3f}")
+    return lines
+
+
 def best(a: Result, b: Result, rate: float | None) -> Result:
     """The better of two runs: higher throughput at max rate, lower p99 at a fixed rate."""
     if rate is None:
@@ -368,11 +404,15 @@ async def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="runs per path and scenario; the best counts")
     parser.add_argument("--scenario", action="append", default=[], help="run only these scenarios (by name)")
     parser.add_argument("--nats", action="append", default=[], help="extra [nats] setting for the hub, key = value")
+    parser.add_argument("--fsyncs", action="store_true", help="count fsyncs per event under strace instead")
     args = parser.parse_args()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="opsroom-bench-") as tmp:
         root = Path(tmp)
         make_dev_pki(root / "pki", [SENDER, RECEIVER])
+        if args.fsyncs:
+            print("\n".join(await count_fsyncs(root, quick=args.quick)))
+            return 0
         server = NatsServer(root / "nats")
         server.start()
         try:

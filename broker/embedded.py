@@ -66,6 +66,8 @@ class NatsServer:
     binary: Path = field(default_factory=find_nats_server)
     # Only tests turn this off, to check that the hub refuses such a server.
     sync_always: bool = True
+    # A command the server runs under, e.g. strace to count fsyncs (the benchmark's --fsyncs).
+    wrapper: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,10 +87,15 @@ class NatsServer:
 
     @property
     def pid(self) -> int:
-        """PID of the running process."""
+        """PID of the nats-server process (the wrapper's child when there is a wrapper)."""
         if self.proc is None:
             raise RuntimeError("not started")
-        return self.proc.pid
+        if not self.wrapper:
+            return self.proc.pid
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        if not children:
+            raise RuntimeError("the wrapper has not started nats-server")
+        return int(children[0])
 
     def start(self, timeout: float = 20.0) -> None:
         """Write the config, start the process and wait until JetStream is ready."""
@@ -105,7 +112,7 @@ class NatsServer:
         )
         log_file = (self.data_dir / "nats-server.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: S603 - our binary, our config
-            [str(self.binary), "-c", str(self.config_path)],
+            [*self.wrapper, str(self.binary), "-c", str(self.config_path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -136,7 +143,7 @@ class NatsServer:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -149,7 +156,7 @@ class NatsServer:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            os.kill(self.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
 

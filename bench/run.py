@@ -405,6 +405,7 @@ async def main() -> int:
     parser.add_argument("--scenario", action="append", default=[], help="run only these scenarios (by name)")
     parser.add_argument("--nats", action="append", default=[], help="extra [nats] setting for the hub, key = value")
     parser.add_argument("--fsyncs", action="store_true", help="count fsyncs per event under strace instead")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON results")
     args = parser.parse_args()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="opsroom-bench-") as tmp:
@@ -437,8 +438,8 @@ async def main() -> int:
             server.stop()
     report = table(results)
     print(report)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     meta = {"when": stamp, "cpus": os.cpu_count(), "python": platform.python_version(), "quick": args.quick}
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))

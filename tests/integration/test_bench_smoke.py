@@ -1,0 +1,28 @@
+"""The benchmark stays runnable: a tiny run of one scenario (its figures are not checked, only its report)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
+    """bench/run.py runs raw JetStream and the hub in one run and writes both results and their ratio."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--runs", "1", "--scenario", "100/s",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr
+    assert "100/s: hub/raw throughput" in result.stdout
+    [report] = list(tmp_path.glob("*.json"))
+    rows = json.loads(report.read_text())["results"]
+    assert {("raw JetStream", 200), ("hub", 200)} == {(r["path"], r["events"]) for r in rows}

@@ -1,4 +1,4 @@
-"""The `opsroom` command: serve the hub, run the embedded demo, make development certificates."""
+"""The `opsroom` command: serve the hub, the embedded demo, development certificates, agreement checks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from broker import logging as hub_logging
@@ -19,9 +20,11 @@ from broker.config import load
 from broker.embedded import NatsServer
 from broker.errors import ConfigError, OpsroomError
 from broker.hub import Hub
+from broker.policy.loader import AgreementsInvalid, load_dir
 from broker.testing import credentials, dev_config
 
 log = hub_logging.get_logger(__name__)
+_DEFAULT_AGREEMENTS = Path(__file__).resolve().parent.parent / "deploy" / "agreements"
 
 
 def _print(line: str) -> None:
@@ -41,6 +44,7 @@ async def serve(config_path: Path) -> int:
     hub = Hub(cfg)
     await hub.start()
     _print(f"opsroom hub listening on {cfg.listen} (port {hub.port}); metrics on {cfg.metrics_listen or 'off'}")
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload_agreements)
     await _until_signal(asyncio.Event())
     await hub.stop()
     return 0
@@ -53,18 +57,21 @@ def _prepare(data: Path, *, keep: bool) -> DevPki:
     return make_dev_pki(data / "pki", sim.TORINO_ROOMS)
 
 
-async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool) -> int:
+async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool, agreements: Path) -> int:
     """The embedded default: nats-server, the hub and four simulated Torino rooms playing a scenario."""
     pki = _prepare(data, keep=keep)
     nats = NatsServer(data / "nats")
     _print(f"starting nats-server ({nats.binary}) with JetStream in {data / 'nats'}, sync_interval: always")
     nats.start()
     try:
-        cfg = dev_config(pki, nats, sim.TORINO_ROOMS, sim.TORINO_ALLOW, listen=listen, metrics_listen=metrics_listen)
+        cfg = dev_config(
+            pki, nats, sim.TORINO_ROOMS, (), listen=listen, metrics_listen=metrics_listen, agreements=agreements
+        )
         hub = Hub(cfg)
         await hub.start()
         metrics = f"http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else "off"
         _print(f"hub listening on 127.0.0.1:{hub.port} (mTLS, dev CA in {data / 'pki'}); metrics: {metrics}")
+        _print(f"routing by the agreements in {agreements}")
         try:
             return await _play(hub, pki, once=once)
         finally:
@@ -113,6 +120,62 @@ async def _play(hub: Hub, pki: DevPki, *, once: bool) -> int:
     return 0
 
 
+def policy_check(folder: Path) -> int:
+    """Validate an agreements folder; prints each problem with file and line."""
+    try:
+        agreements = load_dir(folder)
+    except AgreementsInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)  # noqa: T201
+        print(f"{len(exc.problems)} problem(s); nothing would be loaded", file=sys.stderr)  # noqa: T201
+        return 1
+    for agreement in agreements.agreements:
+        until = agreement.valid_until.isoformat() if agreement.valid_until else "open-ended"
+        _print(
+            f"{agreement.source}: {agreement.id}: {len(agreement.parties)} parties, {len(agreement.rules)} rules, "
+            f"in force {agreement.valid_from.isoformat()} to {until}"
+        )
+    _print(f"{len(agreements.agreements)} agreement(s) valid; version {agreements.digest[:12]}")
+    return 0
+
+
+def policy_explain(envelope_file: Path, folder: Path, sender: str | None, at: str | None) -> int:
+    """Who would receive an envelope (protobuf JSON) under the agreements, what each sees, and why."""
+    from google.protobuf import json_format  # noqa: PLC0415
+    from opsroom.envelope.v1 import envelope_pb2  # noqa: PLC0415
+
+    from broker.policy.engine import Policy  # noqa: PLC0415
+    from broker.policy.places import event_comuni, place_index  # noqa: PLC0415
+    from broker.routing import RoutingContext  # noqa: PLC0415
+
+    env = json_format.Parse(envelope_file.read_text(encoding="utf-8"), envelope_pb2.Envelope())
+    when = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    agreements = load_dir(folder)
+    policy = Policy(agreements, place_index())
+    who = sender or env.sender.agency_id
+    decision, considered = policy.explain(env, RoutingContext(who, now=when))
+    comuni = ", ".join(sorted(event_comuni(env, place_index()))) or "unknown"
+    _print(f"envelope {env.distribution_id} from {who} at {when.isoformat()}; event in comuni: {comuni}")
+    _print(f"agreements version {agreements.digest[:12]}; rules of the sender:")
+    for c in considered:
+        _print(f"  {'applies' if c.applies else 'no     '}  {c.rule}: {c.why}")
+    if decision.refusals:
+        _print("refused (the whole envelope would get PERMISSION_DENIED RECIPIENT_NOT_ALLOWED):")
+        for r in decision.refusals:
+            _print(f"  {r.agency_id} at envelope.{r.field}: {r.why}")
+        return 3
+    if not decision.routes:
+        _print("no recipient: FAILED_PRECONDITION NO_RECIPIENTS")
+        return 3
+    _print("recipients:")
+    for route in decision.routes:
+        hidden = sorted(route.mask.hidden) if route.mask is not None else []
+        _print(f"  {route.agency_id} by {route.rule}; hidden: {', '.join(hidden) if hidden else 'nothing'}")
+    return 0
+
+
 def dev_certs(out: Path, agencies: Sequence[str], config: Path | None) -> int:
     """Make (or complete) a development PKI."""
     wanted = list(agencies)
@@ -141,6 +204,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--once", action="store_true", help="exit after the scenario instead of waiting for Ctrl-C")
     p_demo.add_argument("--keep-data", action="store_true", help="keep the JetStream data of the previous run")
 
+    p_demo.add_argument("--agreements", type=Path, default=_DEFAULT_AGREEMENTS, help="agreements folder")
+
+    p_policy = commands.add_parser("policy", help="check agreement files, or explain a routing decision")
+    policy = p_policy.add_subparsers(dest="policy_command", required=True)
+    p_check = policy.add_parser("check", help="validate every agreement file of a folder")
+    p_check.add_argument("folder", type=Path)
+    p_explain = policy.add_parser("explain", help="who gets an envelope (protobuf JSON file) and which fields, and why")
+    p_explain.add_argument("envelope", type=Path)
+    p_explain.add_argument("--agreements", type=Path, default=_DEFAULT_AGREEMENTS)
+    p_explain.add_argument("--sender", help="the sending agency (default: the envelope's sender)")
+    p_explain.add_argument("--at", help="when, ISO 8601 (default: now)")
+
     p_certs = commands.add_parser("dev-certs", help="make a development CA, hub and agency certificates")
     p_certs.add_argument("--out", type=Path, required=True)
     p_certs.add_argument("--agency", action="append", default=[], help="agency id; repeat for several")
@@ -150,24 +225,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.getLevelNamesMapping().get(args.log_level.upper(), logging.WARNING)
     hub_logging.configure(json=args.command == "serve", level=level)
     try:
-        if args.command == "serve":
-            return asyncio.run(serve(args.config))
-        if args.command == "demo":
-            with contextlib.suppress(KeyboardInterrupt):
-                return asyncio.run(
-                    demo(
-                        args.data,
-                        listen=args.listen,
-                        metrics_listen=args.metrics_listen,
-                        once=args.once,
-                        keep=args.keep_data,
-                    )
-                )
-            return 130
-        return dev_certs(args.out, args.agency, args.config)
-    except (ConfigError, OpsroomError) as exc:
+        return _run(args)
+    except (ConfigError, OpsroomError, AgreementsInvalid) as exc:
         print(f"opsroom: {exc}", file=sys.stderr)  # noqa: T201
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return asyncio.run(serve(args.config))
+    if args.command == "demo":
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(
+                demo(
+                    args.data,
+                    listen=args.listen,
+                    metrics_listen=args.metrics_listen,
+                    once=args.once,
+                    keep=args.keep_data,
+                    agreements=args.agreements,
+                )
+            )
+        return 130
+    if args.command == "policy":
+        if args.policy_command == "check":
+            return policy_check(args.folder)
+        return policy_explain(args.envelope, args.agreements, args.sender, args.at)
+    return dev_certs(args.out, args.agency, args.config)
 
 
 if __name__ == "__main__":

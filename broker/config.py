@@ -58,10 +58,19 @@ class NatsConfig:
 
 @dataclass(frozen=True)
 class Agency:
-    """An agency (room) registered at the hub."""
+    """An agency (room) registered at the hub; a drill-only room (a simulator) never gets ACTUAL traffic."""
 
     id: str
     name: str
+    drill_only: bool = False
+
+
+@dataclass(frozen=True)
+class AgreementsConfig:
+    """Where the agreement files are, and how often the folder is checked for changes."""
+
+    folder: Path
+    reload: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class HubConfig:
     nats: NatsConfig
     agencies: tuple[Agency, ...]
     allow: tuple[AllowRule, ...]
+    agreements: AgreementsConfig | None = None
     metrics_listen: str = ""
     max_envelope_bytes: int = 64 * 1024
     max_batch_envelopes: int = 1000
@@ -83,8 +93,13 @@ class HubConfig:
 
     @property
     def agency_ids(self) -> frozenset[str]:
-        """Ids of the registered agencies."""
+        """Ids of the agencies registered in the config (parties of agreements are registered too)."""
         return frozenset(a.id for a in self.agencies)
+
+    @property
+    def drill_only(self) -> frozenset[str]:
+        """Agencies that take drill traffic only."""
+        return frozenset(a.id for a in self.agencies if a.drill_only)
 
 
 class _Reader:
@@ -210,7 +225,7 @@ def _agencies(source: str, items: object) -> tuple[Agency, ...]:
         if agency_id in seen:
             raise reader.error("id", "is registered twice")
         seen.add(agency_id)
-        out.append(Agency(agency_id, reader.get("name", str, agency_id)))
+        out.append(Agency(agency_id, reader.get("name", str, agency_id), reader.get("drill_only", bool, False)))
         reader.check_unknown()
     return tuple(out)
 
@@ -267,6 +282,15 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
     root.used.add("agencies")
     allow = _allow(source, data.get("allow", []), frozenset(a.id for a in agencies))
     root.used.add("allow")
+    agreements = None
+    if "agreements" in data:
+        section = root.sub("agreements")
+        agreements = AgreementsConfig(
+            _path(section, base, "folder"), section.seconds("reload_seconds", timedelta(seconds=2))
+        )
+        section.check_unknown()
+        if allow:
+            raise root.error("allow", "use either [agreements] or [[allow]], not both")
     d_grace, d_heartbeat = timedelta(seconds=10), timedelta(seconds=15)
     cfg = HubConfig(
         listen=hub.require("listen", str),
@@ -280,6 +304,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,
         allow=allow,
+        agreements=agreements,
         limits=_limits(root.sub("limits")),
     )
     hub.check_unknown()

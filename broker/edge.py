@@ -119,6 +119,7 @@ class HubServicer:
         metrics: Metrics,
         clock: Callable[[], datetime],
         committer: Committer,
+        is_registered: Callable[[str], bool],
     ) -> None:
         """Wire the handlers."""
         self._cfg = cfg
@@ -129,7 +130,7 @@ class HubServicer:
         self._clock = clock
         self._committer = committer
         self._identity = IdentityResolver()
-        self._registered = cfg.agency_ids
+        self._is_registered = is_registered
         self.draining = False
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -164,12 +165,12 @@ class HubServicer:
 
     def _agency(self, context: Context) -> str:
         agency = self._identity.agency(context)
-        if agency not in self._registered:
+        if not self._is_registered(agency):
             raise Refused(Reason.AGENCY_NOT_REGISTERED, "the certificate's agency is not registered at this hub")
         return agency
 
     def _refused(self, agency: str, err: OpsroomError) -> None:
-        label = agency if agency in self._registered else UNREGISTERED
+        label = agency if self._is_registered(agency) else UNREGISTERED
         self._metrics.refusals.labels(label, err.reason.code.name, err.reason.name).inc()
 
     async def _abort(self, context: Context, agency: str, err: OpsroomError, prefix: str = "") -> NoReturn:
@@ -211,7 +212,7 @@ class HubServicer:
             except Exception as exc:
                 raise _internal(exc) from exc
         except OpsroomError as err:
-            if agency in self._registered:
+            if self._is_registered(agency):
                 self._metrics.publishes.labels(agency, "refused").inc()
             log.info(
                 "publish_refused",

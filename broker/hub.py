@@ -16,6 +16,7 @@ from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
 from broker.logging import get_logger
 from broker.metrics import Metrics
+from broker.policy.store import PolicyStore
 from broker.publishing import Publisher
 from broker.routing import AllowListRouter, Router
 from broker.sessions import SessionRegistry
@@ -40,7 +41,15 @@ class Hub:
         self.cfg = cfg
         self.clock = clock
         self.metrics = Metrics()
-        self.router: Router = router or AllowListRouter(cfg.allow)
+        self.policy: PolicyStore | None = None
+        if router is not None:
+            self.router: Router = router
+        elif cfg.agreements is not None:
+            self.policy = PolicyStore(cfg.agreements.folder, self.metrics, drill_only=cfg.drill_only)
+            self.router = self.policy
+        else:
+            self.router = AllowListRouter(cfg.allow)
+        self._watch: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
         self._js: JetStream | None = None
@@ -87,8 +96,7 @@ class Hub:
         )
         self._committer = committer
         self._committer_task = asyncio.get_running_loop().create_task(committer.run(), name="committer")
-        registered = cfg.agency_ids
-        validation = ValidationContext(codelists.load(), registered.__contains__, cfg.limits)
+        validation = ValidationContext(codelists.load(), self.is_registered, cfg.limits)
         publisher = Publisher(js, committer, self.router, validation, self.clock)
         self._servicer = HubServicer(
             cfg,
@@ -98,6 +106,7 @@ class Hub:
             metrics=self.metrics,
             clock=self.clock,
             committer=committer,
+            is_registered=self.is_registered,
         )
         server = grpc.aio.server(
             options=[
@@ -125,11 +134,27 @@ class Hub:
             self.metrics_port = self.metrics.serve(cfg.metrics_listen)
         for service in ("", SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("hub_started", listen=cfg.listen, stream=cfg.nats.stream, count=len(registered))
+        if self.policy is not None and cfg.agreements is not None:
+            self._watch = asyncio.get_running_loop().create_task(
+                self.policy.watch(cfg.agreements.reload.total_seconds()), name="agreements-watch"
+            )
+        log.info("hub_started", listen=cfg.listen, stream=cfg.nats.stream, count=len(self.router.agencies))
+
+    def is_registered(self, agency_id: str) -> bool:
+        """Whether an agency is known to the hub: in the config, or a party of an agreement in force."""
+        return agency_id in self.cfg.agency_ids or agency_id in self.router.agencies
+
+    def reload_agreements(self) -> bool:
+        """Load the agreement files again now (SIGHUP); False if refused or unchanged."""
+        return self.policy.reload() if self.policy is not None else False
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close."""
         grace = self.cfg.grace.total_seconds() if grace is None else grace
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
         log.info("hub_draining")
         self.metrics.draining.set(1)
         if self._servicer is not None:

@@ -23,6 +23,7 @@ from broker.ids import agency_from_token, agency_token
 SENDER_HEADER = "Opsroom-Sender"
 ACCEPTED_AT_HEADER = "Opsroom-Accepted-At"  # nanoseconds since the epoch, hub clock
 DIGEST_HEADER = "Opsroom-Sha256"  # of the envelope as the sender sent it
+RULE_HEADER = "Opsroom-Rule"  # "<agreement>/<rule>" that allowed the delivery
 
 
 @dataclass(frozen=True)

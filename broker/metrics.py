@@ -116,6 +116,21 @@ class Metrics:
             registry=r,
         )
         self.draining = Gauge("opsroom_draining", "1 while the hub drains before stopping.", registry=r)
+        self.agreements_loaded = Gauge(
+            "opsroom_agreements_loaded", "Agreements in force (0 when routing by allow-list).", registry=r
+        )
+        self.agreement_reloads = Counter(
+            "opsroom_agreement_reloads",
+            "Agreement set loads, by outcome: loaded (at start), reloaded, refused (the previous set stays).",
+            ["outcome"],
+            registry=r,
+        )
+        self.routes = Counter(
+            "opsroom_routes",
+            "Recipients routed, by how: explicit (named by the sender), selected (by a territory rule), reply.",
+            ["how"],
+            registry=r,
+        )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -24,8 +24,9 @@ from opsroom.store.v1 import store_pb2
 from broker import receipts
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
-from broker.layout import Layout
-from broker.routing import REPLY_KINDS, Decision, Referenced, Router, RoutingContext
+from broker.layout import RULE_HEADER, Layout
+from broker.policy.redact import redact
+from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
 from broker.transport.jetstream import JetStream, OutMsg, StoredMsg
 from broker.validate import ValidationContext, validate_envelope
 
@@ -152,7 +153,8 @@ class Publisher:
         self, env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes
     ) -> tuple[asyncio.Future[GroupResult], hub_pb2.Acceptance, Decision]:
         referenced = await self._referenced(env)
-        decision = self._router.route(env, RoutingContext(agency_id, referenced))
+        now = self._clock()
+        decision = self._router.route(env, RoutingContext(agency_id, referenced, now))
         if decision.refusals:
             fields = ", ".join(f"envelope.{r.field} ({r.agency_id})" for r in decision.refusals)
             raise NotPermitted(
@@ -161,25 +163,24 @@ class Publisher:
                 {"recipients": ",".join(r.agency_id for r in decision.refusals)},
             )
         if not decision.routes:
-            raise Refused(Reason.NO_RECIPIENTS, "no recipient: name recipients an allow rule permits")
+            raise Refused(Reason.NO_RECIPIENTS, "no recipient: no agreement in force selects or allows one")
         extra = self._response_record(env, agency_id, referenced)
         dist = env.distribution_id
-        now = self._clock()
         acceptance = hub_pb2.Acceptance(
             distribution_id=dist, accepted_at=receipts.timestamp(now), recipients=decision.recipients
         )
         accepted_ns = acceptance.accepted_at.ToNanoseconds()
         layout = self._layout
-        messages = [
-            OutMsg(
-                layout.delivery_subject(recipient, dist),
-                data,
-                receipts.delivery_headers(
-                    layout, dist, recipient, sender=agency_id, accepted_ns=accepted_ns, digest=digest
-                ),
+        views: dict[frozenset[str], bytes] = {}
+        messages = []
+        for route in decision.routes:
+            headers = receipts.delivery_headers(
+                layout, dist, route.agency_id, sender=agency_id, accepted_ns=accepted_ns, digest=digest
             )
-            for recipient in decision.recipients
-        ]
+            headers[RULE_HEADER] = route.rule
+            messages.append(
+                OutMsg(layout.delivery_subject(route.agency_id, dist), _view(env, data, route, views), headers)
+            )
         if extra is not None:
             messages.append(extra)  # written once the response itself is delivered
         group = await self._committer.enqueue(messages, tail=extra is not None)
@@ -267,6 +268,17 @@ class Publisher:
                 return when
             start = record.seq + 1
         return True if await self._js.ack_floor(agency_id) >= sequence else None
+
+
+def _view(env: envelope_pb2.Envelope, data: bytes, route: Route, views: dict[frozenset[str], bytes]) -> bytes:
+    """The envelope as route's recipient may see it, serialized (one redaction per distinct mask)."""
+    if route.mask is None or route.mask.empty:
+        return data
+    view = views.get(route.mask.hidden)
+    if view is None:
+        view = redact(env, route.mask).SerializeToString()
+        views[route.mask.hidden] = view
+    return view
 
 
 def _settle(result: asyncio.Future[Accepted], exc: BaseException) -> None:

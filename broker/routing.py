@@ -1,18 +1,22 @@
-"""Who receives an envelope: the Router seam and the allow-list router of the hub config (pure).
+"""Who receives an envelope, and what each may see: the Router seam and the allow-list router (pure).
 
-The full agreements engine (territory, category, schedule, redaction) plugs in behind `Router`;
-until then explicit recipients are checked against the allow-list, and a RESPONSE, ACK or
-ERROR may always go back to the sender of a message the responder received.
+The agreements engine (broker.policy.engine) is the router of a hub with agreements; the
+allow-list router of the hub config serves trials and tests: explicit recipients each allowed
+by an allow rule, every recipient seeing the whole envelope. Both let a RESPONSE, ACK or ERROR
+go back to the sender of a message the responder received.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
+
+from broker.policy.redact import Mask
 
 REPLY_KINDS = frozenset({common_pb2.KIND_RESPONSE, common_pb2.KIND_ACK, common_pb2.KIND_ERROR})
 REPLY_RULE = "reply-to-sender"
@@ -20,10 +24,11 @@ REPLY_RULE = "reply-to-sender"
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One recipient and the rule that allowed it."""
+    """One recipient, the rule that allowed it ("<agreement>/<rule>"), and what it may not see."""
 
     agency_id: str
     rule: str
+    mask: Mask | None = None  # None: the whole envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +68,16 @@ class RoutingContext:
 
     sender_agency_id: str
     referenced: Mapping[str, Referenced] = field(default_factory=dict)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 class Router(Protocol):
     """Decides the recipients of an envelope; must be pure and fast (it runs on every publish)."""
+
+    @property
+    def agencies(self) -> frozenset[str]:
+        """Every agency the router may route to or from."""
+        ...
 
     def route(self, env: envelope_pb2.Envelope, ctx: RoutingContext) -> Decision:
         """The decision for env, sent by ctx.sender_agency_id."""
@@ -88,6 +99,8 @@ class AllowListRouter:
     def __init__(self, rules: Iterable[AllowRule]) -> None:
         """Index the rules by sender."""
         self._by_sender: dict[str, dict[str, str]] = {}
+        rules = tuple(rules)
+        self._agencies = frozenset(a for r in rules for a in r.senders | r.recipients)
         for rule in rules:
             for sender in rule.senders:
                 allowed = self._by_sender.setdefault(sender, {})
@@ -95,10 +108,15 @@ class AllowListRouter:
                     if recipient != sender:
                         allowed.setdefault(recipient, rule.name)
 
+    @property
+    def agencies(self) -> frozenset[str]:
+        """Agencies named in the allow rules."""
+        return self._agencies
+
     def route(self, env: envelope_pb2.Envelope, ctx: RoutingContext) -> Decision:
         """Route each explicit recipient; refuse those no rule allows."""
         allowed = self._by_sender.get(ctx.sender_agency_id, {})
-        reply_to = _reply_targets(env, ctx)
+        reply_to = reply_targets(env, ctx)
         routes: list[Route] = []
         refusals: list[Refusal] = []
         for i, recipient in enumerate(env.recipients):
@@ -112,7 +130,7 @@ class AllowListRouter:
         return Decision(tuple(routes), tuple(refusals))
 
 
-def _reply_targets(env: envelope_pb2.Envelope, ctx: RoutingContext) -> frozenset[str]:
+def reply_targets(env: envelope_pb2.Envelope, ctx: RoutingContext) -> frozenset[str]:
     """Senders of referenced messages that the replying agency received."""
     if env.kind not in REPLY_KINDS:
         return frozenset()

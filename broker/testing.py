@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from broker.certs import DevPki, make_dev_pki
 from broker.client import Credentials, HubClient, RetryPolicy
-from broker.config import Agency, HubConfig, NatsConfig, TlsConfig
+from broker.config import Agency, AgreementsConfig, HubConfig, NatsConfig, TlsConfig
 from broker.embedded import NatsServer
 from broker.hub import Hub
 from broker.routing import AllowRule
@@ -28,15 +29,17 @@ def dev_config(
     *,
     listen: str = "127.0.0.1:0",
     metrics_listen: str = "",
+    agreements: Path | None = None,
 ) -> HubConfig:
-    """A hub config for a local nats-server and a dev PKI."""
+    """A hub config for a local nats-server and a dev PKI; with agreements, routing by the agreement files."""
     return HubConfig(
         listen=listen,
         metrics_listen=metrics_listen,
         tls=TlsConfig(pki.ca, pki.hub.cert, pki.hub.key),
         nats=NatsConfig(servers=(nats.url,), monitor_urls=(nats.monitor_url,)),
         agencies=tuple(Agency(agency_id, name) for agency_id, name in agencies.items()),
-        allow=tuple(allow),
+        allow=() if agreements is not None else tuple(allow),
+        agreements=AgreementsConfig(agreements, timedelta(seconds=0.2)) if agreements is not None else None,
     )
 
 
@@ -73,6 +76,7 @@ async def local_hub(
     extra_certs: Iterable[str] = (),
     metrics_listen: str = "",
     nats_config: NatsConfig | None = None,
+    agreements: Path | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
     """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
@@ -83,7 +87,7 @@ async def local_hub(
     nats = NatsServer(root / "nats")
     nats.start()
     try:
-        cfg = dev_config(pki, nats, agencies, allow, metrics_listen=metrics_listen)
+        cfg = dev_config(pki, nats, agencies, allow, metrics_listen=metrics_listen, agreements=agreements)
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
         cfg = replace(cfg, **overrides)

@@ -1,0 +1,1 @@
+"""The policy engine: agreements as data, routing by agreement, per-recipient redaction, hot reload."""

@@ -1,0 +1,346 @@
+"""Reading agreement files (YAML) into checked Agreements; every problem names the file, the line and the field.
+
+A file is checked against the published JSON Schema (deploy/agreements/agreement.schema.json,
+shipped as broker/data/agreement.schema.json) and then against the real code lists and its own
+consistency: EIDO incident types, ISTAT comuni, provinces and regions, roles and agencies that
+are parties, ids that repeat, hide paths that name envelope fields, no personal data for the
+Prefettura. A set of files loads whole or not at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from broker import codelists
+from broker.policy import redact
+from broker.policy.model import (
+    PREFETTURA,
+    WEEKDAYS,
+    Agreement,
+    AgreementSet,
+    Party,
+    RoleView,
+    Rule,
+    Schedule,
+    Territory,
+)
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with an agreement file."""
+
+    source: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        """source:line: field: message."""
+        where = f"{self.field}: " if self.field else ""
+        return f"{self.source}:{self.line}: {where}{self.message}"
+
+
+class AgreementsInvalid(Exception):
+    """Raised when an agreement file or set is wrong; lists every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        """From the problems, sorted by file and line."""
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The published JSON Schema of an agreement file."""
+    text = (resources.files("broker") / "data" / "agreement.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def _field(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class _Located:
+    """A parsed YAML document with the line of every node."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.lines: dict[Path_, int] = {}
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise AgreementsInvalid([Problem(source, 1, "", "the file is empty")])
+            self._walk(node, ())
+            self.data = loader.construct_document(node)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else 1
+            raise AgreementsInvalid([Problem(source, line, "", f"not valid YAML: {exc.problem}")]) from exc
+        finally:
+            loader.dispose()
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self._walk(value, (*path, str(key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*path, i))
+
+    def line(self, path: Path_) -> int:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        return Problem(self.source, self.line(path), _field(path), message)
+
+
+def _territory(raw: Mapping[str, Any] | None) -> Territory:
+    raw = raw or {}
+    return Territory(
+        frozenset(raw.get("comuni", ())), frozenset(raw.get("provinces", ())), frozenset(raw.get("regions", ()))
+    )
+
+
+def _hhmm(value: str | None) -> time | None:
+    if value is None:
+        return None
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+class _Checker:
+    """Semantic checks of one schema-valid document; collects problems."""
+
+    def __init__(self, doc: _Located) -> None:
+        self.doc = doc
+        self.data: dict[str, Any] = doc.data
+        self.problems: list[Problem] = []
+        self.codes = codelists.load()
+
+    def fail(self, path: Path_, message: str) -> None:
+        self.problems.append(self.doc.problem(path, message))
+
+    def territory(self, raw: Mapping[str, Any] | None, path: Path_) -> None:
+        if not raw:
+            return
+        for key, known, what in (
+            ("comuni", self.codes.comuni, "an ISTAT comune"),
+            ("provinces", self.codes.provinces, "an ISTAT province (historic three-digit code)"),
+            ("regions", self.codes.regions, "an ISTAT region"),
+        ):
+            for i, code in enumerate(raw.get(key, ())):
+                if code not in known:
+                    self.fail((*path, key, i), f"{code!r} is not {what}")
+
+    def run(self) -> None:
+        data = self.data
+        if data.get("valid_until") and str(data["valid_until"]) < str(data["valid_from"]):
+            self.fail(("valid_until",), "is before valid_from")
+        self.territory(data.get("territory"), ("territory",))
+        roles_used, agencies = self.parties()
+        self.roles(roles_used)
+        seen: set[str] = set()
+        for i, rule in enumerate(data["rules"]):
+            self.rule(rule, ("rules", i), roles_used, agencies)
+            if rule["id"] in seen:
+                self.fail(("rules", i, "id"), f"rule id {rule['id']} repeats")
+            seen.add(rule["id"])
+
+    def parties(self) -> tuple[set[str], set[str]]:
+        roles_used: set[str] = set()
+        agencies: set[str] = set()
+        for i, party in enumerate(self.data["parties"]):
+            if party["agency"] in agencies:
+                self.fail(("parties", i, "agency"), f"{party['agency']} is a party twice")
+            agencies.add(party["agency"])
+            roles_used.add(party["role"])
+            self.territory(party.get("covers"), ("parties", i, "covers"))
+        return roles_used, agencies
+
+    def roles(self, roles_used: set[str]) -> None:
+        for role, view in (self.data.get("roles") or {}).items():
+            if role not in roles_used:
+                self.fail(("roles", role), f"no party has the role {role}")
+            if role == PREFETTURA and view.get("personal_data"):
+                self.fail(("roles", role, "personal_data"), "the prefettura receives no personal data")
+            for j, path in enumerate(view.get("hide", ())):
+                try:
+                    redact.check_path(path)
+                except redact.PathError as exc:
+                    self.fail(("roles", role, "hide", j), str(exc))
+
+    def rule(self, rule: Mapping[str, Any], path: Path_, roles: set[str], agencies: set[str]) -> None:
+        for key in ("from", "to"):
+            for j, who in enumerate(rule[key]):
+                if "." in who and who not in agencies:
+                    self.fail((*path, key, j), f"{who} is not a party of this agreement")
+                elif "." not in who and who not in roles:
+                    self.fail((*path, key, j), f"no party has the role {who}")
+        for j, code in enumerate(rule.get("incident_types", ())):
+            if code not in self.codes.eido_incident_types:
+                self.fail((*path, "incident_types", j), f"{code!r} is not in the EIDO incident-type-common registry")
+        self.territory(rule.get("territory"), (*path, "territory"))
+        schedule = rule.get("schedule") or {}
+        if ("from" in schedule) != ("to" in schedule):
+            self.fail((*path, "schedule"), "needs both from and to, or neither")
+
+
+def _resolve(who: Iterable[str], parties: Sequence[Party]) -> frozenset[str]:
+    out: set[str] = set()
+    for name in who:
+        if "." in name:
+            out.add(name)
+        else:
+            out.update(p.agency for p in parties if p.role == name)
+    return frozenset(out)
+
+
+def _build(data: Mapping[str, Any], source: str) -> Agreement:
+    parties = tuple(
+        Party(
+            agency=p["agency"],
+            role=p["role"],
+            name=p.get("name", ""),
+            covers=_territory(p.get("covers")),
+            drills=bool(p.get("drills", False)),
+        )
+        for p in data["parties"]
+    )
+    rules = []
+    for r in data["rules"]:
+        schedule = None
+        if r.get("schedule"):
+            s = r["schedule"]
+            schedule = Schedule(
+                months=frozenset(s.get("months", ())),
+                weekdays=frozenset(WEEKDAYS.index(d) for d in s.get("weekdays", ())),
+                start=_hhmm(s.get("from")),
+                end=_hhmm(s.get("to")),
+            )
+        rules.append(
+            Rule(
+                id=r["id"],
+                senders=_resolve(r["from"], parties),
+                recipients=_resolve(r["to"], parties),
+                kinds=frozenset(r["kinds"]),
+                payloads=frozenset(r.get("payloads", ())),
+                incident_types=frozenset(r.get("incident_types", ())),
+                alert_categories=frozenset(r.get("alert_categories", ())),
+                min_priority=r.get("min_priority", ""),
+                select=r.get("select", "explicit"),
+                territory=_territory(r.get("territory")),
+                schedule=schedule,
+                description=r.get("description", ""),
+            )
+        )
+    until = data.get("valid_until")
+    return Agreement(
+        id=data["id"],
+        title=data["title"],
+        source=source,
+        valid_from=date.fromisoformat(str(data["valid_from"])),
+        valid_until=date.fromisoformat(str(until)) if until else None,
+        law=data["legal_basis"]["law"],
+        purposes=frozenset(data["legal_basis"]["purposes"]),
+        territory=_territory(data["territory"]),
+        parties=parties,
+        roles={
+            role: RoleView(frozenset(v.get("personal_data", ())), frozenset(v.get("hide", ())))
+            for role, v in (data.get("roles") or {}).items()
+        },
+        rules=tuple(rules),
+        kind=data.get("kind", "patto"),
+    )
+
+
+def parse(text: str, source: str) -> Agreement:
+    """One agreement from YAML text; raises AgreementsInvalid naming file, line and field."""
+    doc = _Located(text, source)
+    data = doc.data
+    if isinstance(data, dict):
+        for key in ("valid_from", "valid_until", "signed_on"):
+            if isinstance(data.get(key), date):
+                data[key] = data[key].isoformat()  # YAML reads dates as dates; the schema wants strings
+    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
+    problems = [
+        doc.problem(tuple(error.absolute_path), _schema_message(error))
+        for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    if problems:
+        raise AgreementsInvalid(problems)
+    checker = _Checker(doc)
+    checker.run()
+    if checker.problems:
+        raise AgreementsInvalid(checker.problems)
+    return _build(data, source)
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return f"unknown field: {error.message.split('(')[-1].rstrip(')')}"
+    if error.validator == "enum":
+        return f"must be one of {', '.join(str(v) for v in error.validator_value)}"  # type: ignore[union-attr]
+    if error.validator == "anyOf":
+        return "must be a role or the agency id of a party"
+    message: str = error.message
+    return message
+
+
+def load_set(paths: Iterable[Path]) -> AgreementSet:
+    """Every agreement in these files, checked as a set (ids unique); raises AgreementsInvalid."""
+    problems: list[Problem] = []
+    agreements: list[Agreement] = []
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(path), 1, "", f"cannot read: {exc}"))
+            continue
+        digest.update(path.name.encode() + b"\0" + text.encode())
+        try:
+            agreements.append(parse(text, str(path)))
+        except AgreementsInvalid as exc:
+            problems.extend(exc.problems)
+    ids: dict[str, str] = {}
+    for agreement in agreements:
+        if agreement.id in ids:
+            problems.append(Problem(agreement.source, 1, "id", f"{agreement.id} is also the id in {ids[agreement.id]}"))
+        ids.setdefault(agreement.id, agreement.source)
+    if problems:
+        raise AgreementsInvalid(problems)
+    return AgreementSet(tuple(sorted(agreements, key=lambda a: a.id)), digest.hexdigest())
+
+
+def agreement_files(folder: Path) -> list[Path]:
+    """The agreement files of a folder: *.yaml and *.yml, not hidden."""
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+
+
+def load_dir(folder: Path) -> AgreementSet:
+    """Every agreement file of a folder, as one set; raises AgreementsInvalid."""
+    if not folder.is_dir():
+        raise AgreementsInvalid([Problem(str(folder), 1, "", "not a folder")])
+    return load_set(agreement_files(folder))

@@ -30,6 +30,7 @@ def dev_config(
     listen: str = "127.0.0.1:0",
     metrics_listen: str = "",
     agreements: Path | None = None,
+    drill_only: Iterable[str] = (),
 ) -> HubConfig:
     """A hub config for a local nats-server and a dev PKI; with agreements, routing by the agreement files."""
     return HubConfig(
@@ -37,7 +38,7 @@ def dev_config(
         metrics_listen=metrics_listen,
         tls=TlsConfig(pki.ca, pki.hub.cert, pki.hub.key),
         nats=NatsConfig(servers=(nats.url,), monitor_urls=(nats.monitor_url,)),
-        agencies=tuple(Agency(agency_id, name) for agency_id, name in agencies.items()),
+        agencies=tuple(Agency(agency_id, name, agency_id in set(drill_only)) for agency_id, name in agencies.items()),
         allow=() if agreements is not None else tuple(allow),
         agreements=AgreementsConfig(agreements, timedelta(seconds=0.2)) if agreements is not None else None,
     )
@@ -77,6 +78,7 @@ async def local_hub(
     metrics_listen: str = "",
     nats_config: NatsConfig | None = None,
     agreements: Path | None = None,
+    drill_only: Iterable[str] = (),
     **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
     """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
@@ -87,7 +89,9 @@ async def local_hub(
     nats = NatsServer(root / "nats")
     nats.start()
     try:
-        cfg = dev_config(pki, nats, agencies, allow, metrics_listen=metrics_listen, agreements=agreements)
+        cfg = dev_config(
+            pki, nats, agencies, allow, metrics_listen=metrics_listen, agreements=agreements, drill_only=drill_only
+        )
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
         cfg = replace(cfg, **overrides)

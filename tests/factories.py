@@ -151,9 +151,7 @@ def envelope(
         confidentiality=common_pb2.CONFIDENTIALITY_RESTRICTED,
         incident_ids=list(incident_ids),
         references=[common_pb2.Reference(distribution_id=d, sender_agency_id=a) for d, a in references],
-        legal_basis=common_pb2.LegalBasis(
-            law="d.l. 14/2017 art. 2", purpose=common_pb2.PURPOSE_PUBLIC_SECURITY
-        ),
+        legal_basis=common_pb2.LegalBasis(law="d.l. 14/2017 art. 2", purpose=common_pb2.PURPOSE_PUBLIC_SECURITY),
         expires_at=ts((sent or datetime.now(UTC)) + timedelta(hours=24)),
         **payload,  # type: ignore[arg-type]
     )

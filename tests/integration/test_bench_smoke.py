@@ -26,3 +26,14 @@ def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
     [report] = list(tmp_path.glob("*.json"))
     rows = json.loads(report.read_text())["results"]
     assert {("raw JetStream", 200), ("hub", 200)} == {(r["path"], r["events"]) for r in rows}
+
+
+def test_policy_benchmark_runs() -> None:
+    """bench/policy.py times decisions with 10, 100 and 1,000 agreements and prints one row each."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "policy.py"), "--quick"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert ["10", "100", "1000"] == [row[0] for row in rows]

@@ -216,8 +216,9 @@ def test_deploy_hub_toml_loads() -> None:
     assert "127.0.0.1:9464" == cfg.metrics_listen
     assert TlsConfig(deploy / "pki/ca.pem", deploy / "pki/hub.pem", deploy / "pki/hub-key.pem") == cfg.tls
     assert (f.CUR, f.PL, f.CC, f.QUESTURA) == tuple(a.id for a in cfg.agencies)
-    torino = frozenset({f.CUR, f.PL, f.CC, f.QUESTURA})
-    assert (AllowRule("torino-sicurezza-integrata", torino, torino),) == cfg.allow
+    assert () == cfg.allow
+    assert cfg.agreements is not None
+    assert (deploy / "agreements", timedelta(seconds=2)) == (cfg.agreements.folder, cfg.agreements.reload)
     assert ("http://127.0.0.1:8222",) == cfg.nats.monitor_urls
     assert (1, timedelta(days=7)) == (cfg.nats.replicas, cfg.nats.max_age)
 
@@ -447,3 +448,23 @@ def test_non_finite_seconds_give_a_config_error(value: str) -> None:
     """A duration that is not a finite, representable number of seconds is a ConfigError naming the key."""
     message = error_of(doc(hub=hub(f"grace_seconds = {value}")))
     assert message.startswith("hub.toml: hub.grace_seconds: ")
+
+
+def test_agreements_section_and_drill_only_rooms() -> None:
+    """[agreements] names the folder (resolved against the config's folder) and the poll interval;
+    an agency may be a drill-only room."""
+    text = doc(
+        agencies=SECTIONS["agencies"] + '\n[[agencies]]\nid = "it.sim.to"\ndrill_only = true\n',
+        allow='[agreements]\nfolder = "agreements"\nreload_seconds = 0.5\n',
+    )
+    cfg = parse(text, "hub.toml", BASE)
+    assert cfg.agreements is not None
+    assert (BASE / "agreements", timedelta(seconds=0.5)) == (cfg.agreements.folder, cfg.agreements.reload)
+    assert frozenset({"it.sim.to"}) == cfg.drill_only
+    assert () == cfg.allow
+
+
+def test_agreements_and_allow_list_exclude_each_other() -> None:
+    """A config routes either by agreements or by an allow-list, never both."""
+    text = doc(allow=SECTIONS["allow"] + '\n[agreements]\nfolder = "agreements"\n')
+    assert "hub.toml: allow: use either [agreements] or [[allow]], not both" == error_of(text)

@@ -358,6 +358,18 @@ def test_control_character_is_a_problem() -> None:
     assert "x.yaml" == only(text).source
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=pytest.fail.Exception,
+    reason="PyYAML's SafeLoader keeps the last of two equal keys silently: a rule with `to:` twice loads with the "
+    "second list only, and no problem is reported",
+)
+def test_duplicate_key_is_a_problem() -> None:
+    """A key given twice in a mapping is refused at its second occurrence."""
+    text = mutate("    to: [questura, carabinieri]\n", "    to: [questura, carabinieri]\n    to: [questura]\n")
+    assert last_line_of("to: [questura]", text) == only(text).line
+
+
 def test_prefettura_gets_no_personal_data() -> None:
     """Granting any personal data to the prefettura role is refused."""
     text = mutate("prefettura: {personal_data: []", "prefettura: {personal_data: [staff]")

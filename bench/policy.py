@@ -95,7 +95,7 @@ def envelopes(agreements: list[Agreement], count: int, rng: random.Random) -> li
     """(sender, envelope) pairs: incidents from a random party about a comune of its province."""
     index = place_index()
     out = []
-    centroid = {c.code: (c.lat, c.lon) for cells in index._cells.values() for c in cells}
+    centroid = index.centroids()
     for _ in range(count):
         a = rng.choice(agreements)
         sender = rng.choice(a.parties[:-1]).agency

@@ -58,6 +58,10 @@ class PlaceIndex:
         scale = math.cos(math.radians(lat))
         return min(inside, key=lambda c: ((c.lon - lon) * scale) ** 2 + (c.lat - lat) ** 2).code
 
+    def centroids(self) -> dict[str, tuple[float, float]]:
+        """Every indexed comune's centroid (latitude, longitude)."""
+        return {c.code: (c.lat, c.lon) for cells in self._cells.values() for c in cells}
+
     def region_of(self, comune: str) -> str:
         """The two-digit region code of a comune ("" if unknown)."""
         return self._regions.get(comune, "")

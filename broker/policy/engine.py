@@ -27,6 +27,8 @@ from opsroom.envelope.v1 import envelope_pb2
 from broker.policy.model import PRIORITY_RANK, Agreement, AgreementSet, Rule
 from broker.policy.places import PlaceIndex, event_keys
 from broker.policy.redact import FULL, Mask, mask_for
+
+NO_PERSONAL_DATA = mask_for((), ())
 from broker.routing import REPLY_RULE, Decision, Refusal, Route, RoutingContext, reply_targets
 
 ROME = ZoneInfo("Europe/Rome")
@@ -227,7 +229,7 @@ class Policy:
             allowing = allowed.get(recipient)
             if allowing is not None:
                 routes.append(Route(recipient, allowing.name, self.mask(allowing.agreement.id, recipient)))
-            elif recipient in replies:
+            elif recipient in replies and self._reply_ok(sender, recipient, facts.status):
                 routes.append(Route(recipient, REPLY_RULE, self._reply_mask(sender, recipient)))
             else:
                 refusals.append(Refusal(recipient, f"recipients[{i}]", "no agreement in force allows it"))
@@ -255,10 +257,20 @@ class Policy:
                     selected.setdefault(recipient, compiled)
         return allowed, selected
 
+    def _reply_ok(self, sender: str, recipient: str, status: int) -> bool:
+        """Drills stay drills for replies too: under some agreement both sign, for drill traffic."""
+        if status not in DRILL_STATUSES:
+            return recipient not in self._drill_only
+        return any(
+            self._drill_ok(agreement.id, sender, recipient, status)
+            for agreement in self._pairs.get(frozenset({sender, recipient}), ())
+        )
+
     def _reply_mask(self, sender: str, recipient: str) -> Mask:
+        """The recipient's view under the first agreement both sign; no personal data if none."""
         for agreement in self._pairs.get(frozenset({sender, recipient}), ()):
             return self.mask(agreement.id, recipient)
-        return FULL
+        return NO_PERSONAL_DATA
 
     def explain(self, env: envelope_pb2.Envelope, ctx: RoutingContext) -> tuple[Decision, list[Considered]]:
         """The decision, and every rule of the sender's agreements with why it did or did not apply."""

@@ -26,6 +26,7 @@ from broker import codelists
 from broker.policy import redact
 from broker.policy.model import (
     PREFETTURA,
+    PREFETTURA_PREFIX,
     WEEKDAYS,
     Agreement,
     AgreementSet,
@@ -84,8 +85,12 @@ class _Located:
     def __init__(self, text: str, source: str) -> None:
         self.source = source
         self.lines: dict[Path_, int] = {}
-        loader = yaml.SafeLoader(text)
+        self.key_lines: dict[Path_, int] = {}  # the line of each mapping key
+        self.repeated: list[Problem] = []
+        self._timestamps: list[tuple[int, str]] = []
+        loader: yaml.SafeLoader | None = None
         try:
+            loader = yaml.SafeLoader(text)
             node = loader.get_single_node()
             if node is None:
                 raise AgreementsInvalid([Problem(source, 1, "", "the file is empty")])
@@ -95,14 +100,42 @@ class _Located:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
             raise AgreementsInvalid([Problem(source, line, "", f"not valid YAML: {exc.problem}")]) from exc
+        except yaml.YAMLError as exc:  # e.g. a control character the reader refuses
+            mark = getattr(exc, "line", None)
+            line = int(mark) + 1 if isinstance(mark, int) else 1
+            raise AgreementsInvalid([Problem(source, line, "", f"not valid YAML: {exc}")]) from exc
+        except ValueError as exc:  # a value YAML recognises but cannot build, e.g. the date 2025-02-30
+            raise AgreementsInvalid([Problem(source, self._bad_date_line(), "", f"not a valid value: {exc}")]) from exc
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
+        if self.repeated:
+            raise AgreementsInvalid(self.repeated)
+
+    def _bad_date_line(self) -> int:
+        """The line of the first timestamp that does not make a date (or 1)."""
+        for line, value in self._timestamps:
+            try:
+                date.fromisoformat(value[:10])
+            except ValueError:
+                return line
+        return 1
 
     def _walk(self, node: yaml.Node, path: Path_) -> None:
         self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":timestamp"):
+            self._timestamps.append((node.start_mark.line + 1, str(node.value)))
         if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
-                self._walk(value, (*path, str(key.value)))
+                name = str(key.value)
+                if name in seen:
+                    self.repeated.append(
+                        Problem(self.source, key.start_mark.line + 1, _field((*path, name)), "the key repeats")
+                    )
+                seen.add(name)
+                self.key_lines[(*path, name)] = key.start_mark.line + 1
+                self._walk(value, (*path, name))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 self._walk(item, (*path, i))
@@ -174,6 +207,8 @@ class _Checker:
         for i, party in enumerate(self.data["parties"]):
             if party["agency"] in agencies:
                 self.fail(("parties", i, "agency"), f"{party['agency']} is a party twice")
+            if party["agency"].startswith(PREFETTURA_PREFIX) and party["role"] != PREFETTURA:
+                self.fail(("parties", i, "role"), "a Prefettura (it.pref.*) takes the role prefettura")
             agencies.add(party["agency"])
             roles_used.add(party["role"])
             self.territory(party.get("covers"), ("parties", i, "covers"))
@@ -205,6 +240,8 @@ class _Checker:
         schedule = rule.get("schedule") or {}
         if ("from" in schedule) != ("to" in schedule):
             self.fail((*path, "schedule"), "needs both from and to, or neither")
+        elif "from" in schedule and schedule["from"] == schedule["to"]:
+            self.fail((*path, "schedule", "to"), "equals from: the window would be empty")
 
 
 def _resolve(who: Iterable[str], parties: Sequence[Party]) -> frozenset[str]:
@@ -217,7 +254,7 @@ def _resolve(who: Iterable[str], parties: Sequence[Party]) -> frozenset[str]:
     return frozenset(out)
 
 
-def _build(data: Mapping[str, Any], source: str) -> Agreement:
+def _build(data: Mapping[str, Any], source: str, id_line: int = 1) -> Agreement:
     parties = tuple(
         Party(
             agency=p["agency"],
@@ -272,6 +309,7 @@ def _build(data: Mapping[str, Any], source: str) -> Agreement:
         },
         rules=tuple(rules),
         kind=data.get("kind", "patto"),
+        id_line=id_line,
     )
 
 
@@ -284,17 +322,23 @@ def parse(text: str, source: str) -> Agreement:
             if isinstance(data.get(key), date):
                 data[key] = data[key].isoformat()  # YAML reads dates as dates; the schema wants strings
     validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
-    problems = [
-        doc.problem(tuple(error.absolute_path), _schema_message(error))
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    ]
+    problems: list[Problem] = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = set(error.schema.get("properties", {}))
+            for key in sorted(k for k in error.instance if k not in allowed):
+                line = doc.key_lines.get((*path, key), doc.line(path))
+                problems.append(Problem(source, line, _field((*path, key)), "unknown field"))
+            continue
+        problems.append(doc.problem(path, _schema_message(error)))
     if problems:
         raise AgreementsInvalid(problems)
     checker = _Checker(doc)
     checker.run()
     if checker.problems:
         raise AgreementsInvalid(checker.problems)
-    return _build(data, source)
+    return _build(data, source, doc.key_lines.get(("id",), 1))
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
@@ -327,8 +371,16 @@ def load_set(paths: Iterable[Path]) -> AgreementSet:
     ids: dict[str, str] = {}
     for agreement in agreements:
         if agreement.id in ids:
-            problems.append(Problem(agreement.source, 1, "id", f"{agreement.id} is also the id in {ids[agreement.id]}"))
+            problems.append(
+                Problem(
+                    agreement.source, agreement.id_line, "id", f"{agreement.id} is also the id in {ids[agreement.id]}"
+                )
+            )
         ids.setdefault(agreement.id, agreement.source)
+    if not problems and not agreements:
+        problems.append(
+            Problem("(folder)", 1, "", "no agreement files: a hub with [agreements] routes by at least one")
+        )
     if problems:
         raise AgreementsInvalid(problems)
     return AgreementSet(tuple(sorted(agreements, key=lambda a: a.id)), digest.hexdigest())

@@ -9,6 +9,7 @@ from datetime import date, datetime, time, timedelta
 PRIORITY_RANK = {"IMMEDIATE": 1, "HIGH": 2, "NORMAL": 3, "LOW": 4}
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 PREFETTURA = "prefettura"
+PREFETTURA_PREFIX = "it.pref."
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class Agreement:
     roles: dict[str, RoleView]
     rules: tuple[Rule, ...]
     kind: str = "patto"
+    id_line: int = 1  # where the id is written, for errors about the set
 
     def party(self, agency: str) -> Party | None:
         """The party of that agency, if it signed."""

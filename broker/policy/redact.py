@@ -63,12 +63,11 @@ PERSONAL_DATA: Mapping[str, tuple[str, ...]] = {
 }
 CATEGORIES = frozenset(PERSONAL_DATA)
 
-# Header fields no mask may remove: without them a delivery cannot be routed, answered or audited.
+# Header fields no mask may remove, nor any field inside them: without them a delivery cannot be
+# routed, answered or audited. Of the sender, only the staff ids may be hidden.
 _PROTECTED = frozenset(
     {
         "distribution_id",
-        "sender",
-        "sender.agency_id",
         "sent_at",
         "status",
         "kind",
@@ -81,6 +80,7 @@ _PROTECTED = frozenset(
         "expires_at",
     }
 )
+_HIDEABLE_SENDER = frozenset({"sender.operator_id", "sender.workstation_id"})
 
 
 class PathError(ValueError):
@@ -89,10 +89,12 @@ class PathError(ValueError):
 
 def check_path(path: str) -> None:
     """Raise PathError unless path names a field of the Envelope that may be hidden."""
-    if path in _PROTECTED:
+    name, _, selector = path.partition("[")
+    root = name.split(".")[0]
+    if root in _PROTECTED or (root == "sender" and name not in _HIDEABLE_SENDER):
         raise PathError(f"{path} is part of the envelope's header and cannot be hidden")
     descriptor: Descriptor | None = envelope_pb2.Envelope.DESCRIPTOR
-    name, _, _ = path.partition("[")
+    field: FieldDescriptor | None = None
     for part in name.split("."):
         if descriptor is None:
             raise PathError(f"{path}: {part} is inside a field that is not a message")
@@ -100,6 +102,12 @@ def check_path(path: str) -> None:
         if field is None:
             raise PathError(f"{path}: no field {part} in {descriptor.full_name}")
         descriptor = field.message_type
+    if selector:
+        key, equals, _value = selector.rstrip("]").partition("=")
+        if field is None or not field.is_repeated or descriptor is None or not equals:
+            raise PathError(f"{path}: a [field=value] selector needs a repeated message field")
+        if key not in descriptor.fields_by_name:
+            raise PathError(f"{path}: no field {key} in {descriptor.full_name}")
 
 
 @dataclass(frozen=True)

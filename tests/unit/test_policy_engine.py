@@ -545,11 +545,6 @@ def test_no_reply_rule_for_reports() -> None:
     assert [PL_LO] == [r.agency_id for r in pol.route(env, ctx(QUESTURA_LO, **{REF: received})).refusals]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the reply rule skips the drill checks: an ACTUAL ACK is routed by reply-to-sender to a drill-only room",
-)
 def test_actual_reply_never_to_a_drill_only_room() -> None:
     """ACTUAL never reaches a drill-only room, not even as a reply."""
     pol = policy(agreement(TO_STATE), drill_only=frozenset({PL_LO}))
@@ -558,11 +553,6 @@ def test_actual_reply_never_to_a_drill_only_room() -> None:
     assert () == decision.routes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the reply rule skips the drill checks: an EXERCISE ACK reaches a room that takes no part in drills",
-)
 def test_exercise_reply_only_to_drill_participants() -> None:
     """EXERCISE traffic goes only to drill participants, replies included."""
     pol = policy(agreement(TO_STATE))
@@ -573,12 +563,6 @@ def test_exercise_reply_only_to_drill_participants() -> None:
     assert () == decision.routes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="_reply_mask falls back to FULL when sender and recipient share no agreement: the reply carries every "
-    "personal-data field although no agreement grants any",
-)
 def test_reply_without_shared_agreement_hides_personal_data() -> None:
     """A reply to a room with which the replier shares no agreement shows it no personal data."""
     torino = (

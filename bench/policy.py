@@ -157,7 +157,9 @@ def main() -> int:
     agreements = [agreement(n, codes[n % len(codes)], by_province[codes[n % len(codes)]], rng) for n in range(1000)]
     n = 3000 if args.quick else 20000
     print(f"comuni loaded: {len(codelists.load().comuni)}; envelopes per run: {n}")
-    print(f"{'agreements':>10} {'envelopes':>9} {'p50 us':>9} {'p99 us':>9} {'recipients':>10} {'redact us':>10} {'compile s':>9}")
+    print(
+        f"{'agreements':>10} {'envelopes':>9} {'p50 us':>9} {'p99 us':>9} {'recipients':>10} {'redact us':>10} {'compile s':>9}"
+    )
     for count in (10, 100, 1000):
         print(f"{'':4}{measure(count, agreements, n, rng)}")
     return 0

@@ -27,11 +27,10 @@ from opsroom.envelope.v1 import envelope_pb2
 from broker.policy.model import PRIORITY_RANK, Agreement, AgreementSet, Rule
 from broker.policy.places import PlaceIndex, event_keys
 from broker.policy.redact import FULL, Mask, mask_for
-
-NO_PERSONAL_DATA = mask_for((), ())
 from broker.routing import REPLY_RULE, Decision, Refusal, Route, RoutingContext, reply_targets
 
 ROME = ZoneInfo("Europe/Rome")
+NO_PERSONAL_DATA = mask_for((), ())
 DRILL_STATUSES = frozenset({common_pb2.STATUS_EXERCISE, common_pb2.STATUS_TEST})
 # CAP urgency as a priority rank (1 = most urgent), for min_priority on alerts.
 _URGENCY_RANK = {

@@ -34,8 +34,13 @@ class Layout:
 
     @property
     def stream_subjects(self) -> list[str]:
-        """Subjects the stream captures."""
-        return [f"{self.prefix}.>"]
+        """Subjects the delivery stream captures."""
+        return [f"{self.prefix}.dlv.>", f"{self.prefix}.ack.>", f"{self.prefix}.rsp.>"]
+
+    @property
+    def audit_subject(self) -> str:
+        """The one subject of the audit stream: its messages are the entries of the chain, in order."""
+        return f"{self.prefix}.audit"
 
     def delivery_subject(self, agency_id: str, distribution_id: str) -> str:
         """Subject of one delivery."""

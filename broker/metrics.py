@@ -125,6 +125,20 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.audit_entries = Counter(
+            "opsroom_audit_entries", "Entries appended to the audit chain by this hub.", registry=r
+        )
+        self.audit_write_seconds = Histogram(
+            "opsroom_audit_write_seconds",
+            "Duration of one write to the audit chain (entries of one flush).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audit_tamper_alerts = Counter(
+            "opsroom_audit_tamper_alerts",
+            "Times this hub found audit entries no trusted key vouches for (page the platform team and the DPO).",
+            registry=r,
+        )
         self.routes = Counter(
             "opsroom_routes",
             "Recipients routed, by how: explicit (named by the sender), selected (by a territory rule), reply.",

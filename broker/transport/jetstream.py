@@ -62,6 +62,14 @@ class DuplicateInBatch(Exception):
     """The write repeats a message id or an expected-absent subject: it (or part of it) was stored before."""
 
 
+class AlreadyStored(DuplicateInBatch):
+    """JetStream saw this message id within its duplicate window and did not store it again."""
+
+
+class WrongLastSequence(DuplicateInBatch):
+    """An expected last sequence did not hold: another writer (or an earlier attempt) wrote first."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMsg:
     """A message read back from the stream."""
@@ -197,18 +205,61 @@ class JetStream:
             "allow_direct": True,
         }
 
-    async def ensure_stream(self) -> dict[str, Any]:
-        """Create the stream, or update it to the wanted configuration; returns the stream info."""
-        config = self.stream_config()
-        reply = await self.api(f"STREAM.CREATE.{self.cfg.stream}", config)
+    @property
+    def audit_stream(self) -> str:
+        """Name of the audit stream."""
+        return f"{self.cfg.stream}_AUDIT"
+
+    def audit_stream_config(self, duplicate_window_seconds: float) -> dict[str, Any]:
+        """The audit stream: every entry kept until the retention purge; deleting one message is refused."""
+        return {
+            "name": self.audit_stream,
+            "subjects": [self.layout.audit_subject],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": self.cfg.replicas,
+            "duplicate_window": int(duplicate_window_seconds * _NS),
+            "max_age": 0,
+            "discard": "new",
+            "deny_delete": True,
+            "allow_atomic": True,
+            "allow_direct": True,
+        }
+
+    async def ensure_stream(self, audit_duplicate_window: float | None = None) -> dict[str, Any]:
+        """Create the streams (the audit one too when a window is given) or update them; returns the delivery one's."""
+        reply = await self._ensure(self.cfg.stream, self.stream_config())
+        if audit_duplicate_window is not None:
+            await self._ensure(self.audit_stream, self.audit_stream_config(audit_duplicate_window))
+        return reply
+
+    async def _ensure(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.api(f"STREAM.CREATE.{name}", config)
         err = _api_error(reply)
         if err is not None and err[0] == ERR_STREAM_NAME_IN_USE:
-            reply = await self.api(f"STREAM.UPDATE.{self.cfg.stream}", config)
+            reply = await self.api(f"STREAM.UPDATE.{name}", config)
             err = _api_error(reply)
         if err is not None:
-            raise StoreUnavailable(f"cannot create or update stream {self.cfg.stream}: {err[1]} ({err[0]})")
-        log.info("stream_ready", stream=self.cfg.stream)
+            raise StoreUnavailable(f"cannot create or update stream {name}: {err[1]} ({err[0]})")
+        log.info("stream_ready", stream=name)
         return reply
+
+    async def stream_state(self, stream: str) -> dict[str, Any]:
+        """The stream's state (first_seq, last_seq, messages, ...)."""
+        reply = await self.api(f"STREAM.INFO.{stream}")
+        err = _api_error(reply)
+        if err is not None:
+            raise StoreUnavailable(f"cannot read stream {stream}: {err[1]} ({err[0]})")
+        state: dict[str, Any] = reply.get("state", {})
+        return state
+
+    async def purge_before(self, stream: str, seq: int) -> int:
+        """Remove every message of the stream before seq; returns how many were removed."""
+        reply = await self.api(f"STREAM.PURGE.{stream}", {"seq": seq})
+        err = _api_error(reply)
+        if err is not None:
+            raise StoreUnavailable(f"cannot purge stream {stream}: {err[1]} ({err[0]})")
+        return int(reply.get("purged", 0))
 
     async def verify_sync_always(self) -> None:
         """Refuse to run unless every configured monitoring endpoint reports sync_always."""
@@ -289,31 +340,33 @@ class JetStream:
         err = _api_error(ack)
         if err is not None:
             code, description = err
-            if code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
-                raise DuplicateInBatch(description)
+            if code == ERR_WRONG_LAST_SEQUENCE:
+                raise WrongLastSequence(description)
+            if code == ERR_BATCH_DUPLICATE_MSG_ID:
+                raise AlreadyStored(description)
             if code in _FULL_CODES or "maximum" in description:
                 raise StoreFull(f"stream {self.cfg.stream} refused {what}: {description}")
             raise StoreUnavailable(f"stream {self.cfg.stream} refused {what}: {description} ({code})")
         if "seq" not in ack:
             raise StoreUnavailable(f"JetStream answered {what} without a sequence")
         if ack.get("duplicate"):
-            raise DuplicateInBatch("message id seen within the duplicate window")
+            raise AlreadyStored("message id seen within the duplicate window")
         return ack
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def last_by_subject(self, subject: str) -> StoredMsg | None:
+    async def last_by_subject(self, subject: str, stream: str = "") -> StoredMsg | None:
         """The last message on subject (direct get), or None."""
-        return await self._direct_get({"last_by_subj": subject})
+        return await self._direct_get({"last_by_subj": subject}, stream)
 
-    async def next_by_subject(self, subject_filter: str, start_seq: int) -> StoredMsg | None:
+    async def next_by_subject(self, subject_filter: str, start_seq: int, stream: str = "") -> StoredMsg | None:
         """The first message matching the filter at or after start_seq (direct get), or None."""
-        return await self._direct_get({"seq": start_seq, "next_by_subj": subject_filter})
+        return await self._direct_get({"seq": start_seq, "next_by_subj": subject_filter}, stream)
 
-    async def _direct_get(self, body: dict[str, Any]) -> StoredMsg | None:
+    async def _direct_get(self, body: dict[str, Any], stream: str = "") -> StoredMsg | None:
         try:
             msg = await self.nc.request(
-                f"{self._api}.DIRECT.GET.{self.cfg.stream}", json.dumps(body).encode(), timeout=5
+                f"{self._api}.DIRECT.GET.{stream or self.cfg.stream}", json.dumps(body).encode(), timeout=5
             )
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
@@ -321,14 +374,19 @@ class JetStream:
 
     async def last_per_subject(self, subject_filter: str, limit: int = 1000) -> list[StoredMsg]:
         """The last message of every subject matching the filter (batched direct get)."""
+        return await self._direct_batch({"multi_last": [subject_filter], "batch": limit}, limit)
+
+    async def read_range(self, stream: str, start_seq: int, limit: int = 1000) -> list[StoredMsg]:
+        """Up to limit stored messages of a stream from start_seq on, in order (batched direct get)."""
+        return await self._direct_batch({"seq": start_seq, "batch": limit}, limit, stream)
+
+    async def _direct_batch(self, body: dict[str, Any], limit: int, stream: str = "") -> list[StoredMsg]:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         out: list[StoredMsg] = []
         try:
             await self.nc.publish(
-                f"{self._api}.DIRECT.GET.{self.cfg.stream}",
-                json.dumps({"multi_last": [subject_filter], "batch": limit}).encode(),
-                reply=inbox,
+                f"{self._api}.DIRECT.GET.{stream or self.cfg.stream}", json.dumps(body).encode(), reply=inbox
             )
             for _ in range(limit + 1):
                 msg = await sub.next_msg(timeout=5)

@@ -1,0 +1,240 @@
+"""The audit log writer: appends entries to the audit stream as links of one hash chain, signed, in one total order.
+
+Each entry holds the SHA-256 of the one before and is written with JetStream's "expected last
+sequence", so two hub replicas appending at once cannot fork the chain: the one that loses
+reads what the other wrote, checks it (links and signatures by trusted keys) and writes again
+after it. An entry written on its own is signed; a batch of entries is written atomically and
+its last entry (and every checkpoint_every-th) is signed, so no unsigned entry of a hub is ever
+visible. Entries found in the log that no trusted key vouches for are kept, and the writer
+records their positions in a TAMPER_DETECTED record that its own signature then covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from opsroom.audit.v1 import audit_pb2
+
+from broker.audit import records as audit_records
+from broker.audit.chain import GENESIS, entry_sha256, seal
+from broker.audit.records import _timestamp
+from broker.audit.verify import Stored, verify
+from broker.errors import OpsroomError, StoreUnavailable
+from broker.logging import get_logger
+from broker.metrics import Metrics
+from broker.transport.jetstream import AlreadyStored, JetStream, OutMsg, WrongLastSequence
+
+log = get_logger(__name__)
+
+_ATTEMPTS = 8
+
+
+@dataclass
+class Draft:
+    """The records of one entry to write, and its dedup id (an envelope's is "env:<distribution id>")."""
+
+    records: Sequence[audit_pb2.AuditRecord]
+    msg_id: str = ""
+
+
+@dataclass
+class _Head:
+    """The last entry of the chain as this writer knows it."""
+
+    seq: int = 0
+    position: int = 0
+    sha: bytes = GENESIS
+
+
+@dataclass
+class _Encoded:
+    data: bytes
+    position: int
+    sha: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Failed(Exception):
+    def __init__(self, indices: list[int], error: OpsroomError) -> None:
+        super().__init__(error.message)
+        self.indices = indices
+        self.error = error
+
+
+class AuditLog:
+    """Appends to the audit chain; one per hub replica."""
+
+    def __init__(
+        self,
+        js: JetStream,
+        key: Ed25519PrivateKey,
+        trusted: Mapping[str, Ed25519PublicKey],
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        writer: str,
+        atomic_threshold: int = 64,
+        checkpoint_every: int = 1000,
+    ) -> None:
+        """A writer for js's audit stream, signing with key, trusting entries signed by trusted keys."""
+        self._js = js
+        self._stream = js.audit_stream
+        self._subject = js.layout.audit_subject
+        self._key = key
+        self._trusted = trusted
+        self._metrics = metrics
+        self._clock = clock
+        self._writer = writer
+        self._atomic_threshold = atomic_threshold
+        self._checkpoint_every = checkpoint_every
+        self._head = _Head()
+        self._lock = asyncio.Lock()
+        self._alerts: list[str] = []
+
+    async def open(self) -> None:
+        """Find the chain's head; check that it carries a trusted signature."""
+        async with self._lock:
+            last = await self._js.last_by_subject(self._subject, self._stream)
+            if last is None:
+                self._head = _Head()
+                return
+            entry = audit_pb2.AuditEntry.FromString(last.data)
+            report = verify(self._stream, [Stored(last.seq, last.data)], self._trusted)
+            if not report.ok and not report.anchored_by_checkpoint:
+                self._alert(f"the last entry (position {entry.position}, seq {last.seq}) carries no trusted signature")
+            self._head = _Head(last.seq, int(entry.position), entry_sha256(last.data))
+
+    async def append(self, records: Sequence[audit_pb2.AuditRecord], msg_id: str = "") -> None:
+        """Write one entry; raises StoreUnavailable if it could not be stored."""
+        [result] = await self.write([Draft(records, msg_id)])
+        if result is not None:
+            raise result
+
+    async def write(self, drafts: Sequence[Draft]) -> list[OpsroomError | None]:
+        """Write entries in order; per draft None (stored now or before) or the error that kept it out."""
+        results: list[OpsroomError | None] = [None] * len(drafts)
+        started = time.perf_counter()
+        async with self._lock:
+            pending = list(range(len(drafts)))
+            atomic = len(drafts) >= self._atomic_threshold
+            for _ in range(_ATTEMPTS):
+                if not pending:
+                    break
+                try:
+                    pending = await self._attempt(drafts, pending, atomic=atomic)
+                except AlreadyStored:
+                    atomic = False  # a batch repeating an entry: write them one by one to see which
+                except WrongLastSequence:
+                    await self._resync()
+                except _Failed as failed:
+                    for i in failed.indices:
+                        results[i] = failed.error
+                    pending = []
+            for i in pending:
+                results[i] = StoreUnavailable("the audit log kept changing under this writer; retry")
+        self._metrics.audit_write_seconds.observe(time.perf_counter() - started)
+        return results
+
+    async def _attempt(self, drafts: Sequence[Draft], pending: list[int], *, atomic: bool) -> list[int]:
+        """One try; returns the drafts still to write (raises to say why a whole try failed)."""
+        alert = self._take_alert()
+        lead = [Draft([alert])] if alert is not None else []
+        encoded = self._encode([*lead, *(drafts[i] for i in pending)], atomic=atomic)
+        msgs = [OutMsg(self._subject, e.data, e.headers) for e in encoded]
+        if atomic:
+            try:
+                ack = await self._js.commit(msgs)
+            except BaseException:
+                self._keep_alert(alert)
+                raise
+            self._head = _Head(ack.seq, encoded[-1].position, encoded[-1].sha)
+            self._metrics.audit_entries.inc(len(encoded))
+            return []
+        results = await self._js.publish_each(msgs)
+        stored = 0
+        for k, result in enumerate(results):
+            if not isinstance(result, int):
+                break
+            self._head = _Head(result, encoded[k].position, encoded[k].sha)
+            self._metrics.audit_entries.inc()
+            stored = k + 1
+        if stored == len(results):
+            return []
+        # Everything after the first entry not stored now was linked to it: write those again.
+        if stored < len(lead):
+            self._keep_alert(alert)
+        first = max(0, stored - len(lead))  # index into pending of the first draft not stored now
+        problem = results[stored]
+        if isinstance(problem, AlreadyStored):
+            return pending[first + 1 :]  # that draft was written before (a retry); the rest follow it
+        if isinstance(problem, WrongLastSequence):
+            await self._resync()
+            return pending[first:]
+        error = problem if isinstance(problem, OpsroomError) else StoreUnavailable(f"audit write failed: {problem}")
+        raise _Failed(pending[first:], error)
+
+    def _keep_alert(self, alert: audit_pb2.AuditRecord | None) -> None:
+        if alert is not None:
+            self._alerts.insert(0, alert.detail)
+
+    def _encode(self, batch: Sequence[Draft], *, atomic: bool) -> list[_Encoded]:
+        now = self._clock()
+        ts = _timestamp(now)
+        position, prev, seq = self._head.position, self._head.sha, self._head.seq
+        out: list[_Encoded] = []
+        for k, draft in enumerate(batch):
+            position += 1
+            entry = audit_pb2.AuditEntry(
+                position=position, prev_sha256=prev, written_at=ts, writer=self._writer, records=draft.records
+            )
+            sign = not atomic or k == len(batch) - 1 or (k + 1) % self._checkpoint_every == 0
+            data = seal(self._stream, entry, self._key, ts) if sign else entry.SerializeToString(deterministic=True)
+            headers: dict[str, str] = {}
+            if draft.msg_id:
+                headers["Nats-Msg-Id"] = draft.msg_id
+            if not atomic or k == 0:
+                headers["Nats-Expected-Last-Sequence"] = str(seq + k if not atomic else seq)
+            prev = entry_sha256(data)
+            out.append(_Encoded(data, position, prev, headers))
+        return out
+
+    async def _resync(self) -> None:
+        """Read what others appended since our head; check it; continue after it."""
+        last = await self._js.last_by_subject(self._subject, self._stream)
+        if last is None or last.seq <= self._head.seq:
+            return
+        start = self._head.seq or 1
+        items: list[Stored] = []
+        while start <= last.seq and len(items) < 100_000:
+            batch = await self._js.read_range(self._stream, start, 1000)
+            if not batch:
+                break
+            items.extend(Stored(m.seq, m.data) for m in batch)
+            start = batch[-1].seq + 1
+        report = verify(self._stream, items, self._trusted)
+        if not report.ok:
+            first = self._head.position + 1
+            self._alert(
+                f"entries {first} to {report.last_position} (seqs {self._head.seq + 1}-{last.seq}) are not vouched "
+                f"for by a trusted key: {'; '.join(str(f) for f in report.findings[:3])}"
+            )
+        tail = audit_pb2.AuditEntry.FromString(items[-1].data) if items else None
+        if tail is not None:
+            self._head = _Head(items[-1].seq, int(tail.position), entry_sha256(items[-1].data))
+
+    def _alert(self, detail: str) -> None:
+        log.critical("audit_tamper_detected", stream=self._stream, reason=detail[:300])
+        self._metrics.audit_tamper_alerts.inc()
+        self._alerts.append(detail)
+
+    def _take_alert(self) -> audit_pb2.AuditRecord | None:
+        if not self._alerts:
+            return None
+        detail = "; ".join(self._alerts)
+        self._alerts.clear()
+        return audit_records.hub_record(audit_pb2.ACTION_TAMPER_DETECTED, self._clock(), detail[:2000])

@@ -1,0 +1,1 @@
+"""Generated from the opsroom .proto files; do not edit."""

@@ -8,7 +8,7 @@ receives and acknowledges them. Hub: a sender publishes ~1 KB envelopes over gRP
 the client's stream publisher, the hub validates, routes and stores them, and a receiver's inbox
 gets and acknowledges them over gRPC. The hub runs in its own process, as in production.
 
-Each scenario runs raw, then hub, then again in that order; the better of the two runs counts,
+Each scenario runs raw, hub, hub without audit, then again in that order; the better of the two runs counts,
 so that a burst of noise on a shared machine does not decide the ratio. Throughput is events
 delivered to the receiver per second (first send to last delivery); latency is publish to
 delivery, measured in the bench process for both paths. Results go to stdout and, as JSON, to
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -192,7 +193,9 @@ def bench_envelope(incident_id: str) -> envelope_pb2.Envelope:
     return env
 
 
-async def run_hub(target: str, pki_root: Path, scenario: str, count: int, rate: float | None) -> Result:
+async def run_hub(
+    target: str, pki_root: Path, scenario: str, count: int, rate: float | None, path: str = "hub"
+) -> Result:
     """Sender -> hub (gRPC, mTLS) -> JetStream -> hub -> receiver (gRPC), acknowledged."""
     from broker.certs import DevPki, KeyPair  # noqa: PLC0415
 
@@ -227,15 +230,24 @@ async def run_hub(target: str, pki_root: Path, scenario: str, count: int, rate: 
     await publisher.close()
     await receiver.close()
     await sender.close()
-    return summarize("hub", scenario, sent, acked, got)
+    return summarize(path, scenario, sent, acked, got)
 
+
+NO_AUDIT = "hub, no audit"
 
 # -- orchestration -------------------------------------------------------------------------------
 
 
-def write_hub_config(root: Path, server: NatsServer, port: int, metrics_port: int, nats_extra: list[str]) -> Path:
-    """A hub config for the bench's nats-server, agencies and dev PKI."""
-    config = root / "hub.toml"
+def write_hub_config(
+    root: Path, server: NatsServer, port: int, metrics_port: int, nats_extra: list[str], *, audit: bool = True
+) -> Path:
+    """A hub config for the bench's nats-server, agencies and dev PKI; with or without its audit log.
+
+    The two hubs of a run keep their streams apart (names and subjects).
+    """
+    config = root / f"hub-{'audit' if audit else 'noaudit'}.toml"
+    stream = [] if audit else ['stream = "OPSROOM_NOAUDIT"', 'subject_prefix = "opsroom-noaudit"']
+    audit_section = 'signing_key = "pki/audit-key.pem"' if audit else "enabled = false"
     config.write_text(
         f"""
 [hub]
@@ -248,7 +260,9 @@ key_file = "pki/hub-key.pem"
 [nats]
 servers = ["{server.url}"]
 monitor_urls = ["{server.monitor_url}"]
-{chr(10).join(nats_extra)}
+{chr(10).join([*stream, *nats_extra])}
+[audit]
+{audit_section}
 [[agencies]]
 id = "{SENDER}"
 [[agencies]]
@@ -314,6 +328,12 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> str:
             seconds = delta(f'opsroom_commit_seconds_sum{{mode="{mode}"}}') / n
             msgs = delta(f'opsroom_commit_messages_sum{{mode="{mode}"}}') / n
             parts.append(f"{mode} writes {n:.0f} x {msgs:.1f} msgs, {seconds * 1000:.2f} ms")
+    n = delta("opsroom_audit_write_seconds_count")
+    if n:
+        entries = delta("opsroom_audit_entries_total") / n
+        parts.append(
+            f"audit writes {n:.0f} x {entries:.1f} entries, {delta('opsroom_audit_write_seconds_sum') / n * 1000:.2f} ms"
+        )
     for name, metric in (
         ("publish->ack", "opsroom_publish_to_ack_seconds"),
         ("store->delivery", "opsroom_publish_to_delivery_seconds"),
@@ -345,11 +365,16 @@ def table(results: list[Result]) -> str:
         )
     lines.append("")
     for scenario, pair in by_scenario.items():
-        raw, hub = pair.get("raw JetStream"), pair.get("hub")
+        raw, hub, bare = pair.get("raw JetStream"), pair.get("hub"), pair.get(NO_AUDIT)
         if raw and hub:
             lines.append(
                 f"{scenario}: hub/raw throughput {hub.throughput / raw.throughput:.2f}x, "
                 f"p99 hub/raw {hub.p99_ms / raw.p99_ms:.2f}x (hub p99 {hub.p99_ms:.2f} ms)"
+            )
+        if hub and bare:
+            lines.append(
+                f"{scenario}: audit on/off throughput {hub.throughput / bare.throughput:.2f}x, "
+                f"p99 on/off {hub.p99_ms / bare.p99_ms:.2f}x"
             )
     return "\n".join(lines)
 
@@ -417,23 +442,26 @@ async def main() -> int:
         server = NatsServer(root / "nats")
         server.start()
         try:
-            port = free_port()
-            metrics_port = free_port()
-            with hub_process(write_hub_config(root, server, port, metrics_port, args.nats), port):
-                target = f"127.0.0.1:{port}"
+            port, metrics_port, bare_port, bare_metrics = free_port(), free_port(), free_port(), free_port()
+            with (
+                hub_process(write_hub_config(root, server, port, metrics_port, args.nats), port),
+                hub_process(write_hub_config(root, server, bare_port, bare_metrics, args.nats, audit=False), bare_port),
+            ):
                 for name, count, rate in scenarios(quick=args.quick):
                     if args.scenario and name not in args.scenario:
                         continue
-                    raws, hubs = [], []
+                    runs: dict[str, list[Result]] = {"raw JetStream": [], "hub": [], NO_AUDIT: []}
                     for _ in range(args.runs):
-                        raws.append(await run_raw(server, name, count, rate))
-                        before = scrape(metrics_port)
-                        hubs.append(await run_hub(target, root / "pki", name, count, rate))
-                        print(f"  hub internals, {name}: {breakdown(before, scrape(metrics_port))}", file=sys.stderr)
-                    results.append(raws[0] if len(raws) == 1 else best(raws[0], raws[1], rate))
-                    results.append(hubs[0] if len(hubs) == 1 else best(hubs[0], hubs[1], rate))
-                    print(f"{name}: raw {[r.throughput for r in raws]} msg/s, hub {[h.throughput for h in hubs]} msg/s",
-                          file=sys.stderr)  # fmt: skip
+                        runs["raw JetStream"].append(await run_raw(server, name, count, rate))
+                        for path, target, metrics in (("hub", port, metrics_port), (NO_AUDIT, bare_port, bare_metrics)):
+                            before = scrape(metrics)
+                            runs[path].append(
+                                await run_hub(f"127.0.0.1:{target}", root / "pki", name, count, rate, path)
+                            )
+                            print(f"  {path} internals, {name}: {breakdown(before, scrape(metrics))}", file=sys.stderr)
+                    for path, done in runs.items():
+                        results.append(functools.reduce(lambda a, b: best(a, b, rate), done))
+                        print(f"{name}: {path} {[r.throughput for r in done]} msg/s", file=sys.stderr)
         finally:
             server.stop()
     report = table(results)

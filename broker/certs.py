@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker import ids
+from broker.audit.chain import generate_key
 
 AGENCY_URI_PREFIX = "urn:opsroom:agency:"
 _VALIDITY = timedelta(days=365)
@@ -40,6 +41,11 @@ class DevPki:
     root: Path
     ca: Path
     hub: KeyPair
+
+    @property
+    def audit_key(self) -> Path:
+        """The hub's Ed25519 audit signing key (its public half beside it, audit-key.pub.pem)."""
+        return self.root / "audit-key.pem"
 
     def agency(self, agency_id: str) -> KeyPair:
         """The certificate pair of an agency."""
@@ -149,4 +155,6 @@ def make_dev_pki(root: Path, agencies: Iterable[str], hosts: Iterable[str] = ("l
             raise ValueError(f"not an agency id: {agency_id!r}")
         uri = x509.UniformResourceIdentifier(AGENCY_URI_PREFIX + agency_id)
         _issue(pki.agency(agency_id), ca, agency_id, [uri], ExtendedKeyUsageOID.CLIENT_AUTH)
+    if not pki.audit_key.exists():
+        generate_key(pki.audit_key)
     return pki

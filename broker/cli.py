@@ -1,4 +1,4 @@
-"""The `opsroom` command: serve the hub, the embedded demo, development certificates, agreement checks."""
+"""The `opsroom` command: serve the hub, the embedded demo, development certificates, agreements, the audit log."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from broker import logging as hub_logging
 from broker import sim
+from broker.audit import command as audit_command
 from broker.certs import DevPki, make_dev_pki
 from broker.config import load
 from broker.embedded import NatsServer
@@ -221,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_certs.add_argument("--agency", action="append", default=[], help="agency id; repeat for several")
     p_certs.add_argument("--config", type=Path, help="also every agency of this hub config")
 
+    audit_command.add_commands(commands)
+
     args = parser.parse_args(argv)
     level = logging.getLevelNamesMapping().get(args.log_level.upper(), logging.WARNING)
     hub_logging.configure(json=args.command == "serve", level=level)
@@ -231,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one branch per command
     if args.command == "serve":
         return asyncio.run(serve(args.config))
     if args.command == "demo":
@@ -247,6 +250,8 @@ def _run(args: argparse.Namespace) -> int:
                 )
             )
         return 130
+    if args.command == "audit":
+        return audit_command.run(args)
     if args.command == "policy":
         if args.policy_command == "check":
             return policy_check(args.folder)

@@ -15,6 +15,11 @@ Two ways to write, chosen per batch by its size:
   about the others) gets it written only after the others are stored.
 A group comes back DUPLICATE only if every message of it was stored before; an atomic batch is
 never overtaken by a later write, so the stored order is the arrival order.
+
+With an audit writer, a batch goes through two stages: first the audit entries of its groups
+are written (one chained write for the whole batch), then its deliveries; the next batch's
+audit write overlaps this batch's delivery write. A group whose audit entry could not be
+written is failed without writing its deliveries: nothing is disclosed that is not recorded.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from broker.audit.log import Draft
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.logging import get_logger
 from broker.metrics import Metrics
@@ -34,6 +41,7 @@ log = get_logger(__name__)
 
 CommitFn = Callable[[Sequence[OutMsg]], Awaitable[BatchAck]]
 PublishEachFn = Callable[[Sequence[OutMsg]], Awaitable[list[int | Exception]]]
+AuditFn = Callable[[Sequence[Draft]], Coroutine[Any, Any, Sequence[OpsroomError | None]]]
 
 
 class Outcome(enum.Enum):
@@ -61,6 +69,7 @@ class WriteGroup:
 
     messages: Sequence[OutMsg]
     tail: bool = False
+    audit: Draft | None = None
     future: asyncio.Future[GroupResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -83,12 +92,14 @@ class Committer:
         publish_each: PublishEachFn | None = None,
         atomic_threshold: int = 64,
         max_in_flight: int = 4,
+        audit: AuditFn | None = None,
     ) -> None:
         """A committer writing atomic batches through commit (at most max_messages and max_bytes each).
 
         With publish_each, batches of fewer than atomic_threshold messages are written as plain
-        publishes instead.
+        publishes instead. With audit, each batch's audit drafts are written through it first.
         """
+        self._audit = audit
         self._commit = commit
         self._publish_each = publish_each
         self._atomic_threshold = atomic_threshold if publish_each is not None else 0
@@ -100,7 +111,9 @@ class Committer:
         self._carry: WriteGroup | None = None
         self._closed = False
 
-    async def enqueue(self, messages: Sequence[OutMsg], *, tail: bool = False) -> asyncio.Future[GroupResult]:
+    async def enqueue(
+        self, messages: Sequence[OutMsg], *, tail: bool = False, audit: Draft | None = None
+    ) -> asyncio.Future[GroupResult]:
         """Queue messages for atomic storage (waiting while the queue is full); returns the future outcome.
 
         Groups are stored in the order they were queued. The future resolves to STORED or
@@ -110,7 +123,7 @@ class Committer:
             raise StoreUnavailable("the hub is stopping")
         if len(messages) > self._max_messages:
             raise Refused(Reason.ENVELOPE_TOO_LARGE, f"{len(messages)} messages exceed one batch")
-        group = WriteGroup(messages, tail)
+        group = WriteGroup(messages, tail, audit)
         await self._queue.put(group)
         return group.future
 
@@ -121,11 +134,15 @@ class Committer:
     async def run(self) -> None:
         """The commit loop; returns after close() once the queue is empty and every write answered."""
         in_flight: set[asyncio.Task[None]] = set()
+        audits: set[asyncio.Task[Sequence[OpsroomError | None]]] = set()
         try:
             while True:
                 groups = await self._next_batch()
                 if groups is None:
                     return
+                if self._audit is not None:
+                    await self._settle(audits, self._max_in_flight - 1)
+                    self._start_audit(groups, audits)
                 count = sum(len(g.messages) for g in groups)
                 if count >= self._atomic_threshold:
                     # An atomic batch may be split and written again: nothing may overtake it.
@@ -141,9 +158,34 @@ class Committer:
                 await self._settle(in_flight, self._max_in_flight - 1)
         finally:
             await self._settle(in_flight, 0)
+            await self._settle(audits, 0)
+
+    def _start_audit(self, groups: list[WriteGroup], audits: set[asyncio.Task[Sequence[OpsroomError | None]]]) -> None:
+        """Start writing the audit drafts of groups; each group's outcome then waits for its draft's too.
+
+        The audit entries and the deliveries of a batch are written at the same time; a group is
+        answered once both are stored, and fails if its audit entry could not be written (the
+        sender's retry then writes it: its id is not in the log yet).
+        """
+        assert self._audit is not None
+        with_draft = [g for g in groups if g.audit is not None]
+        if not with_draft:
+            return
+        task = asyncio.get_running_loop().create_task(self._audit([g.audit for g in with_draft if g.audit is not None]))
+        audits.add(task)
+        task.add_done_callback(audits.discard)
+        for index, group in enumerate(with_draft):
+            outer = group.future
+            group.future = asyncio.get_running_loop().create_future()
+            _join(group.future, task, index, outer, self._audit_failed)
+
+    def _audit_failed(self, error: BaseException) -> None:
+        self._metrics.commit_failures.labels("audit").inc()
+        if not isinstance(error, OpsroomError):
+            log.error("audit_write_crashed", error_type=type(error).__name__)
 
     @staticmethod
-    async def _settle(tasks: set[asyncio.Task[None]], keep: int) -> None:
+    async def _settle(tasks: set[asyncio.Task[Any]], keep: int) -> None:
         """Wait until at most keep of the tasks are still running."""
         while len(tasks) > keep:
             await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
@@ -266,6 +308,41 @@ class Committer:
 
 def _is_error(result: int | Exception) -> bool:
     return isinstance(result, Exception) and not isinstance(result, DuplicateInBatch)
+
+
+def _join(
+    stored: asyncio.Future[GroupResult],
+    audit: asyncio.Future[Sequence[OpsroomError | None]],
+    index: int,
+    outer: asyncio.Future[GroupResult],
+    on_audit_failure: Callable[[BaseException], None],
+) -> None:
+    """Resolve outer once both the group's write (stored) and its audit entry (audit[index]) are done."""
+
+    def done(_: object) -> None:
+        if not (stored.done() and audit.done()) or outer.done():
+            return
+        error: BaseException | None
+        if audit.cancelled():
+            error = StoreUnavailable("the audit write was interrupted; retry")
+        else:
+            error = audit.exception()
+            if error is None:
+                error = audit.result()[index]
+        if error is not None:
+            on_audit_failure(error)
+            if not stored.cancelled():
+                stored.exception()  # retrieved: the audit error is the one reported
+            outer.set_exception(error if isinstance(error, OpsroomError) else StoreUnavailable("audit write failed"))
+        elif stored.cancelled():
+            outer.set_exception(StoreUnavailable("the write was interrupted; retry"))
+        elif stored.exception() is not None:
+            outer.set_exception(stored.exception())  # type: ignore[arg-type]
+        else:
+            outer.set_result(stored.result())
+
+    stored.add_done_callback(done)
+    audit.add_done_callback(done)
 
 
 def _resolve(group: WriteGroup, result: GroupResult) -> None:

@@ -74,6 +74,25 @@ class AgreementsConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The audit log: who signs its entries, whose signatures are trusted, how long records are kept."""
+
+    signing_key: Path
+    # Public keys of every hub replica writing to the same log (this hub's own is always trusted).
+    trusted_keys: tuple[Path, ...] = ()
+    # Names this replica in the entries it writes.
+    writer: str = "hub"
+    # A retried envelope within this window finds its records stored and adds none.
+    duplicate_window: timedelta = timedelta(days=1)
+    # In a batch written at once, at least every checkpoint_every-th entry is signed (and the last).
+    checkpoint_every: int = 1000
+    # Records older than this are purged (the purge is itself recorded); None keeps them all.
+    retention: timedelta | None = None
+    # How often the hub checks for records past retention.
+    purge_interval: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
 class HubConfig:
     """Everything the hub process needs."""
 
@@ -83,6 +102,8 @@ class HubConfig:
     agencies: tuple[Agency, ...]
     allow: tuple[AllowRule, ...]
     agreements: AgreementsConfig | None = None
+    # None: no audit log (benchmarks only; a production hub config must have an [audit] section).
+    audit: AuditConfig | None = None
     metrics_listen: str = ""
     max_envelope_bytes: int = 64 * 1024
     max_batch_envelopes: int = 1000
@@ -270,6 +291,31 @@ def _limits(reader: _Reader) -> Limits:
     return limits
 
 
+def _audit(root: _Reader, base: Path) -> AuditConfig | None:
+    section = root.sub("audit")
+    if not section.get("enabled", bool, True):
+        section.check_unknown()
+        return None  # for benchmarks that compare the hub with and without its audit log
+    d = AuditConfig(Path())
+    retention_days = section.get("retention_days", int, 0)
+    if retention_days < 0:
+        raise section.error("retention_days", "must be 0 (keep everything) or a number of days")
+    writer = section.get("writer", str, d.writer)
+    if not writer or len(writer) > 64:
+        raise section.error("writer", "must be a name of 1 to 64 characters")
+    cfg = AuditConfig(
+        signing_key=_path(section, base, "signing_key"),
+        trusted_keys=tuple(base / p for p in section.strings("trusted_keys", ())),
+        writer=writer,
+        duplicate_window=section.seconds("duplicate_window_seconds", d.duplicate_window),
+        checkpoint_every=section.positive("checkpoint_every", d.checkpoint_every),
+        retention=timedelta(days=retention_days) if retention_days else None,
+        purge_interval=section.seconds("purge_interval_seconds", d.purge_interval),
+    )
+    section.check_unknown()
+    return cfg
+
+
 def parse(text: str, source: str, base: Path) -> HubConfig:
     """Parse a hub config from TOML text; source names it in errors, base resolves relative paths."""
     try:
@@ -291,6 +337,9 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         section.check_unknown()
         if allow:
             raise root.error("allow", "use either [agreements] or [[allow]], not both")
+    if "audit" not in data:
+        raise root.error("audit", "missing: every hub keeps an audit log (set audit.signing_key)")
+    audit = _audit(root, base)
     d_grace, d_heartbeat = timedelta(seconds=10), timedelta(seconds=15)
     cfg = HubConfig(
         listen=hub.require("listen", str),
@@ -305,6 +354,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         agencies=agencies,
         allow=allow,
         agreements=agreements,
+        audit=audit,
         limits=_limits(root.sub("limits")),
     )
     hub.check_unknown()

@@ -23,6 +23,9 @@ from grpc_status import rpc_status
 from opsroom.hub.v1 import hub_pb2
 
 from broker import ids
+from broker.audit import records as audit_records
+from broker.audit.log import AuditLog
+from broker.audit.records import Caller
 from broker.committer import Committer
 from broker.config import HubConfig
 from broker.errors import ERROR_DOMAIN, OpsroomError, Reason, Refused, StoreUnavailable, Violation
@@ -120,8 +123,10 @@ class HubServicer:
         clock: Callable[[], datetime],
         committer: Committer,
         is_registered: Callable[[str], bool],
+        audit: AuditLog | None = None,
     ) -> None:
-        """Wire the handlers."""
+        """Wire the handlers; with audit, each session's backlog read is recorded as a consultation."""
+        self._audit = audit
         self._cfg = cfg
         self._js = js
         self._publisher = publisher
@@ -164,10 +169,13 @@ class HubServicer:
     # -- common --------------------------------------------------------------------------
 
     def _agency(self, context: Context) -> str:
-        agency = self._identity.agency(context)
-        if not self._is_registered(agency):
+        return self._caller(context).agency_id
+
+    def _caller(self, context: Context) -> Caller:
+        caller = self._identity.caller(context)
+        if not self._is_registered(caller.agency_id):
             raise Refused(Reason.AGENCY_NOT_REGISTERED, "the certificate's agency is not registered at this hub")
-        return agency
+        return caller
 
     def _refused(self, agency: str, err: OpsroomError) -> None:
         label = agency if self._is_registered(agency) else UNREGISTERED
@@ -201,12 +209,13 @@ class HubServicer:
         started = time.perf_counter()
         agency = ""
         try:
-            agency = self._agency(context)
+            caller = self._caller(context)
+            agency = caller.agency_id
             request = _parsed(request)
             self._check_draining()
             self._check_size(request.envelope.ByteSize())
             try:
-                accepted = await self._publisher.publish(request.envelope, agency)
+                accepted = await self._publisher.publish(request.envelope, caller)
             except OpsroomError:
                 raise
             except Exception as exc:
@@ -238,13 +247,14 @@ class HubServicer:
     ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
         """Publish batches; answers each request in order while later ones are being stored."""
         try:
-            agency = self._agency(context)
+            caller = self._caller(context)
         except OpsroomError as err:
             await self._abort(context, "", err)
+        agency = caller.agency_id
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
         answers: asyncio.Queue[tuple[int, list[Any], float] | Malformed | None] = asyncio.Queue()
         read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
-        reader = asyncio.get_running_loop().create_task(self._read_batches(requests, agency, answers, read_ahead))
+        reader = asyncio.get_running_loop().create_task(self._read_batches(requests, caller, answers, read_ahead))
         try:
             while True:
                 item = await answers.get()
@@ -263,7 +273,7 @@ class HubServicer:
     async def _read_batches(
         self,
         requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed],
-        agency: str,
+        caller: Caller,
         answers: asyncio.Queue[tuple[int, list[Any], float] | Malformed | None],
         read_ahead: asyncio.Semaphore,
     ) -> None:
@@ -286,7 +296,7 @@ class HubServicer:
                         try:
                             self._check_draining()
                             self._check_size(env.ByteSize())
-                            pending.append((i, await self._publisher.begin(env, agency)))
+                            pending.append((i, await self._publisher.begin(env, caller)))
                         except OpsroomError as err:
                             pending.append((i, err))
                         except Exception as exc:
@@ -317,7 +327,8 @@ class HubServicer:
         """A room's delivery session."""
         agency = ""
         try:
-            agency = self._agency(context)
+            caller = self._caller(context)
+            agency = caller.agency_id
             self._check_draining()
             first = await context.read()
             if first is grpc.aio.EOF:
@@ -336,6 +347,9 @@ class HubServicer:
                 window=first.open.window,
             )
             backlog = await session.open()
+            if self._audit is not None:
+                read = audit_records.backlog_read(caller, self._clock(), backlog, session.session_id)
+                await self._audit.append([read])
         except OpsroomError as err:
             await self._abort(context, agency, err)
         self._sessions.register(session)

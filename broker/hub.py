@@ -11,9 +11,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from broker import codelists
+from broker.audit import chain
+from broker.audit.log import AuditLog
+from broker.audit.retention import Retention
 from broker.committer import Committer
 from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
+from broker.errors import ConfigError
 from broker.logging import get_logger
 from broker.metrics import Metrics
 from broker.policy.store import PolicyStore
@@ -59,6 +63,9 @@ class Hub:
         self._servicer: HubServicer | None = None
         self._health = health.aio.HealthServicer()
         self._sessions = SessionRegistry()
+        self.audit: AuditLog | None = None
+        self._audit_js: JetStream | None = None
+        self._retention_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         """Start the hub."""
@@ -85,7 +92,8 @@ class Hub:
             await js.verify_sync_always()
         else:
             log.warning("sync_always_not_required", servers=list(cfg.nats.servers))
-        await js.ensure_stream()
+        await js.ensure_stream(cfg.audit.duplicate_window.total_seconds() if cfg.audit is not None else None)
+        audit = await self._open_audit()
         committer = Committer(
             js.commit,
             self.metrics,
@@ -93,11 +101,12 @@ class Hub:
             max_bytes=cfg.nats.commit_max_bytes,
             publish_each=js.publish_each,
             atomic_threshold=cfg.nats.atomic_threshold,
+            audit=audit.write if audit is not None else None,
         )
         self._committer = committer
         self._committer_task = asyncio.get_running_loop().create_task(committer.run(), name="committer")
         validation = ValidationContext(codelists.load(), self.is_registered, cfg.limits)
-        publisher = Publisher(js, committer, self.router, validation, self.clock)
+        publisher = Publisher(js, committer, self.router, validation, self.clock, audited=audit is not None)
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -107,6 +116,7 @@ class Hub:
             clock=self.clock,
             committer=committer,
             is_registered=self.is_registered,
+            audit=audit,
         )
         server = grpc.aio.server(
             options=[
@@ -138,7 +148,44 @@ class Hub:
             self._watch = asyncio.get_running_loop().create_task(
                 self.policy.watch(cfg.agreements.reload.total_seconds()), name="agreements-watch"
             )
+        if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
+            retention = Retention(js, audit, self.clock, cfg.audit.retention)
+            self._retention_task = asyncio.get_running_loop().create_task(
+                retention.run_forever(cfg.audit.purge_interval.total_seconds()), name="audit-retention"
+            )
         log.info("hub_started", listen=cfg.listen, stream=cfg.nats.stream, count=len(self.router.agencies))
+
+    async def _open_audit(self) -> AuditLog | None:
+        """The audit log writer, opened at the head of the chain; None if the config has no [audit].
+
+        It has a connection of its own, so that nats-server stores audit entries and deliveries
+        side by side instead of one after the other.
+        """
+        audit_cfg = self.cfg.audit
+        if audit_cfg is None:
+            log.warning("audit_disabled")
+            return None
+        try:
+            key = chain.load_private_key(audit_cfg.signing_key)
+            trusted = chain.load_public_keys(audit_cfg.trusted_keys)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"audit keys: {exc} (make one with `opsroom audit keygen --out FILE`)") from exc
+        trusted[chain.key_id(key.public_key())] = key.public_key()
+        js = await JetStream.connect(self.cfg.nats, name="opsroom-hub-audit")
+        self._audit_js = js
+        audit = AuditLog(
+            js,
+            key,
+            trusted,
+            self.metrics,
+            self.clock,
+            writer=audit_cfg.writer,
+            atomic_threshold=self.cfg.nats.atomic_threshold,
+            checkpoint_every=audit_cfg.checkpoint_every,
+        )
+        await audit.open()
+        self.audit = audit
+        return audit
 
     def is_registered(self, agency_id: str) -> bool:
         """Whether an agency is known to the hub: in the config, or a party of an agreement in force."""
@@ -151,10 +198,11 @@ class Hub:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close."""
         grace = self.cfg.grace.total_seconds() if grace is None else grace
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
-            self._watch = None
+        for task in (self._watch, self._retention_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._watch = self._retention_task = None
         log.info("hub_draining")
         self.metrics.draining.set(1)
         if self._servicer is not None:
@@ -174,6 +222,9 @@ class Hub:
         if self._js is not None:
             await self._js.close()
             self._js = None
+        if self._audit_js is not None:
+            await self._audit_js.close()
+            self._audit_js = None
         self.metrics.close()
         log.info("hub_stopped")
 

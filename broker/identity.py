@@ -6,8 +6,10 @@ from collections import OrderedDict
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from broker import ids
+from broker.audit.records import Caller
 from broker.certs import AGENCY_URI_PREFIX
 from broker.errors import Reason, Unauthenticated
 
@@ -29,16 +31,28 @@ def agency_from_certificate(pem: bytes) -> str | None:
     return found[0]
 
 
+def certificate_sha256(pem: bytes) -> str:
+    """The SHA-256 fingerprint of a PEM certificate, hex; empty if it does not parse."""
+    try:
+        return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+    except ValueError:
+        return ""
+
+
 class IdentityResolver:
     """Maps a call's peer certificate to its agency id, caching the parse per certificate."""
 
     def __init__(self, cache_size: int = 1024) -> None:
         """An empty cache of at most cache_size certificates."""
-        self._cache: OrderedDict[bytes, str | None] = OrderedDict()
+        self._cache: OrderedDict[bytes, Caller | None] = OrderedDict()
         self._size = cache_size
 
     def agency(self, context: grpc.aio.ServicerContext[object, object]) -> str:
         """The agency of the call; raises Unauthenticated if the certificate names none."""
+        return self.caller(context).agency_id
+
+    def caller(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:
+        """The agency of the call and its certificate's fingerprint; raises Unauthenticated if it names none."""
         auth = context.auth_context()
         pems = list(auth.get("x509_pem_cert") or ())
         if not pems:
@@ -49,15 +63,16 @@ class IdentityResolver:
         pem = pems[0]
         if pem in self._cache:
             self._cache.move_to_end(pem)
-            agency = self._cache[pem]
+            caller = self._cache[pem]
         else:
             agency = agency_from_certificate(pem)
-            self._cache[pem] = agency
+            caller = Caller(agency, certificate_sha256(pem)) if agency is not None else None
+            self._cache[pem] = caller
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        if agency is None:
+        if caller is None:
             raise Unauthenticated(
                 Reason.CERTIFICATE_WITHOUT_AGENCY,
                 f"the client certificate has no single {AGENCY_URI_PREFIX}<agency id> URI",
             )
-        return agency
+        return caller

@@ -22,6 +22,9 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker import receipts
+from broker.audit import records as audit_records
+from broker.audit.log import Draft
+from broker.audit.records import Caller
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
 from broker.layout import RULE_HEADER, Layout
@@ -54,8 +57,11 @@ class Publisher:
         router: Router,
         validation: ValidationContext,
         clock: Callable[[], datetime],
+        *,
+        audited: bool = False,
     ) -> None:
-        """Wire the publish path."""
+        """Wire the publish path; with audited, each envelope's write carries its audit records."""
+        self._audited = audited
         self._js = js
         self._layout: Layout = js.layout
         self._committer = committer
@@ -77,16 +83,18 @@ class Publisher:
         if violations:
             raise InvalidEnvelope(violations)
 
-    async def publish(self, env: envelope_pb2.Envelope, agency_id: str) -> Accepted:
-        """Check, route and store env for agency_id; returns the (possibly replayed) acceptance."""
-        return await (await self.begin(env, agency_id))
+    async def publish(self, env: envelope_pb2.Envelope, caller: Caller | str) -> Accepted:
+        """Check, route and store env for the caller (or agency id); returns the (possibly replayed) acceptance."""
+        return await (await self.begin(env, caller))
 
-    async def begin(self, env: envelope_pb2.Envelope, agency_id: str) -> asyncio.Future[Accepted]:
+    async def begin(self, env: envelope_pb2.Envelope, caller: Caller | str) -> asyncio.Future[Accepted]:
         """Check and route env, and queue its write; returns the future acceptance.
 
         Raises the refusal at once when the envelope is refused before any write. Envelopes
         queued one after the other by one caller are stored in that order.
         """
+        caller = caller if isinstance(caller, Caller) else Caller(caller)
+        agency_id = caller.agency_id
         self.check(env, agency_id)
         data = env.SerializeToString()
         digest = hashlib.sha256(data).digest()
@@ -101,7 +109,7 @@ class Publisher:
         self._inflight[dist] = (digest, result)
         result.add_done_callback(lambda f: self._forget(dist, f))
         try:
-            group, acceptance, decision = await self._queue_write(env, agency_id, data, digest)
+            group, acceptance, decision = await self._queue_write(env, caller, data, digest)
         except BaseException as exc:
             _settle(result, exc)
             raise
@@ -150,8 +158,9 @@ class Publisher:
                 result.set_result(Accepted(first, None))
 
     async def _queue_write(
-        self, env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes
+        self, env: envelope_pb2.Envelope, caller: Caller, data: bytes, digest: bytes
     ) -> tuple[asyncio.Future[GroupResult], hub_pb2.Acceptance, Decision]:
+        agency_id = caller.agency_id
         referenced = await self._referenced(env)
         now = self._clock()
         decision = self._router.route(env, RoutingContext(agency_id, referenced, now))
@@ -171,19 +180,21 @@ class Publisher:
         )
         accepted_ns = acceptance.accepted_at.ToNanoseconds()
         layout = self._layout
-        views: dict[frozenset[str], bytes] = {}
+        copies = _Copies(env, data, audited=self._audited)
         messages = []
         for route in decision.routes:
             headers = receipts.delivery_headers(
                 layout, dist, route.agency_id, sender=agency_id, accepted_ns=accepted_ns, digest=digest
             )
             headers[RULE_HEADER] = route.rule
-            messages.append(
-                OutMsg(layout.delivery_subject(route.agency_id, dist), _view(env, data, route, views), headers)
-            )
+            messages.append(OutMsg(layout.delivery_subject(route.agency_id, dist), copies.of(route), headers))
         if extra is not None:
             messages.append(extra)  # written once the response itself is delivered
-        group = await self._committer.enqueue(messages, tail=extra is not None)
+        draft = None
+        if self._audited:
+            records = audit_records.publish_records(env, caller, digest, copies.views, now)
+            draft = Draft(records, f"env:{dist}")
+        group = await self._committer.enqueue(messages, tail=extra is not None, audit=draft)
         return group, acceptance, decision
 
     async def _stored_deliveries(self, distribution_id: str) -> list[StoredMsg]:
@@ -270,15 +281,38 @@ class Publisher:
         return True if await self._js.ack_floor(agency_id) >= sequence else None
 
 
-def _view(env: envelope_pb2.Envelope, data: bytes, route: Route, views: dict[frozenset[str], bytes]) -> bytes:
-    """The envelope as route's recipient may see it, serialized (one redaction per distinct mask)."""
-    if route.mask is None or route.mask.empty:
+class _Copies:
+    """The copies of one envelope, one per distinct mask, and (if audited) what each recipient's copy holds."""
+
+    def __init__(self, env: envelope_pb2.Envelope, data: bytes, *, audited: bool) -> None:
+        self._env = env
+        self._data = data
+        self._audited = audited
+        self._by_mask: dict[frozenset[str], tuple[bytes, tuple[str, ...], tuple[str, ...], bytes]] = {}
+        self._all: frozenset[str] | None = None
+        self.views: list[audit_records.View] = []
+
+    def of(self, route: Route) -> bytes:
+        """The envelope as route's recipient may see it, serialized (one redaction per distinct mask)."""
+        hidden = route.mask.hidden if route.mask is not None and not route.mask.empty else frozenset()
+        made = self._by_mask.get(hidden)
+        if made is None:
+            copy = self._env if not hidden or route.mask is None else redact(self._env, route.mask)
+            data = self._data if copy is self._env else copy.SerializeToString()
+            fields: tuple[str, ...] = ()
+            withheld: tuple[str, ...] = ()
+            if self._audited:
+                if self._all is None:
+                    self._all = frozenset(audit_records.present_fields(self._env))
+                removed = audit_records.under(self._all, hidden)
+                fields = tuple(sorted(self._all - removed))
+                withheld = tuple(sorted(removed))
+            made = (data, fields, withheld, hashlib.sha256(data).digest() if self._audited else b"")
+            self._by_mask[hidden] = made
+        data, fields, withheld, sha = made
+        if self._audited:
+            self.views.append(audit_records.View(route.agency_id, route.rule, sha, fields, withheld))
         return data
-    view = views.get(route.mask.hidden)
-    if view is None:
-        view = redact(env, route.mask).SerializeToString()
-        views[route.mask.hidden] = view
-    return view
 
 
 def _settle(result: asyncio.Future[Accepted], exc: BaseException) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from broker.certs import DevPki, make_dev_pki
 from broker.client import Credentials, HubClient, RetryPolicy
-from broker.config import Agency, AgreementsConfig, HubConfig, NatsConfig, TlsConfig
+from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig
 from broker.embedded import NatsServer
 from broker.hub import Hub
 from broker.routing import AllowRule
@@ -32,7 +32,10 @@ def dev_config(
     agreements: Path | None = None,
     drill_only: Iterable[str] = (),
 ) -> HubConfig:
-    """A hub config for a local nats-server and a dev PKI; with agreements, routing by the agreement files."""
+    """A hub config for a local nats-server and a dev PKI; with agreements, routing by the agreement files.
+
+    The audit log is on, signed with the dev PKI's audit key.
+    """
     return HubConfig(
         listen=listen,
         metrics_listen=metrics_listen,
@@ -41,6 +44,7 @@ def dev_config(
         agencies=tuple(Agency(agency_id, name, agency_id in set(drill_only)) for agency_id, name in agencies.items()),
         allow=() if agreements is not None else tuple(allow),
         agreements=AgreementsConfig(agreements, timedelta(seconds=0.2)) if agreements is not None else None,
+        audit=AuditConfig(pki.audit_key),
     )
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from opsroom.audit.v1 import audit_pb2
@@ -92,22 +93,35 @@ class AuditLog:
         self._writer = writer
         self._atomic_threshold = atomic_threshold
         self._checkpoint_every = checkpoint_every
-        self._head = _Head()
+        self._head = _Head()  # predicted: the last entry sent
+        self._confirmed = _Head()  # the last entry the stream confirmed
+        self._broken = False  # a write failed: the predicted head must be read again
+        self._sending: set[asyncio.Future[Any]] = set()
         self._lock = asyncio.Lock()
         self._alerts: list[str] = []
+
+    @property
+    def key(self) -> Ed25519PrivateKey:
+        """The signing key."""
+        return self._key
+
+    @property
+    def trusted(self) -> Mapping[str, Ed25519PublicKey]:
+        """The keys whose signatures this writer trusts."""
+        return self._trusted
 
     async def open(self) -> None:
         """Find the chain's head; check that it carries a trusted signature."""
         async with self._lock:
             last = await self._js.last_by_subject(self._subject, self._stream)
             if last is None:
-                self._head = _Head()
+                self._head = self._confirmed = _Head()
                 return
             entry = audit_pb2.AuditEntry.FromString(last.data)
             report = verify(self._stream, [Stored(last.seq, last.data)], self._trusted)
             if not report.ok and not report.anchored_by_checkpoint:
                 self._alert(f"the last entry (position {entry.position}, seq {last.seq}) carries no trusted signature")
-            self._head = _Head(last.seq, int(entry.position), entry_sha256(last.data))
+            self._head = self._confirmed = _Head(last.seq, int(entry.position), entry_sha256(last.data))
 
     async def append(self, records: Sequence[audit_pb2.AuditRecord], msg_id: str = "") -> None:
         """Write one entry; raises StoreUnavailable if it could not be stored."""
@@ -116,67 +130,110 @@ class AuditLog:
             raise result
 
     async def write(self, drafts: Sequence[Draft]) -> list[OpsroomError | None]:
-        """Write entries in order; per draft None (stored now or before) or the error that kept it out."""
+        """Write entries in order; per draft None (stored now or before) or the error that kept it out.
+
+        Writes are pipelined: the next write is encoded on the predicted head and sent while
+        this one is still being stored; the stream's expected-last-sequence check refuses any
+        entry whose prediction turned out wrong, and the writer then catches up and sends again.
+        """
         results: list[OpsroomError | None] = [None] * len(drafts)
         started = time.perf_counter()
-        async with self._lock:
-            pending = list(range(len(drafts)))
-            atomic = len(drafts) >= self._atomic_threshold
-            for _ in range(_ATTEMPTS):
-                if not pending:
-                    break
-                try:
-                    pending = await self._attempt(drafts, pending, atomic=atomic)
-                except AlreadyStored:
-                    atomic = False  # a batch repeating an entry: write them one by one to see which
-                except WrongLastSequence:
-                    await self._resync()
-                except _Failed as failed:
-                    for i in failed.indices:
-                        results[i] = failed.error
-                    pending = []
-            for i in pending:
-                results[i] = StoreUnavailable("the audit log kept changing under this writer; retry")
+        pending = list(range(len(drafts)))
+        atomic = len(drafts) >= self._atomic_threshold
+        for _ in range(_ATTEMPTS):
+            if not pending:
+                break
+            try:
+                pending = await self._attempt(drafts, pending, atomic=atomic)
+            except AlreadyStored:
+                self._broken = True
+                atomic = False  # a batch repeating an entry: write them one by one to see which
+            except WrongLastSequence:
+                self._broken = True
+            except _Failed as failed:
+                self._broken = True
+                for i in failed.indices:
+                    results[i] = failed.error
+                pending = []
+        for i in pending:
+            results[i] = StoreUnavailable("the audit log kept changing under this writer; retry")
         self._metrics.audit_write_seconds.observe(time.perf_counter() - started)
         return results
 
     async def _attempt(self, drafts: Sequence[Draft], pending: list[int], *, atomic: bool) -> list[int]:
         """One try; returns the drafts still to write (raises to say why a whole try failed)."""
-        alert = self._take_alert()
-        lead = [Draft([alert])] if alert is not None else []
-        encoded = self._encode([*lead, *(drafts[i] for i in pending)], atomic=atomic)
-        msgs = [OutMsg(self._subject, e.data, e.headers) for e in encoded]
+        async with self._lock:
+            if self._broken:
+                # A write failed: the predicted head is wrong. Let everything sent settle, then
+                # read where the log really ends.
+                await self._settle()
+                self._head = self._confirmed
+                await self._resync()
+                self._broken = False
+            alert = self._take_alert()
+            lead = [Draft([alert])] if alert is not None else []
+            encoded = self._encode([*lead, *(drafts[i] for i in pending)], atomic=atomic)
+            msgs = [OutMsg(self._subject, e.data, e.headers) for e in encoded]
+            sending: asyncio.Future[Any]
+            if atomic:
+                sending = asyncio.ensure_future(self._js.commit(msgs))
+            else:
+                sending = asyncio.ensure_future(self._js.publish_each(msgs))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+            head = self._head
+            self._head = _Head(head.seq + len(encoded), encoded[-1].position, encoded[-1].sha)
+            await asyncio.sleep(0)  # the messages go on the wire before the next write's
         if atomic:
             try:
-                ack = await self._js.commit(msgs)
+                ack = await sending
             except BaseException:
                 self._keep_alert(alert)
                 raise
-            self._head = _Head(ack.seq, encoded[-1].position, encoded[-1].sha)
+            self._confirm(_Head(ack.seq, encoded[-1].position, encoded[-1].sha))
             self._metrics.audit_entries.inc(len(encoded))
             return []
-        results = await self._js.publish_each(msgs)
+        return self._after_singles(await sending, encoded, pending, len(lead), alert)
+
+    def _after_singles(
+        self,
+        results: list[int | Exception],
+        encoded: list[_Encoded],
+        pending: list[int],
+        leading: int,
+        alert: audit_pb2.AuditRecord | None,
+    ) -> list[int]:
+        """Confirm what single publishes stored; returns the drafts to write again (raises _Failed)."""
         stored = 0
         for k, result in enumerate(results):
             if not isinstance(result, int):
                 break
-            self._head = _Head(result, encoded[k].position, encoded[k].sha)
+            self._confirm(_Head(result, encoded[k].position, encoded[k].sha))
             self._metrics.audit_entries.inc()
             stored = k + 1
         if stored == len(results):
             return []
+        self._broken = True
         # Everything after the first entry not stored now was linked to it: write those again.
-        if stored < len(lead):
+        if stored < leading:
             self._keep_alert(alert)
-        first = max(0, stored - len(lead))  # index into pending of the first draft not stored now
+        first = max(0, stored - leading)  # index into pending of the first draft not stored now
         problem = results[stored]
         if isinstance(problem, AlreadyStored):
             return pending[first + 1 :]  # that draft was written before (a retry); the rest follow it
         if isinstance(problem, WrongLastSequence):
-            await self._resync()
             return pending[first:]
         error = problem if isinstance(problem, OpsroomError) else StoreUnavailable(f"audit write failed: {problem}")
         raise _Failed(pending[first:], error)
+
+    def _confirm(self, head: _Head) -> None:
+        if head.seq > self._confirmed.seq:
+            self._confirmed = head
+
+    async def _settle(self) -> None:
+        """Wait until every write sent has been answered."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
 
     def _keep_alert(self, alert: audit_pb2.AuditRecord | None) -> None:
         if alert is not None:
@@ -225,7 +282,7 @@ class AuditLog:
             )
         tail = audit_pb2.AuditEntry.FromString(items[-1].data) if items else None
         if tail is not None:
-            self._head = _Head(items[-1].seq, int(tail.position), entry_sha256(items[-1].data))
+            self._head = self._confirmed = _Head(items[-1].seq, int(tail.position), entry_sha256(items[-1].data))
 
     def _alert(self, detail: str) -> None:
         log.critical("audit_tamper_detected", stream=self._stream, reason=detail[:300])

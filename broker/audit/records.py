@@ -88,6 +88,21 @@ def _collect(message: Any, prefix: str, skip: frozenset[str], out: set[str]) -> 
             _collect(value, path, frozenset(), out)
 
 
+def under(paths: frozenset[str], hidden: frozenset[str]) -> frozenset[str]:
+    """The paths that are, or lie inside, one of the hidden paths (what a mask removes of a message)."""
+    if not hidden:
+        return frozenset()
+    out = set()
+    for path in paths:
+        prefix = ""
+        for name in path.split("."):
+            prefix = f"{prefix}.{name}" if prefix else name
+            if prefix in hidden:
+                out.add(path)
+                break
+    return frozenset(out)
+
+
 def view_of(recipient: str, rule: str, copy: bytes, delivered: envelope_pb2.Envelope, withheld: Iterable[str]) -> View:
     """The View of a delivered copy."""
     return View(
@@ -163,6 +178,15 @@ def consultation(actor: audit_pb2.Actor, at: datetime, detail: str, why: str = "
         action=audit_pb2.ACTION_CONSULTATION, at=_timestamp(at), actor=actor, detail=detail,
         why=audit_pb2.Justification(law=why),
     )  # fmt: skip
+
+
+BACKLOG_WHY = "deliveries addressed to the agency, each disclosed under the agreement and rule in its disclosure record"
+
+
+def backlog_read(caller: Caller, at: datetime, backlog: int, session_id: str) -> audit_pb2.AuditRecord:
+    """A room opened a delivery session: it reads its backlog (backlog deliveries waiting) and live traffic."""
+    actor = audit_pb2.Actor(agency_id=caller.agency_id, certificate_sha256=caller.certificate_sha256)
+    return consultation(actor, at, f"delivery session {session_id} opened; backlog {backlog}", BACKLOG_WHY)
 
 
 def hub_record(action: audit_pb2.Action.ValueType, at: datetime, detail: str) -> audit_pb2.AuditRecord:

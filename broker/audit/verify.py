@@ -97,6 +97,14 @@ class Report:
 
 
 @dataclass(frozen=True)
+class Head:
+    """An entry as a verifier saw it: its position and SHA-256."""
+
+    position: int
+    sha256: bytes
+
+
+@dataclass(frozen=True)
 class _Entry:
     seq: int
     data: bytes
@@ -214,8 +222,13 @@ def verify(
     *,
     last_seq: int | None = None,
     manifest: audit_pb2.ExportManifest | None = None,
+    known: Head | None = None,
 ) -> Report:
-    """Verify the chain; last_seq (online) or manifest (offline) says where the log should end."""
+    """Verify the chain; last_seq (online) or manifest (offline) says where the log should end.
+
+    known is an entry seen in an earlier verification (a witness kept by the verifier): the
+    log must still hold it, unchanged, unless a retention purge removed it since.
+    """
     report = Report()
     entries = _parse(items, report)
     if not entries:
@@ -232,6 +245,8 @@ def verify(
     report.records = sum(len(e.entry.records) for e in entries)
     report.first_position = entries[0].position
     report.last_position = last.position
+    if report.anchored_by_checkpoint:
+        _check_erasure(walker, entries)
     if last_seq is not None and last_seq > entries[-1].seq:
         walker.find(
             Kind.TRUNCATED,
@@ -241,6 +256,8 @@ def verify(
         )
     if manifest is not None:
         _check_manifest(walker, manifest, last, keys)
+    if known is not None:
+        _check_known(walker, entries, known)
     if report.last_signed_position < last.position:
         walker.find(
             Kind.UNSIGNED_TAIL,
@@ -249,6 +266,38 @@ def verify(
             "someone without a trusted key, or a write still in progress (verify again)",
         )
     return report
+
+
+def _check_known(walker: _Walker, entries: list[_Entry], known: Head) -> None:
+    if known.position < entries[0].position and walker.report.anchored_by_checkpoint:
+        return  # purged since, under retention
+    if known.position > walker.report.last_position:
+        walker.find(
+            Kind.TRUNCATED,
+            entries[-1],
+            f"an earlier verification saw entry {known.position}; the log now ends at position "
+            f"{walker.report.last_position}: its tail was cut",
+        )
+        return
+    found = [e for e in entries if e.position == known.position]
+    if not any(e.sha == known.sha256 for e in found):
+        where = found[0] if found else None
+        walker.find(Kind.ALTERED, where, f"entry {known.position} is not the one an earlier verification saw")
+
+
+def _check_erasure(walker: _Walker, entries: list[_Entry]) -> None:
+    """A log that starts after position 1 must say, in an erasure record, that a retention purge removed the rest."""
+    first = entries[0]
+    for e in entries:
+        for record in e.entry.records:
+            if record.action == audit_pb2.ACTION_ERASURE and record.erased.next_position == first.position:
+                return
+    walker.find(
+        Kind.UNANCHORED,
+        first,
+        f"the log starts at position {first.position}, but no erasure record says that entries 1 to "
+        f"{first.position - 1} were purged under the retention period: they were removed",
+    )
 
 
 def _check_manifest(

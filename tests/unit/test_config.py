@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import Agency, HubConfig, NatsConfig, TlsConfig, load, parse
+from broker.config import Agency, AuditConfig, HubConfig, NatsConfig, TlsConfig, load, parse
 from broker.errors import ConfigError
 from broker.routing import AllowRule
 from broker.validate import Limits
@@ -54,6 +54,15 @@ ca_file = "nats/ca.pem"
 cert_file = "nats/hub.pem"
 key_file = "nats/hub-key.pem"
 
+[audit]
+signing_key = "keys/audit-a.pem"
+trusted_keys = ["keys/audit-b.pub.pem", "/srv/keys/audit-c.pub.pem"]
+writer = "hub-a"
+duplicate_window_seconds = 7200
+checkpoint_every = 50
+retention_days = 3650
+purge_interval_seconds = 600
+
 [limits]
 max_recipients = 8
 max_target_areas = 9
@@ -93,6 +102,7 @@ SECTIONS = {
     "hub": '[hub]\nlisten = "127.0.0.1:7443"\n',
     "tls": '[tls]\nca_file = "pki/ca.pem"\ncert_file = "pki/hub.pem"\nkey_file = "pki/hub-key.pem"\n',
     "nats": '[nats]\nmonitor_urls = ["http://127.0.0.1:8222"]\n',
+    "audit": '[audit]\nsigning_key = "keys/audit.pem"\n',
     "limits": "",
     "agencies": '[[agencies]]\nid = "it.nue.cur.to"\n\n[[agencies]]\nid = "it.pl.001272"\n',
     "allow": '[[allow]]\nfrom = ["it.nue.cur.to"]\nto = ["it.pl.001272"]\n',
@@ -157,6 +167,15 @@ def test_full_config_parses_every_setting() -> None:
             AllowRule("torino", frozenset({f.CUR, f.PL}), frozenset({f.CUR, f.PL})),
             AllowRule("allow[1]", frozenset({f.PL_MILANO}), frozenset({f.CUR})),
         ),
+        audit=AuditConfig(
+            signing_key=BASE / "keys/audit-a.pem",
+            trusted_keys=(BASE / "keys/audit-b.pub.pem", Path("/srv/keys/audit-c.pub.pem")),
+            writer="hub-a",
+            duplicate_window=timedelta(hours=2),
+            checkpoint_every=50,
+            retention=timedelta(days=3650),
+            purge_interval=timedelta(minutes=10),
+        ),
         limits=Limits(
             max_recipients=8,
             max_target_areas=9,
@@ -184,6 +203,13 @@ def test_minimal_config_takes_the_defaults() -> None:
     assert timedelta(seconds=15) == cfg.heartbeat
     assert (Agency(f.CUR, f.CUR), Agency(f.PL, f.PL)) == cfg.agencies
     assert (AllowRule("allow[0]", frozenset({f.CUR}), frozenset({f.PL})),) == cfg.allow
+    assert AuditConfig(BASE / "keys/audit.pem") == cfg.audit
+
+
+def test_audit_can_be_turned_off_explicitly_only() -> None:
+    """enabled = false (for benchmarks) turns the audit log off; leaving [audit] out is an error."""
+    assert parse(doc(audit="[audit]\nenabled = false\n"), "hub.toml", BASE).audit is None
+    assert "audit: missing" in error_of(doc(audit=""))
 
 
 def test_relative_paths_resolve_against_base_and_absolute_paths_stay() -> None:
@@ -300,6 +326,29 @@ ERRORS = [
         "negative limit",
         {"limits": "[limits]\nmax_recipients = -1\n"},
         "limits.max_recipients: must be a positive integer",
+    ),
+    # [audit]
+    ("missing audit", {"audit": ""}, "audit: missing: every hub keeps an audit log (set audit.signing_key)"),
+    ("audit without key", {"audit": '[audit]\nwriter = "a"\n'}, "audit.signing_key: is required"),
+    (
+        "negative retention",
+        {"audit": '[audit]\nsigning_key = "k.pem"\nretention_days = -1\n'},
+        "audit.retention_days: must be 0 (keep everything) or a number of days",
+    ),
+    (
+        "empty writer",
+        {"audit": '[audit]\nsigning_key = "k.pem"\nwriter = ""\n'},
+        "audit.writer: must be a name of 1 to 64 characters",
+    ),
+    (
+        "trusted keys not a list",
+        {"audit": '[audit]\nsigning_key = "k.pem"\ntrusted_keys = "b.pem"\n'},
+        "audit.trusted_keys: must be a list",
+    ),
+    (
+        "unknown audit key",
+        {"audit": '[audit]\nsigning_key = "k.pem"\nretention = 10\n'},
+        "audit.retention: is not a known setting",
     ),
     # unknown keys
     ("unknown root key", {"root": 'colour = "red"\n'}, "colour: is not a known setting"),

@@ -162,6 +162,7 @@ class AuditRecord(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     LINKED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
     action: Global___Action.ValueType
     """What was done."""
     distribution_id: _builtins.str
@@ -204,6 +205,10 @@ class AuditRecord(_message.Message):
     def linked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """For a combination: the earlier messages linked."""
 
+    @_builtins.property
+    def erased(self) -> Global___Erasure:
+        """For an erasure: the entries removed."""
+
     def __init__(
         self,
         *,
@@ -221,14 +226,62 @@ class AuditRecord(_message.Message):
         status: _builtins.str = ...,
         linked: _abc.Iterable[_builtins.str] | None = ...,
         detail: _builtins.str = ...,
+        erased: Global___Erasure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "why", b"why"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "erased", b"erased", "why", b"why"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "data_sha256", b"data_sha256", "detail", b"detail", "distribution_id", b"distribution_id", "fields", b"fields", "incident_ids", b"incident_ids", "kind", b"kind", "linked", b"linked", "recipient", b"recipient", "status", b"status", "why", b"why", "withheld", b"withheld"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "data_sha256", b"data_sha256", "detail", b"detail", "distribution_id", b"distribution_id", "erased", b"erased", "fields", b"fields", "incident_ids", b"incident_ids", "kind", b"kind", "linked", b"linked", "recipient", b"recipient", "status", b"status", "why", b"why", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015
+
+@_typing.final
+class Erasure(_message.Message):
+    """The entries a retention purge removes from the front of the log. The entry at
+    `next_position` stays, signed: its signature vouches for the chain up to it, so the log
+    verifies from there.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_POSITION_FIELD_NUMBER: _builtins.int
+    LAST_POSITION_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    NEXT_POSITION_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_FIELD_NUMBER: _builtins.int
+    first_position: _builtins.int
+    """First position removed."""
+    last_position: _builtins.int
+    """Last position removed."""
+    first_seq: _builtins.int
+    """Stream sequence of the first entry removed."""
+    last_seq: _builtins.int
+    """Stream sequence of the last entry removed."""
+    next_position: _builtins.int
+    """The entry the log starts at after the purge."""
+    @_builtins.property
+    def older_than(self) -> _timestamp_pb2.Timestamp:
+        """Records written before this time were past the retention period."""
+
+    def __init__(
+        self,
+        *,
+        first_position: _builtins.int = ...,
+        last_position: _builtins.int = ...,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        next_position: _builtins.int = ...,
+        older_than: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["older_than", b"older_than"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_position", b"first_position", "first_seq", b"first_seq", "last_position", b"last_position", "last_seq", b"last_seq", "next_position", b"next_position", "older_than", b"older_than"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Erasure: _TypeAlias = Erasure  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):

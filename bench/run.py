@@ -193,7 +193,7 @@ def bench_envelope(incident_id: str) -> envelope_pb2.Envelope:
     return env
 
 
-async def run_hub(
+async def run_hub(  # noqa: PLR0917 - the scenario's parameters, as run_raw's
     target: str, pki_root: Path, scenario: str, count: int, rate: float | None, path: str = "hub"
 ) -> Result:
     """Sender -> hub (gRPC, mTLS) -> JetStream -> hub -> receiver (gRPC), acknowledged."""

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
-    """bench/run.py runs raw JetStream and the hub in one run and writes both results and their ratio."""
+    """bench/run.py runs raw JetStream, the hub and the hub without audit in one run, with their ratios."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--runs", "1", "--scenario", "100/s",
          "--out", str(tmp_path)],
@@ -23,9 +23,10 @@ def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
     )  # fmt: skip
     assert 0 == result.returncode, result.stderr
     assert "100/s: hub/raw throughput" in result.stdout
+    assert "100/s: audit on/off throughput" in result.stdout
     [report] = list(tmp_path.glob("*.json"))
     rows = json.loads(report.read_text())["results"]
-    assert {("raw JetStream", 200), ("hub", 200)} == {(r["path"], r["events"]) for r in rows}
+    assert {("raw JetStream", 200), ("hub", 200), ("hub, no audit", 200)} == {(r["path"], r["events"]) for r in rows}
 
 
 def test_policy_benchmark_runs() -> None:

@@ -46,7 +46,8 @@ close_agency_ids = st.builds(
 
 def test_subjects_for_a_dotted_agency_id() -> None:
     """Dots of the agency id become underscores, so the agency is one subject token."""
-    assert ["opsroom.>"] == LAYOUT.stream_subjects
+    assert ["opsroom.dlv.>", "opsroom.ack.>", "opsroom.rsp.>"] == LAYOUT.stream_subjects
+    assert "opsroom.audit" == LAYOUT.audit_subject
     assert f"opsroom.dlv.it_pl_001272.{DIST}" == LAYOUT.delivery_subject(f.PL, DIST)
     assert "opsroom.dlv.it_pl_001272.*" == LAYOUT.deliveries_of_agency(f.PL)
     assert f"opsroom.dlv.*.{DIST}" == LAYOUT.deliveries_of_envelope(DIST)
@@ -66,7 +67,8 @@ def test_names_for_a_dotted_agency_id() -> None:
 def test_custom_prefix() -> None:
     """Every subject starts with the configured prefix."""
     layout = Layout("hub-to")
-    assert ["hub-to.>"] == layout.stream_subjects
+    assert ["hub-to.dlv.>", "hub-to.ack.>", "hub-to.rsp.>"] == layout.stream_subjects
+    assert "hub-to.audit" == layout.audit_subject
     assert f"hub-to.dlv.it_pl_001272.{DIST}" == layout.delivery_subject(f.PL, DIST)
     assert "hub-to.ack.it_pl_001272" == layout.ack_subject(f.PL)
     assert f"hub-to.rsp.{DIST}.it_pl_001272" == layout.response_subject(DIST, f.PL)

@@ -72,7 +72,7 @@ def test_make_dev_pki_creates_ca_hub_and_agency_files(tmp_path: Path, pki: DevPk
         pki.hub.cert,
         pki.hub.key,
     )
-    paths = [pki.ca, root / "ca-key.pem", pki.hub.cert, pki.hub.key, pki.audit_key, root / "audit-key.pub.pem"]
+    paths = [pki.ca, root / "ca-key.pem", pki.hub.cert, pki.hub.key, root / "audit-key.pub.pem", pki.audit_key]
     for agency in AGENCIES:
         pair = pki.agency(agency)
         assert (root / "agencies" / f"{agency}.pem", root / "agencies" / f"{agency}-key.pem") == (pair.cert, pair.key)

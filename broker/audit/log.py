@@ -50,6 +50,8 @@ class _Head:
     seq: int = 0
     position: int = 0
     sha: bytes = GENESIS
+    # The entry's message id while it is only sent, not confirmed: the next entry expects it.
+    msg_id: str = ""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _Encoded:
     position: int
     sha: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    msg_id: str = ""
 
 
 class _Failed(Exception):
@@ -170,6 +173,10 @@ class AuditLog:
                 self._head = self._confirmed
                 await self._resync()
                 self._broken = False
+            if atomic:
+                await self._settle()  # a batch checks only its first entry: it goes on a confirmed head
+            if not self._sending and self._confirmed.position == self._head.position:
+                self._head = self._confirmed
             alert = self._take_alert()
             lead = [Draft([alert])] if alert is not None else []
             encoded = self._encode([*lead, *(drafts[i] for i in pending)], atomic=atomic)
@@ -182,7 +189,7 @@ class AuditLog:
             self._sending.add(sending)
             sending.add_done_callback(self._sending.discard)
             head = self._head
-            self._head = _Head(head.seq + len(encoded), encoded[-1].position, encoded[-1].sha)
+            self._head = _Head(head.seq + len(encoded), encoded[-1].position, encoded[-1].sha, encoded[-1].msg_id)
             await asyncio.sleep(0)  # the messages go on the wire before the next write's
         if atomic:
             try:
@@ -242,7 +249,7 @@ class AuditLog:
     def _encode(self, batch: Sequence[Draft], *, atomic: bool) -> list[_Encoded]:
         now = self._clock()
         ts = _timestamp(now)
-        position, prev, seq = self._head.position, self._head.sha, self._head.seq
+        position, prev, seq, last_id = self._head.position, self._head.sha, self._head.seq, self._head.msg_id
         out: list[_Encoded] = []
         for k, draft in enumerate(batch):
             position += 1
@@ -252,12 +259,19 @@ class AuditLog:
             sign = not atomic or k == len(batch) - 1 or (k + 1) % self._checkpoint_every == 0
             data = seal(self._stream, entry, self._key, ts) if sign else entry.SerializeToString(deterministic=True)
             headers: dict[str, str] = {}
-            if draft.msg_id:
-                headers["Nats-Msg-Id"] = draft.msg_id
-            if not atomic or k == 0:
-                headers["Nats-Expected-Last-Sequence"] = str(seq + k if not atomic else seq)
-            prev = entry_sha256(data)
-            out.append(_Encoded(data, position, prev, headers))
+            sha = entry_sha256(data)
+            msg_id = draft.msg_id or f"aud:{self._writer}:{position}:{sha[:8].hex()}"
+            headers["Nats-Msg-Id"] = msg_id
+            # Each entry expects the one it links to: by sequence when that one is confirmed
+            # (its content is known), by message id when it is only sent (a sequence alone would
+            # let an entry follow another writer's entry that took its predecessor's place).
+            if k == 0 and not last_id:
+                headers["Nats-Expected-Last-Sequence"] = str(seq)
+            elif not atomic:
+                headers["Nats-Expected-Last-Msg-Id"] = last_id
+            last_id = msg_id
+            prev = sha
+            out.append(_Encoded(data, position, prev, headers, msg_id))
         return out
 
     async def _resync(self) -> None:
@@ -273,7 +287,7 @@ class AuditLog:
                 break
             items.extend(Stored(m.seq, m.data) for m in batch)
             start = batch[-1].seq + 1
-        report = verify(self._stream, items, self._trusted)
+        report = verify(self._stream, items, self._trusted, segment=True)
         if not report.ok:
             first = self._head.position + 1
             self._alert(

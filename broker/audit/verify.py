@@ -223,11 +223,13 @@ def verify(
     last_seq: int | None = None,
     manifest: audit_pb2.ExportManifest | None = None,
     known: Head | None = None,
+    segment: bool = False,
 ) -> Report:
     """Verify the chain; last_seq (online) or manifest (offline) says where the log should end.
 
     known is an entry seen in an earlier verification (a witness kept by the verifier): the
-    log must still hold it, unchanged, unless a retention purge removed it since.
+    log must still hold it, unchanged, unless a retention purge removed it since. A segment
+    (items starting at an entry the caller already trusts) is checked from its first entry on.
     """
     report = Report()
     entries = _parse(items, report)
@@ -238,14 +240,15 @@ def verify(
             )
         return report
     walker = _Walker(stream, keys, report)
-    walker.anchor(entries[0])
+    if not segment:
+        walker.anchor(entries[0])
     walker.report_tampers(entries[0])
     last = walker.walk(entries)
     report.entries = len(entries)
     report.records = sum(len(e.entry.records) for e in entries)
     report.first_position = entries[0].position
     report.last_position = last.position
-    if report.anchored_by_checkpoint:
+    if report.anchored_by_checkpoint and not segment:
         _check_erasure(walker, entries)
     if last_seq is not None and last_seq > entries[-1].seq:
         walker.find(

@@ -32,6 +32,7 @@ log = get_logger(__name__)
 _NS = 1_000_000_000
 # JetStream error codes the hub acts on (nats-server errors.json).
 ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_WRONG_LAST_MSG_ID = 10070
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
 ERR_STREAM_NOT_FOUND = 10059
 ERR_CONSUMER_NOT_FOUND = 10014
@@ -340,7 +341,7 @@ class JetStream:
         err = _api_error(ack)
         if err is not None:
             code, description = err
-            if code == ERR_WRONG_LAST_SEQUENCE:
+            if code in (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_MSG_ID):
                 raise WrongLastSequence(description)
             if code == ERR_BATCH_DUPLICATE_MSG_ID:
                 raise AlreadyStored(description)

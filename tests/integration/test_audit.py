@@ -25,6 +25,7 @@ from broker.audit import chain, tools
 from broker.audit.log import AuditLog
 from broker.audit.retention import Retention
 from broker.audit.verify import Kind, Report, Stored, verify
+from broker.metrics import Metrics
 from broker.testing import LocalHub, local_hub
 from broker.transport.jetstream import JetStream
 from tests import factories as f

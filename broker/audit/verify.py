@@ -189,6 +189,7 @@ class _Walker:
                 if nxt.entry.prev_sha256 != prev.sha or e.entry.prev_sha256 != nxt.sha:
                     self.find(Kind.ALTERED, nxt, f"entries {expected}-{e.position} do not link once put back in order")
                 self.seal_ok(nxt)
+                self.report_tampers(nxt)
                 prev = e
                 i += 1
             elif e.position > expected:

@@ -17,7 +17,6 @@ from broker.audit.retention import Retention
 from broker.committer import Committer
 from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
-from broker.errors import ConfigError
 from broker.logging import get_logger
 from broker.metrics import Metrics
 from broker.policy.store import PolicyStore
@@ -165,12 +164,7 @@ class Hub:
         if audit_cfg is None:
             log.warning("audit_disabled")
             return None
-        try:
-            key = chain.load_private_key(audit_cfg.signing_key)
-            trusted = chain.load_public_keys(audit_cfg.trusted_keys)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"audit keys: {exc} (make one with `opsroom audit keygen --out FILE`)") from exc
-        trusted[chain.key_id(key.public_key())] = key.public_key()
+        key, trusted = chain.load_keys(audit_cfg.signing_key, audit_cfg.trusted_keys)
         js = await JetStream.connect(self.cfg.nats, name="opsroom-hub-audit")
         self._audit_js = js
         audit = AuditLog(

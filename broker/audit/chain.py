@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.audit.v1 import audit_pb2
 
+from broker.errors import ConfigError
+
 GENESIS = bytes(32)
 
 
@@ -123,6 +125,22 @@ def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
             raise TypeError(f"{path}: not an Ed25519 key")
         keys[key_id(loaded)] = loaded
     return keys
+
+
+def load_keys(
+    private_path: Path, trusted_paths: Iterable[Path]
+) -> tuple[Ed25519PrivateKey, dict[str, Ed25519PublicKey]]:
+    """A writer's signing key, and the keys it trusts (the given ones and its own public half).
+
+    Raises ConfigError naming the problem.
+    """
+    try:
+        key = load_private_key(private_path)
+        trusted = load_public_keys(trusted_paths)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"audit keys: {exc} (make one with `opsroom audit keygen --out FILE`)") from exc
+    trusted[key_id(key.public_key())] = key.public_key()
+    return key, trusted
 
 
 def seal(stream: str, entry: audit_pb2.AuditEntry, key: Ed25519PrivateKey, signed_at: Timestamp) -> bytes:

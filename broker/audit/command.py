@@ -117,8 +117,7 @@ async def _online(config: Path, writer: str = "cli") -> AsyncIterator[_Online]:
     cfg = load(config)
     if cfg.audit is None:
         raise ConfigError(f"{config}: no [audit] section")
-    key = chain.load_private_key(cfg.audit.signing_key)
-    trusted = tools.own_keys(key, chain.load_public_keys(cfg.audit.trusted_keys))
+    key, trusted = chain.load_keys(cfg.audit.signing_key, cfg.audit.trusted_keys)
     js = await JetStream.connect(cfg.nats, name="opsroom-audit")
     try:
         audit = AuditLog(js, key, trusted, Metrics(), _utc_now, writer=f"{cfg.audit.writer}/{writer}")

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from opsroom.audit.v1 import audit_pb2
 
 from broker.audit import records as audit_records
-from broker.audit.chain import GENESIS, entry_sha256, seal
-from broker.audit.records import _timestamp
+from broker.audit.chain import GENESIS, entry_sha256, seal, seal_problem
 from broker.audit.verify import Stored, verify
 from broker.errors import OpsroomError, StoreUnavailable
 from broker.logging import get_logger
 from broker.metrics import Metrics
+from broker.receipts import timestamp
 from broker.transport.jetstream import AlreadyStored, JetStream, OutMsg, WrongLastSequence
 
 log = get_logger(__name__)
@@ -121,8 +121,7 @@ class AuditLog:
                 self._head = self._confirmed = _Head()
                 return
             entry = audit_pb2.AuditEntry.FromString(last.data)
-            report = verify(self._stream, [Stored(last.seq, last.data)], self._trusted)
-            if not report.ok and not report.anchored_by_checkpoint:
+            if seal_problem(self._stream, entry, self._trusted):
                 self._alert(f"the last entry (position {entry.position}, seq {last.seq}) carries no trusted signature")
             self._head = self._confirmed = _Head(last.seq, int(entry.position), entry_sha256(last.data))
 
@@ -248,7 +247,7 @@ class AuditLog:
 
     def _encode(self, batch: Sequence[Draft], *, atomic: bool) -> list[_Encoded]:
         now = self._clock()
-        ts = _timestamp(now)
+        ts = timestamp(now)
         position, prev, seq, last_id = self._head.position, self._head.sha, self._head.seq, self._head.msg_id
         out: list[_Encoded] = []
         for k, draft in enumerate(batch):
@@ -279,14 +278,8 @@ class AuditLog:
         last = await self._js.last_by_subject(self._subject, self._stream)
         if last is None or last.seq <= self._head.seq:
             return
-        start = self._head.seq or 1
-        items: list[Stored] = []
-        while start <= last.seq and len(items) < 100_000:
-            batch = await self._js.read_range(self._stream, start, 1000)
-            if not batch:
-                break
-            items.extend(Stored(m.seq, m.data) for m in batch)
-            start = batch[-1].seq + 1
+        read = await self._js.read_through(self._stream, self._head.seq or 1, last.seq, max_messages=100_000)
+        items = [Stored(m.seq, m.data) for m in read]
         report = verify(self._stream, items, self._trusted, segment=True)
         if not report.ok:
             first = self._head.position + 1

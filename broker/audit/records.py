@@ -8,35 +8,21 @@ plates never enter a record: fields are named by their paths, data by its SHA-25
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.audit.v1 import audit_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
+from broker.policy.redact import PROTECTED_HEADER
+from broker.receipts import timestamp
+
 # Fields every recipient gets (the envelope's header); disclosures list the others.
-HEADER_FIELDS = frozenset(
-    {
-        "distribution_id",
-        "sender",
-        "sent_at",
-        "status",
-        "kind",
-        "recipients",
-        "target_areas",
-        "confidentiality",
-        "incident_ids",
-        "references",
-        "legal_basis",
-        "expires_at",
-    }
-)
+HEADER_FIELDS = PROTECTED_HEADER | {"sender"}
 HUB = "hub"
 
 
@@ -57,12 +43,6 @@ class View:
     data_sha256: bytes
     fields: tuple[str, ...]
     withheld: tuple[str, ...]
-
-
-def _timestamp(at: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
 
 
 def present_fields(message: Any, prefix: str = "", *, skip: frozenset[str] = HEADER_FIELDS) -> list[str]:
@@ -103,13 +83,6 @@ def under(paths: frozenset[str], hidden: frozenset[str]) -> frozenset[str]:
     return frozenset(out)
 
 
-def view_of(recipient: str, rule: str, copy: bytes, delivered: envelope_pb2.Envelope, withheld: Iterable[str]) -> View:
-    """The View of a delivered copy."""
-    return View(
-        recipient, rule, hashlib.sha256(copy).digest(), tuple(present_fields(delivered)), tuple(sorted(withheld))
-    )
-
-
 def _actor(env: envelope_pb2.Envelope, caller: Caller) -> audit_pb2.Actor:
     return audit_pb2.Actor(
         agency_id=caller.agency_id,
@@ -136,7 +109,7 @@ def publish_records(
     env: envelope_pb2.Envelope, caller: Caller, digest: bytes, views: Sequence[View], at: datetime
 ) -> list[audit_pb2.AuditRecord]:
     """Every record an accepted envelope makes: collection, disclosures, and alteration or combination if any."""
-    ts = _timestamp(at)
+    ts = timestamp(at)
     actor = _actor(env, caller)
     kind = common_pb2.Kind.Name(env.kind).removeprefix("KIND_") if env.kind in common_pb2.Kind.values() else ""
     status = (
@@ -175,7 +148,7 @@ def publish_records(
 def consultation(actor: audit_pb2.Actor, at: datetime, detail: str, why: str = "") -> audit_pb2.AuditRecord:
     """A read: a room's backlog, or a query of the audit log."""
     return audit_pb2.AuditRecord(
-        action=audit_pb2.ACTION_CONSULTATION, at=_timestamp(at), actor=actor, detail=detail,
+        action=audit_pb2.ACTION_CONSULTATION, at=timestamp(at), actor=actor, detail=detail,
         why=audit_pb2.Justification(law=why),
     )  # fmt: skip
 
@@ -191,4 +164,4 @@ def backlog_read(caller: Caller, at: datetime, backlog: int, session_id: str) ->
 
 def hub_record(action: audit_pb2.Action.ValueType, at: datetime, detail: str) -> audit_pb2.AuditRecord:
     """An operation of the hub itself (erasure under retention, tamper detected)."""
-    return audit_pb2.AuditRecord(action=action, at=_timestamp(at), actor=audit_pb2.Actor(agency_id=HUB), detail=detail)
+    return audit_pb2.AuditRecord(action=action, at=timestamp(at), actor=audit_pb2.Actor(agency_id=HUB), detail=detail)

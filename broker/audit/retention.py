@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 from opsroom.audit.v1 import audit_pb2
 
 from broker.audit.log import AuditLog
-from broker.audit.records import HUB, _timestamp
+from broker.audit.records import HUB
 from broker.errors import OpsroomError
 from broker.logging import get_logger
+from broker.receipts import timestamp
 from broker.transport.jetstream import JetStream, StoredMsg
 
 log = get_logger(__name__)
@@ -79,11 +80,11 @@ class Retention:
             first_seq=first.seq,
             last_seq=anchor.seq - 1,
             next_position=anchor_entry.position,
-            older_than=_timestamp(cutoff),
+            older_than=timestamp(cutoff),
         )
         record = audit_pb2.AuditRecord(
             action=audit_pb2.ACTION_ERASURE,
-            at=_timestamp(self._clock()),
+            at=timestamp(self._clock()),
             actor=audit_pb2.Actor(agency_id=HUB),
             detail=f"retention purge: records older than {self._retention.days} days",
             erased=erasure,

@@ -22,14 +22,13 @@ from google.protobuf import json_format
 from opsroom.audit.v1 import audit_pb2
 
 from broker.audit import records as audit_records
-from broker.audit.chain import entry_sha256, key_id, sign_manifest
+from broker.audit.chain import entry_sha256, sign_manifest
 from broker.audit.log import AuditLog
-from broker.audit.records import _timestamp
 from broker.audit.verify import Head, Report, Stored
 from broker.errors import ConfigError
+from broker.receipts import timestamp
 from broker.transport.jetstream import JetStream
 
-READ_BATCH = 1000
 ENTRIES = "entries.jsonl"
 MANIFEST = "manifest.json"
 
@@ -48,14 +47,7 @@ async def read_log(js: JetStream) -> Log:
     stream = js.audit_stream
     state = await js.stream_state(stream)
     first, last = int(state.get("first_seq", 1)) or 1, int(state.get("last_seq", 0))
-    items: list[Stored] = []
-    start = first
-    while start <= last:
-        batch = await js.read_range(stream, start, READ_BATCH)
-        if not batch:
-            break
-        items.extend(Stored(m.seq, m.data) for m in batch if m.seq <= last)
-        start = batch[-1].seq + 1
+    items = [Stored(m.seq, m.data) for m in await js.read_through(stream, first, last)]
     return Log(stream, items, last)
 
 
@@ -101,7 +93,7 @@ def export(
         last_seq=log.items[-1].seq if log.items else 0,
         last_position=last.position,
         last_sha256=entry_sha256(log.items[-1].data) if log.items else b"",
-        exported_at=_timestamp(at),
+        exported_at=timestamp(at),
     )
     manifest = sign_manifest(manifest, key)
     (out / MANIFEST).write_text(json_format.MessageToJson(manifest) + "\n", encoding="utf-8")
@@ -130,8 +122,3 @@ async def record_and_read(audit: AuditLog, js: JetStream, record: audit_pb2.Audi
     """Record the officer's consultation in the log, then read the log (which then holds that record)."""
     await audit.append([record])
     return await read_log(js)
-
-
-def own_keys(key: Ed25519PrivateKey, trusted: Mapping[str, Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
-    """The trusted keys with key's own public half."""
-    return {**trusted, key_id(key.public_key()): key.public_key()}

@@ -65,7 +65,7 @@ CATEGORIES = frozenset(PERSONAL_DATA)
 
 # Header fields no mask may remove, nor any field inside them: without them a delivery cannot be
 # routed, answered or audited. Of the sender, only the staff ids may be hidden.
-_PROTECTED = frozenset(
+PROTECTED_HEADER = frozenset(
     {
         "distribution_id",
         "sent_at",
@@ -91,7 +91,7 @@ def check_path(path: str) -> None:
     """Raise PathError unless path names a field of the Envelope that may be hidden."""
     name, _, selector = path.partition("[")
     root = name.split(".")[0]
-    if root in _PROTECTED or (root == "sender" and name not in _HIDEABLE_SENDER):
+    if root in PROTECTED_HEADER or (root == "sender" and name not in _HIDEABLE_SENDER):
         raise PathError(f"{path} is part of the envelope's header and cannot be hidden")
     descriptor: Descriptor | None = envelope_pb2.Envelope.DESCRIPTOR
     field: FieldDescriptor | None = None

@@ -381,6 +381,20 @@ class JetStream:
         """Up to limit stored messages of a stream from start_seq on, in order (batched direct get)."""
         return await self._direct_batch({"seq": start_seq, "batch": limit}, limit, stream)
 
+    async def read_through(
+        self, stream: str, start_seq: int, last_seq: int, max_messages: int | None = None
+    ) -> list[StoredMsg]:
+        """The stored messages of a stream from start_seq to last_seq, in order (at most max_messages)."""
+        out: list[StoredMsg] = []
+        start = start_seq
+        while start <= last_seq and (max_messages is None or len(out) < max_messages):
+            batch = await self.read_range(stream, start, 1000)
+            if not batch:
+                break
+            out.extend(m for m in batch if m.seq <= last_seq)
+            start = batch[-1].seq + 1
+        return out
+
     async def _direct_batch(self, body: dict[str, Any], limit: int, stream: str = "") -> list[StoredMsg]:
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pytest
@@ -22,7 +23,6 @@ from broker.audit.records import (
     present_fields,
     publish_records,
     under,
-    view_of,
 )
 from broker.policy.redact import CATEGORIES, mask_for, redact
 from tests import factories as f
@@ -32,6 +32,13 @@ CALLER = Caller(f.CUR, CERT)
 AT = datetime(2026, 11, 23, 12, 0, 5, tzinfo=UTC)
 RULE_PS = "agr-cur-ps/incidents"
 RULE_PL = "agr-cur-pl/municipal"
+
+
+def view_of(recipient: str, rule: str, copy: bytes, delivered: envelope_pb2.Envelope, withheld: Iterable[str]) -> View:
+    """The View of a delivered copy, its fields read from the copy itself (an oracle for the hub's derivation)."""
+    return View(
+        recipient, rule, hashlib.sha256(copy).digest(), tuple(present_fields(delivered)), tuple(sorted(withheld))
+    )
 
 
 def ts(at: datetime) -> Timestamp:

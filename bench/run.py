@@ -322,12 +322,14 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> str:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     parts = []
-    for mode in ("single", "atomic"):
-        n = delta(f'opsroom_commit_seconds_count{{mode="{mode}"}}')
-        if n:
-            seconds = delta(f'opsroom_commit_seconds_sum{{mode="{mode}"}}') / n
-            msgs = delta(f'opsroom_commit_messages_sum{{mode="{mode}"}}') / n
-            parts.append(f"{mode} writes {n:.0f} x {msgs:.1f} msgs, {seconds * 1000:.2f} ms")
+    for lane in ("urgent", "bulk"):
+        for mode in ("single", "atomic"):
+            labels = f'{{lane="{lane}",mode="{mode}"}}'
+            n = delta(f"opsroom_commit_seconds_count{labels}")
+            if n:
+                seconds = delta(f"opsroom_commit_seconds_sum{labels}") / n
+                msgs = delta(f"opsroom_commit_messages_sum{labels}") / n
+                parts.append(f"{lane} {mode} writes {n:.0f} x {msgs:.1f} msgs, {seconds * 1000:.2f} ms")
     n = delta("opsroom_audit_write_seconds_count")
     if n:
         entries = delta("opsroom_audit_entries_total") / n

@@ -15,6 +15,7 @@ stored and delivered once. The inbox reconnects by itself, and drops a redeliver
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from collections import OrderedDict
@@ -464,7 +465,10 @@ class _Closed(Exception):
 
 
 class Inbox:
-    """An agency's deliveries as an async iterator: backlog first, in order, then live.
+    """An agency's deliveries as an async iterator: backlog first, in order, then live; urgent first.
+
+    Deliveries of the urgent lane that wait in the inbox are handed over before bulk ones (plate
+    reads) that arrived earlier; within a lane the order is the hub's.
 
     A background task owns the Connect stream: it reconnects after failures (backoff, at most
     max_reconnects consecutive failures) and queues what arrives, so a caller may put a timeout
@@ -478,7 +482,9 @@ class Inbox:
         self._max_batch = max_batch
         self._window = window
         self._max_reconnects = max_reconnects
-        self._queue: asyncio.Queue[hub_pb2.Delivery | BaseException] = asyncio.Queue()
+        # (rank, arrival, item): urgent deliveries first, then bulk, then the end of the inbox.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, hub_pb2.Delivery | BaseException]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         self._seen = _Seen()
         self._acks: list[int] = []
         self._ack_ready = asyncio.Event()
@@ -510,7 +516,7 @@ class Inbox:
         while True:
             if self._closed and self._queue.empty():
                 raise StopAsyncIteration
-            item = await self._queue.get()
+            _rank, _arrival, item = await self._queue.get()
             if isinstance(item, _Closed):
                 raise StopAsyncIteration
             if isinstance(item, BaseException):
@@ -534,6 +540,11 @@ class Inbox:
         self._seen.remember_ack(dist)
         self._queue_ack(sequence)
 
+    def _put(self, item: hub_pb2.Delivery | BaseException) -> None:
+        """Queue what the session received: urgent deliveries overtake bulk ones still waiting."""
+        rank = (1 if item.lane == hub_pb2.LANE_BULK else 0) if isinstance(item, hub_pb2.Delivery) else 2
+        self._queue.put_nowait((rank, next(self._arrivals), item))
+
     def _queue_ack(self, sequence: int) -> None:
         self._acks.append(sequence)
         self._ack_ready.set()
@@ -549,18 +560,18 @@ class Inbox:
                     if self.is_closed():
                         return
                     if not error.retryable:  # e.g. ABORTED: another session of this agency took over
-                        self._queue.put_nowait(error)
+                        self._put(error)
                         return
                     failures += 1
                 if self.is_closed():
                     return
                 if failures > self._max_reconnects:
-                    self._queue.put_nowait(HubError(grpc.StatusCode.UNAVAILABLE, "", "too many failed reconnects"))
+                    self._put(HubError(grpc.StatusCode.UNAVAILABLE, "", "too many failed reconnects"))
                     return
                 self.reconnects += 1
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random()))  # noqa: S311
         finally:
-            self._queue.put_nowait(_Closed())
+            self._put(_Closed())
 
     async def _session(self) -> None:
         """One Connect stream, until it ends; raises HubError if it failed."""
@@ -583,7 +594,7 @@ class Inbox:
                 if which == "deliveries":
                     self.backlog = response.deliveries.backlog
                     for delivery in response.deliveries.deliveries:
-                        self._queue.put_nowait(delivery)
+                        self._put(delivery)
                 elif which == "opened":
                     self.session_id = response.opened.session_id
                     self.backlog = response.opened.backlog
@@ -630,4 +641,4 @@ class Inbox:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        self._queue.put_nowait(_Closed())
+        self._put(_Closed())

@@ -93,13 +93,16 @@ class Committer:
         atomic_threshold: int = 64,
         max_in_flight: int = 4,
         audit: AuditFn | None = None,
+        lane: str = "urgent",
     ) -> None:
         """A committer writing atomic batches through commit (at most max_messages and max_bytes each).
 
         With publish_each, batches of fewer than atomic_threshold messages are written as plain
         publishes instead. With audit, each batch's audit drafts are written through it first.
+        lane names the lane whose writes this committer makes, in its metrics.
         """
         self._audit = audit
+        self._lane = lane
         self._commit = commit
         self._publish_each = publish_each
         self._atomic_threshold = atomic_threshold if publish_each is not None else 0
@@ -243,8 +246,8 @@ class Committer:
             for group in groups:
                 _fail(group, StoreUnavailable(f"unexpected {type(exc).__name__} while storing"))
             return
-        self._metrics.commit_seconds.labels("atomic").observe(time.perf_counter() - started)
-        self._metrics.commit_messages.labels("atomic").observe(len(messages))
+        self._metrics.commit_seconds.labels(self._lane, "atomic").observe(time.perf_counter() - started)
+        self._metrics.commit_messages.labels(self._lane, "atomic").observe(len(messages))
         first_seq = ack.seq - len(messages) + 1
         for group in groups:
             first_seq += len(group.messages)
@@ -297,8 +300,8 @@ class Committer:
             else:
                 self._metrics.commit_failures.labels("duplicate").inc()
                 _resolve(group, GroupResult(Outcome.DUPLICATE))
-        self._metrics.commit_seconds.labels("single").observe(time.perf_counter() - started)
-        self._metrics.commit_messages.labels("single").observe(count)
+        self._metrics.commit_seconds.labels(self._lane, "single").observe(time.perf_counter() - started)
+        self._metrics.commit_messages.labels(self._lane, "single").observe(count)
 
     def _note_failure(self, exc: Exception, count: int) -> None:
         reason = exc.reason.name if isinstance(exc, OpsroomError) else type(exc).__name__

@@ -17,6 +17,7 @@ from broker.audit.retention import Retention
 from broker.committer import Committer
 from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
+from broker.lanes import LANES, Lane
 from broker.logging import get_logger
 from broker.metrics import Metrics
 from broker.policy.store import PolicyStore
@@ -56,8 +57,8 @@ class Hub:
         self.port = 0
         self.metrics_port = 0
         self._js: JetStream | None = None
-        self._committer: Committer | None = None
-        self._committer_task: asyncio.Task[None] | None = None
+        self._committers: dict[Lane, Committer] = {}
+        self._committer_tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._servicer: HubServicer | None = None
         self._health = health.aio.HealthServicer()
@@ -93,19 +94,27 @@ class Hub:
             log.warning("sync_always_not_required", servers=list(cfg.nats.servers))
         await js.ensure_stream(cfg.audit.duplicate_window.total_seconds() if cfg.audit is not None else None)
         audit = await self._open_audit()
-        committer = Committer(
-            js.commit,
-            self.metrics,
-            max_messages=cfg.nats.commit_max_messages,
-            max_bytes=cfg.nats.commit_max_bytes,
-            publish_each=js.publish_each,
-            atomic_threshold=cfg.nats.atomic_threshold,
-            audit=audit.write if audit is not None else None,
-        )
-        self._committer = committer
-        self._committer_task = asyncio.get_running_loop().create_task(committer.run(), name="committer")
+        # One commit loop per lane: an urgent write never waits for a bulk batch to be stored.
+        self._committers = {
+            lane: Committer(
+                js.commit,
+                self.metrics,
+                max_messages=cfg.nats.commit_max_messages,
+                max_bytes=cfg.nats.commit_max_bytes,
+                publish_each=js.publish_each,
+                atomic_threshold=cfg.nats.atomic_threshold,
+                audit=audit.write if audit is not None else None,
+                lane=lane.value,
+            )
+            for lane in LANES
+        }
+        self._committer_tasks = [
+            asyncio.get_running_loop().create_task(c.run(), name=f"committer-{lane.value}")
+            for lane, c in self._committers.items()
+        ]
+        committer = self._committers[Lane.URGENT]  # receipts and records are small: urgent
         validation = ValidationContext(codelists.load(), self.is_registered, cfg.limits)
-        publisher = Publisher(js, committer, self.router, validation, self.clock, audited=audit is not None)
+        publisher = Publisher(js, self._committers, self.router, validation, self.clock, audited=audit is not None)
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -206,13 +215,7 @@ class Hub:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        if self._committer is not None and self._committer_task is not None:
-            self._committer.close()
-            try:
-                await asyncio.wait_for(self._committer_task, timeout=grace + 5)
-            except TimeoutError:
-                log.exception("committer_did_not_drain")
-            self._committer_task = None
+        await self._drain_committers(grace + 5)
         if self._js is not None:
             await self._js.close()
             self._js = None
@@ -221,6 +224,19 @@ class Hub:
             self._audit_js = None
         self.metrics.close()
         log.info("hub_stopped")
+
+    async def _drain_committers(self, within: float) -> None:
+        """Let the commit loops write what is queued (up to within seconds), then cancel what is left."""
+        for committer in self._committers.values():
+            committer.close()
+        if self._committer_tasks:
+            _done, pending = await asyncio.wait(self._committer_tasks, timeout=within)
+            if pending:
+                log.error("committer_did_not_drain", count=len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            self._committer_tasks = []
 
     async def wait(self) -> None:
         """Until the server stops."""

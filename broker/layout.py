@@ -2,7 +2,7 @@
 
 One stream holds every delivery and the records receipts are built from:
 
-    <prefix>.dlv.<agency>.<distribution id>        one message per (envelope, recipient)
+    <prefix>.dlv.<agency>.<lane>.<distribution id> one message per (envelope, recipient)
     <prefix>.ack.<agency>                          one AckRecord per acknowledgement flush of a room
     <prefix>.rsp.<distribution id>.<agency>        the recipient operator's answer to a request
 
@@ -11,7 +11,8 @@ what a retry and a receipt need (sender, acceptance time, digest of the envelope
 delivery's subject is unique and written with "expect no earlier message on this subject", so
 a distribution id is taken for as long as the stream keeps its deliveries, beyond JetStream's
 duplicate window; within the window the message id "<distribution id>:<agency>" also catches
-it. <agency> is the agency id with dots as underscores (broker.ids.agency_token).
+it. <agency> is the agency id with dots as underscores (broker.ids.agency_token); <lane> is
+"urgent" or "bulk" (broker.lanes), and each agency has one consumer per lane.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.ids import agency_from_token, agency_token
+from broker.lanes import Lane
 
 SENDER_HEADER = "Opsroom-Sender"
 ACCEPTED_AT_HEADER = "Opsroom-Accepted-At"  # nanoseconds since the epoch, hub clock
@@ -42,17 +44,17 @@ class Layout:
         """The one subject of the audit stream: its messages are the entries of the chain, in order."""
         return f"{self.prefix}.audit"
 
-    def delivery_subject(self, agency_id: str, distribution_id: str) -> str:
+    def delivery_subject(self, agency_id: str, lane: Lane, distribution_id: str) -> str:
         """Subject of one delivery."""
-        return f"{self.prefix}.dlv.{agency_token(agency_id)}.{distribution_id}"
+        return f"{self.prefix}.dlv.{agency_token(agency_id)}.{lane.value}.{distribution_id}"
 
-    def deliveries_of_agency(self, agency_id: str) -> str:
-        """Filter of an agency's deliveries (its consumer's filter)."""
-        return f"{self.prefix}.dlv.{agency_token(agency_id)}.*"
+    def deliveries_of_agency(self, agency_id: str, lane: Lane) -> str:
+        """Filter of an agency's deliveries on one lane (the filter of its consumer for that lane)."""
+        return f"{self.prefix}.dlv.{agency_token(agency_id)}.{lane.value}.*"
 
     def deliveries_of_envelope(self, distribution_id: str) -> str:
         """Filter of an envelope's deliveries to every recipient."""
-        return f"{self.prefix}.dlv.*.{distribution_id}"
+        return f"{self.prefix}.dlv.*.*.{distribution_id}"
 
     def ack_subject(self, agency_id: str) -> str:
         """Subject of an agency's acknowledgement records."""
@@ -66,13 +68,13 @@ class Layout:
         """Filter of every answer to a request."""
         return f"{self.prefix}.rsp.{distribution_id}.*"
 
-    def parse_delivery(self, subject: str) -> tuple[str, str]:
-        """(agency id, distribution id) of a delivery subject."""
+    def parse_delivery(self, subject: str) -> tuple[str, Lane, str]:
+        """(agency id, lane, distribution id) of a delivery subject."""
         head = f"{self.prefix}.dlv."
         if not subject.startswith(head):
             raise ValueError("not a delivery subject")
-        token, _, distribution_id = subject[len(head) :].partition(".")
-        return agency_from_token(token), distribution_id
+        token, lane, distribution_id = subject[len(head) :].split(".", 2)
+        return agency_from_token(token), Lane(lane), distribution_id
 
     def parse_response(self, subject: str) -> tuple[str, str]:
         """(request distribution id, agency id) of a response subject."""
@@ -83,9 +85,9 @@ class Layout:
         return distribution_id, agency_from_token(token)
 
     @staticmethod
-    def consumer_name(agency_id: str) -> str:
-        """Durable consumer of an agency's deliveries."""
-        return f"dlv_{agency_token(agency_id)}"
+    def consumer_name(agency_id: str, lane: Lane) -> str:
+        """Durable consumer of an agency's deliveries on one lane."""
+        return f"dlv_{agency_token(agency_id)}_{lane.value}"
 
     @staticmethod
     def delivery_msg_id(distribution_id: str, agency_id: str) -> str:

@@ -90,15 +90,15 @@ class Metrics:
         )
         self.commit_seconds = Histogram(
             "opsroom_commit_seconds",
-            "Duration of one write to JetStream, by mode: an atomic batch, or single pipelined publishes.",
-            ["mode"],
+            "Duration of one write to JetStream, by lane and mode: an atomic batch, or single pipelined publishes.",
+            ["lane", "mode"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.commit_messages = Histogram(
             "opsroom_commit_messages",
-            "JetStream messages per write (deliveries, acceptance and receipt records), by mode.",
-            ["mode"],
+            "JetStream messages per write (deliveries, acceptance and receipt records), by lane and mode.",
+            ["lane", "mode"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,6 +27,7 @@ from broker.audit.log import Draft
 from broker.audit.records import Caller
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
+from broker.lanes import Lane, lane_of
 from broker.layout import RULE_HEADER, Layout
 from broker.policy.redact import redact
 from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
@@ -53,7 +54,7 @@ class Publisher:
     def __init__(
         self,
         js: JetStream,
-        committer: Committer,
+        committers: Mapping[Lane, Committer],
         router: Router,
         validation: ValidationContext,
         clock: Callable[[], datetime],
@@ -64,7 +65,7 @@ class Publisher:
         self._audited = audited
         self._js = js
         self._layout: Layout = js.layout
-        self._committer = committer
+        self._committers = committers
         self._router = router
         self._validation = validation
         self._clock = clock
@@ -180,6 +181,7 @@ class Publisher:
         )
         accepted_ns = acceptance.accepted_at.ToNanoseconds()
         layout = self._layout
+        lane = lane_of(env)
         copies = _Copies(env, data, audited=self._audited)
         messages = []
         for route in decision.routes:
@@ -187,14 +189,14 @@ class Publisher:
                 layout, dist, route.agency_id, sender=agency_id, accepted_ns=accepted_ns, digest=digest
             )
             headers[RULE_HEADER] = route.rule
-            messages.append(OutMsg(layout.delivery_subject(route.agency_id, dist), copies.of(route), headers))
+            messages.append(OutMsg(layout.delivery_subject(route.agency_id, lane, dist), copies.of(route), headers))
         if extra is not None:
             messages.append(extra)  # written once the response itself is delivered
         draft = None
         if self._audited:
             records = audit_records.publish_records(env, caller, digest, copies.views, now)
             draft = Draft(records, f"env:{dist}")
-        group = await self._committer.enqueue(messages, tail=extra is not None, audit=draft)
+        group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft)
         return group, acceptance, decision
 
     async def _stored_deliveries(self, distribution_id: str) -> list[StoredMsg]:
@@ -258,15 +260,15 @@ class Publisher:
             raise NotPermitted(Reason.RECEIPT_NOT_YOURS, "only the sending agency may read a receipt")
         delivered = {}
         for delivery in stored:
-            recipient, _ = self._layout.parse_delivery(delivery.subject)
-            when = await self._delivered_at(recipient, delivery.seq)
+            recipient, lane, _ = self._layout.parse_delivery(delivery.subject)
+            when = await self._delivered_at(recipient, lane, delivery.seq)
             if when is not None:
                 delivered[recipient] = when
         responses = await self._js.last_per_subject(self._layout.responses_of_envelope(distribution_id))
         kind = envelope_pb2.Envelope.FromString(stored[0].data).kind
         return receipts.build_receipt(self._layout, stored, delivered, responses, kind)
 
-    async def _delivered_at(self, agency_id: str, sequence: int) -> Timestamp | bool | None:
+    async def _delivered_at(self, agency_id: str, lane: Lane, sequence: int) -> Timestamp | bool | None:
         """When agency_id's client acknowledged delivery `sequence`; True if it did at a time not found; None if not."""
         subject = self._layout.ack_subject(agency_id)
         start = sequence + 1
@@ -278,7 +280,7 @@ class Publisher:
             if when is not None:
                 return when
             start = record.seq + 1
-        return True if await self._js.ack_floor(agency_id) >= sequence else None
+        return True if await self._js.ack_floor(agency_id, lane) >= sequence else None
 
 
 class _Copies:

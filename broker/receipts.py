@@ -61,7 +61,7 @@ def first_acceptance(layout: Layout, deliveries: Sequence[StoredMsg]) -> tuple[h
     ordered = sorted(deliveries, key=lambda d: d.seq)
     head = ordered[0].headers
     acceptance = hub_pb2.Acceptance(
-        distribution_id=layout.parse_delivery(ordered[0].subject)[1],
+        distribution_id=layout.parse_delivery(ordered[0].subject)[2],
         accepted_at=timestamp_ns(int(head.get(ACCEPTED_AT_HEADER, "0"))),
         recipients=[layout.parse_delivery(d.subject)[0] for d in ordered],
     )

@@ -1,11 +1,12 @@
 """Delivery sessions: one per connected room; pull its consumer, forward envelopes, record acknowledgements.
 
-A session starts by resetting the agency's consumer to its ack floor, so the room gets every
-delivery it has not acknowledged, in order, then live traffic. Deliveries leave in batches
-without being decoded. The room's acknowledgements are recorded as receipts (one atomic batch
-for whatever arrived meanwhile) before the consumer is acknowledged up to the highest
+A session starts by resetting the agency's two consumers (urgent and bulk lanes) to their ack
+floors, so the room gets every delivery it has not acknowledged, in order within each lane,
+then live traffic; whatever is waiting on the urgent lane goes out before the bulk lane's.
+Deliveries leave in batches without being decoded. The room's acknowledgements are recorded
+as receipts (one record for whatever arrived meanwhile) before the consumer is acknowledged up to the highest
 sequence below which everything is acknowledged. At most `window` deliveries are unacknowledged
-at any time: that bounds the hub's memory per room.
+per lane at any time: that bounds the hub's memory per room.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from opsroom.store.v1 import store_pb2
 from broker import receipts
 from broker.committer import Committer
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
+from broker.lanes import LANES
 from broker.logging import get_logger
 from broker.metrics import Metrics
-from broker.transport.jetstream import ConsumerGone, JetStream, Pulled, Wake
+from broker.transport.jetstream import ConsumerGone, JetStream, Pulled, Puller, Wake
 
 log = get_logger(__name__)
 
@@ -43,8 +45,20 @@ class _Superseded(Exception):
         self.reason = reason
 
 
+class _LaneState:
+    """One lane of a session: its puller and the deliveries sent but not yet acknowledged to JetStream."""
+
+    def __init__(self, puller: Puller) -> None:
+        self.lane = puller.lane
+        self.puller = puller
+        self.unacked: dict[int, Pulled] = {}  # in stream order
+        self.acked: set[int] = set()  # acknowledged by the client and recorded as receipts
+        self.recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
+        self.pending = 0  # deliveries the consumer still holds for the room, as of the last one pulled
+
+
 class DeliverySession:
-    """One room's delivery session on this hub."""
+    """One room's delivery session on this hub: two lanes, urgent served first."""
 
     def __init__(
         self,
@@ -59,7 +73,7 @@ class DeliverySession:
         window: int = 0,
         ack_interval: float = 0.02,
     ) -> None:
-        """A session for agency_id; max_batch and window of 0 take the defaults."""
+        """A session for agency_id; max_batch and window (per lane) of 0 take the defaults."""
         self._ack_interval = ack_interval
         self.agency_id = agency_id
         self.session_id = uuid.uuid4().hex[:16]
@@ -70,27 +84,26 @@ class DeliverySession:
         self._heartbeat = heartbeat
         self.max_batch = min(max_batch or DEFAULT_MAX_BATCH, MAX_BATCH)
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
-        self._puller = js.puller(agency_id)
-        self._unacked: dict[int, Pulled] = {}
-        self._acked: set[int] = set()  # acknowledged by the client and recorded as receipts
-        self._recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
+        self._ready = asyncio.Event()
+        self._lanes = [_LaneState(js.puller(agency_id, lane, self._ready)) for lane in LANES]
         self._to_record: list[int] = []
         self._ack_event = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
 
     async def open(self) -> int:
-        """Prepare the consumer and start pulling; returns the backlog waiting for the room."""
-        await self._js.ensure_consumer(self.agency_id)
-        backlog = await self._js.reset_consumer(self.agency_id)
-        await self._puller.start()
+        """Prepare the consumers and start pulling; returns the backlog waiting for the room."""
+        backlog = 0
+        for state in self._lanes:
+            await self._js.ensure_consumer(self.agency_id, state.lane)
+            backlog += await self._js.reset_consumer(self.agency_id, state.lane)
+        for state in self._lanes:
+            await state.puller.start()
         self._metrics.sessions.labels(self.agency_id).inc()
         self._metrics.backlog.labels(self.agency_id).set(backlog)
         return backlog
 
     def supersede(self, reason: Reason = Reason.SESSION_SUPERSEDED) -> None:
         """End this session: a newer one of the same agency started, or the hub is stopping."""
-        self._puller.queue.put_nowait(_Superseded(reason))
+        self._lanes[0].puller.put(_Superseded(reason))
 
     async def close(self) -> None:
         """Record acknowledgements already received, then stop pulling."""
@@ -98,49 +111,57 @@ class DeliverySession:
             await asyncio.wait_for(self._record_acks(), timeout=5)
         except (TimeoutError, OpsroomError):
             log.warning("session_acks_unrecorded", agency=self.agency_id, count=len(self._to_record))
-        await self._puller.stop()
-        self._js.forget(self._puller)
+        for state in self._lanes:
+            await state.puller.stop()
+            self._js.forget(state.puller)
         self._metrics.sessions.labels(self.agency_id).dec()
 
     # -- outbound ------------------------------------------------------------------------
 
-    async def _top_up(self) -> None:
-        if self._puller.stalled():
-            log.warning("pull_stalled", agency=self.agency_id, session_id=self.session_id)
-            self._puller.forget_outstanding()
-        room = self.window - len(self._unacked) - self._puller.outstanding - self._puller.queue.qsize()
+    async def _top_up(self, state: _LaneState) -> None:
+        puller = state.puller
+        if puller.stalled():
+            log.warning("pull_stalled", agency=self.agency_id, session_id=self.session_id, lane=state.lane.value)
+            puller.forget_outstanding()
+        room = self.window - len(state.unacked) - puller.outstanding - puller.queue.qsize()
         threshold = max(1, min(self.max_batch, self.window // 4))
-        if room >= threshold or (room > 0 and self._puller.outstanding == 0):
-            await self._puller.request(room)
+        if room >= threshold or (room > 0 and puller.outstanding == 0):
+            await puller.request(room)
 
     async def next_frame(self) -> bytes:
-        """The next ConnectResponse to send, serialized: a batch of deliveries or a heartbeat."""
-        queue = self._puller.queue
-        deadline = asyncio.get_running_loop().time() + self._heartbeat
+        """The next ConnectResponse to send, serialized: a batch of deliveries (urgent first) or a heartbeat."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._heartbeat
         while True:
-            await self._top_up()
-            remaining = deadline - asyncio.get_running_loop().time()
+            for state in self._lanes:
+                await self._top_up(state)
+            self._ready.clear()
+            items = self._take()
+            if items:
+                return self._frame(items)
+            remaining = deadline - loop.time()
             try:
-                first = await asyncio.wait_for(queue.get(), timeout=max(0.0, remaining))
+                await asyncio.wait_for(self._ready.wait(), timeout=max(0.0, remaining))
             except TimeoutError:
                 beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=receipts.timestamp(self._clock())))
                 return beat.SerializeToString()
-            if isinstance(first, Wake):
-                continue
-            items = [first]
+
+    def _take(self) -> list[tuple[_LaneState, Pulled | BaseException]]:
+        """Up to max_batch queued items, the urgent lane's first (reconnect wake-ups dropped)."""
+        items: list[tuple[_LaneState, Pulled | BaseException]] = []
+        for state in self._lanes:
+            queue = state.puller.queue
             while len(items) < self.max_batch and not queue.empty():
                 item = queue.get_nowait()
                 if not isinstance(item, Wake):
-                    items.append(item)
-            return self._frame(items)
+                    items.append((state, item))
+        return items
 
-    def _frame(self, items: Iterable[Pulled | BaseException]) -> bytes:
+    def _frame(self, items: Iterable[tuple[_LaneState, Pulled | BaseException]]) -> bytes:
         frame = store_pb2.RawConnectResponse()
         batch = frame.deliveries
         now_ns = time.time_ns()
-        backlog = 0
-        first_attempts = 0
-        for item in items:
+        for state, item in items:
             if isinstance(item, _Superseded):
                 if item.reason is Reason.SESSION_SUPERSEDED:
                     raise Refused(item.reason, "a newer session of this agency replaced this one")
@@ -149,18 +170,21 @@ class DeliverySession:
                 raise StoreUnavailable(f"the delivery consumer went away ({item}); reconnect")
             if isinstance(item, BaseException):
                 raise item
-            self._unacked[item.stream_seq] = item
+            state.unacked[item.stream_seq] = item
             stored_at = Timestamp(seconds=item.time_ns // 1_000_000_000, nanos=item.time_ns % 1_000_000_000)
             batch.deliveries.add(
-                sequence=item.stream_seq, envelope=item.data, stored_at=stored_at, attempt=item.delivered
+                sequence=item.stream_seq,
+                envelope=item.data,
+                stored_at=stored_at,
+                attempt=item.delivered,
+                lane=state.lane.proto,
             )
             if item.delivered == 1:
-                first_attempts += 1
                 self._metrics.publish_to_delivery.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
-            backlog = item.pending
+            state.pending = item.pending
+        backlog = sum(state.pending for state in self._lanes)
         batch.backlog = backlog
-        count = len(batch.deliveries)
-        self._metrics.deliveries.labels(self.agency_id).inc(count)
+        self._metrics.deliveries.labels(self.agency_id).inc(len(batch.deliveries))
         self._metrics.backlog.labels(self.agency_id).set(backlog)
         return frame.SerializeToString()
 
@@ -169,9 +193,12 @@ class DeliverySession:
     def on_ack(self, sequences: Iterable[int]) -> None:
         """The room's client acknowledged these sequences; unknown or repeated ones are ignored."""
         for seq in sequences:
-            if seq in self._unacked and seq not in self._acked and seq not in self._recording:
-                self._recording.add(seq)
-                self._to_record.append(seq)
+            for state in self._lanes:
+                if seq in state.unacked:
+                    if seq not in state.acked and seq not in state.recording:
+                        state.recording.add(seq)
+                        self._to_record.append(seq)
+                    break
         if self._to_record:
             self._ack_event.set()
 
@@ -207,17 +234,22 @@ class DeliverySession:
             self._to_record = seqs + self._to_record
             raise
         # Only now, with the receipts stored, do these count as acknowledged.
-        self._recording.difference_update(seqs)
-        self._acked.update(seqs)
         self._metrics.acks.labels(self.agency_id).inc(len(seqs))
-        highest: Pulled | None = None
-        for seq in list(self._unacked):
-            if seq not in self._acked:
-                break
-            highest = self._unacked.pop(seq)
-            self._acked.discard(seq)
-        if highest is not None:
-            await self._js.ack(highest.reply)
+        for state in self._lanes:
+            mine = state.recording.intersection(seqs)
+            if not mine:
+                continue
+            state.recording.difference_update(mine)
+            state.acked.update(mine)
+            highest: Pulled | None = None
+            for seq in list(state.unacked):
+                if seq not in state.acked:
+                    break
+                highest = state.unacked.pop(seq)
+                state.acked.discard(seq)
+            if highest is not None:
+                await self._js.ack(highest.reply)
+                self._ready.set()  # the window has room again: pull more
 
 
 class SessionRegistry:

@@ -125,6 +125,18 @@ def alert() -> alert_pb2.Alert:
     )
 
 
+def plate_read() -> alert_pb2.Alert:
+    """A plate-reader transit that matched nothing urgent: bulk traffic."""
+    read = alert()
+    info = read.infos[0]
+    info.event = "Transito veicolo"
+    info.urgency = alert_pb2.URGENCY_UNKNOWN
+    info.severity = alert_pb2.SEVERITY_MINOR
+    info.certainty = alert_pb2.CERTAINTY_OBSERVED
+    del info.event_codes[:]
+    return read
+
+
 def envelope(
     sender: str = CUR,
     recipients: tuple[str, ...] = (QUESTURA, PL),

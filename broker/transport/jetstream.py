@@ -24,6 +24,7 @@ from nats.errors import Error as NatsError
 
 from broker.config import NatsConfig
 from broker.errors import StoreFull, StoreUnavailable
+from broker.lanes import Lane
 from broker.layout import Layout
 from broker.logging import get_logger
 
@@ -417,11 +418,11 @@ class JetStream:
 
     # -- consumers -------------------------------------------------------------------------
 
-    def consumer_config(self, agency_id: str) -> dict[str, Any]:
-        """The durable consumer of an agency's deliveries."""
+    def consumer_config(self, agency_id: str, lane: Lane) -> dict[str, Any]:
+        """The durable consumer of an agency's deliveries on one lane."""
         return {
-            "durable_name": self.layout.consumer_name(agency_id),
-            "filter_subject": self.layout.deliveries_of_agency(agency_id),
+            "durable_name": self.layout.consumer_name(agency_id, lane),
+            "filter_subject": self.layout.deliveries_of_agency(agency_id, lane),
             "deliver_policy": "all",
             # Acknowledging a delivery acknowledges all before it: the room's client acknowledges
             # in order, and the ack floor is exactly "where it acked" for the next session.
@@ -433,10 +434,10 @@ class JetStream:
             "num_replicas": 0,
         }
 
-    async def ensure_consumer(self, agency_id: str) -> None:
-        """Create the agency's consumer, or update it to the wanted configuration."""
-        name = self.layout.consumer_name(agency_id)
-        body: dict[str, Any] = {"stream_name": self.cfg.stream, "config": self.consumer_config(agency_id)}
+    async def ensure_consumer(self, agency_id: str, lane: Lane) -> None:
+        """Create the agency's consumer for lane, or update it to the wanted configuration."""
+        name = self.layout.consumer_name(agency_id, lane)
+        body: dict[str, Any] = {"stream_name": self.cfg.stream, "config": self.consumer_config(agency_id, lane)}
         reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", body)
         err = _api_error(reply)
         if err is not None and err[0] in (ERR_CONSUMER_EXISTS, ERR_CONSUMER_EXISTS_OLD):
@@ -445,9 +446,9 @@ class JetStream:
         if err is not None:
             raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
 
-    async def ack_floor(self, agency_id: str) -> int:
-        """Stream sequence up to which the agency's client acknowledged everything (0 if no consumer)."""
-        name = self.layout.consumer_name(agency_id)
+    async def ack_floor(self, agency_id: str, lane: Lane) -> int:
+        """Stream sequence up to which the agency's client acknowledged everything on lane (0 if no consumer)."""
+        name = self.layout.consumer_name(agency_id, lane)
         reply = await self.api(f"CONSUMER.INFO.{self.cfg.stream}.{name}")
         err = _api_error(reply)
         if err is not None:
@@ -456,9 +457,9 @@ class JetStream:
             raise StoreUnavailable(f"cannot read consumer {name}: {err[1]} ({err[0]})")
         return int(reply.get("ack_floor", {}).get("stream_seq", 0))
 
-    async def reset_consumer(self, agency_id: str) -> int:
+    async def reset_consumer(self, agency_id: str, lane: Lane) -> int:
         """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog."""
-        name = self.layout.consumer_name(agency_id)
+        name = self.layout.consumer_name(agency_id, lane)
         reply = await self.api(f"CONSUMER.RESET.{self.cfg.stream}.{name}")
         err = _api_error(reply)
         if err is not None:
@@ -472,9 +473,12 @@ class JetStream:
         except (NatsError, OSError) as exc:
             raise StoreUnavailable(f"cannot acknowledge: {type(exc).__name__}") from exc
 
-    def puller(self, agency_id: str) -> Puller:
-        """A continuous pull on the agency's consumer (told to pull again after a reconnect)."""
-        puller = Puller(self, self.layout.consumer_name(agency_id))
+    def puller(self, agency_id: str, lane: Lane, ready: asyncio.Event | None = None) -> Puller:
+        """A continuous pull on the agency's consumer for lane (told to pull again after a reconnect).
+
+        ready, if given, is set whenever something is queued (one event may serve several pullers).
+        """
+        puller = Puller(self, self.layout.consumer_name(agency_id, lane), lane, ready)
         self._events.pullers.add(puller)
         return puller
 
@@ -518,10 +522,12 @@ class Puller:
     EXPIRES = 30.0
     HEARTBEAT = 5.0
 
-    def __init__(self, js: JetStream, consumer: str) -> None:
-        """A puller on consumer; call start() before use."""
+    def __init__(self, js: JetStream, consumer: str, lane: Lane, ready: asyncio.Event | None = None) -> None:
+        """A puller on consumer (of lane); call start() before use."""
         self.js = js
         self.consumer = consumer
+        self.lane = lane
+        self.ready = ready if ready is not None else asyncio.Event()
         self.queue: asyncio.Queue[Pulled | BaseException] = asyncio.Queue()
         self.outstanding = 0
         self.last_seen = time.monotonic()
@@ -583,7 +589,12 @@ class Puller:
             return
         self.outstanding = max(0, self.outstanding - 1)
         dist = msg.subject.rpartition(".")[2]
-        self.queue.put_nowait(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data))
+        self.put(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data))
+
+    def put(self, item: Pulled | BaseException) -> None:
+        """Queue item for the owner and wake it."""
+        self.queue.put_nowait(item)
+        self.ready.set()
 
     def _on_status(self, headers: dict[str, str]) -> None:
         status = headers.get("Status", "")
@@ -595,7 +606,7 @@ class Puller:
             return
         description = headers.get("Description", "")
         if status == "409" and ("Deleted" in description or "Leadership" in description):
-            self.queue.put_nowait(ConsumerGone(description))
+            self.put(ConsumerGone(description))
             return
         # Other 409s (exceeded max waiting or max bytes) void the request.
         log.warning("pull_status", consumer=self.consumer, code=status, reason=description)
@@ -626,4 +637,4 @@ class _ConnectionEvents:
         log.info("nats_reconnected")
         for puller in list(self.pullers):
             puller.forget_outstanding()
-            puller.queue.put_nowait(Wake())
+            puller.put(Wake())

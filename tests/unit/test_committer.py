@@ -387,7 +387,7 @@ async def test_commit_metrics_observe_each_batch() -> None:
     futures = [await committer.enqueue(group(p, 3)) for p in "ab"]
     async with running(committer):
         await outcomes(futures)
-    atomic = {"mode": "atomic"}
+    atomic = {"lane": "urgent", "mode": "atomic"}
     assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_messages_count", atomic)
     assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum", atomic)
     assert 1.0 == metrics.registry.get_sample_value("opsroom_commit_seconds_count", atomic)
@@ -407,7 +407,7 @@ async def test_small_batches_are_single_publishes_in_one_pipelined_call() -> Non
     assert [] == store.calls
     assert [["a/0", "a/1", "a/2", "b/0", "c/0", "c/1"]] == store.each_calls
     assert [GroupResult(Outcome.STORED, n) for n in (52, 53, 55)] == results
-    single = {"mode": "single"}
+    single = {"lane": "urgent", "mode": "single"}
     assert 6.0 == metrics.registry.get_sample_value("opsroom_commit_messages_sum", single)
 
 

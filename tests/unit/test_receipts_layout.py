@@ -11,6 +11,7 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker import ids
+from broker.lanes import LANES, Lane
 from broker.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
 from broker.receipts import (
     ack_message,
@@ -48,9 +49,11 @@ def test_subjects_for_a_dotted_agency_id() -> None:
     """Dots of the agency id become underscores, so the agency is one subject token."""
     assert ["opsroom.dlv.>", "opsroom.ack.>", "opsroom.rsp.>"] == LAYOUT.stream_subjects
     assert "opsroom.audit" == LAYOUT.audit_subject
-    assert f"opsroom.dlv.it_pl_001272.{DIST}" == LAYOUT.delivery_subject(f.PL, DIST)
-    assert "opsroom.dlv.it_pl_001272.*" == LAYOUT.deliveries_of_agency(f.PL)
-    assert f"opsroom.dlv.*.{DIST}" == LAYOUT.deliveries_of_envelope(DIST)
+    assert f"opsroom.dlv.it_pl_001272.urgent.{DIST}" == LAYOUT.delivery_subject(f.PL, Lane.URGENT, DIST)
+    assert f"opsroom.dlv.it_pl_001272.bulk.{DIST}" == LAYOUT.delivery_subject(f.PL, Lane.BULK, DIST)
+    assert "opsroom.dlv.it_pl_001272.urgent.*" == LAYOUT.deliveries_of_agency(f.PL, Lane.URGENT)
+    assert "opsroom.dlv.it_pl_001272.bulk.*" == LAYOUT.deliveries_of_agency(f.PL, Lane.BULK)
+    assert f"opsroom.dlv.*.*.{DIST}" == LAYOUT.deliveries_of_envelope(DIST)
     assert "opsroom.ack.it_pl_001272" == LAYOUT.ack_subject(f.PL)
     assert f"opsroom.rsp.{DIST}.it_nue_cur_to" == LAYOUT.response_subject(DIST, f.CUR)
     assert f"opsroom.rsp.{DIST}.*" == LAYOUT.responses_of_envelope(DIST)
@@ -58,8 +61,8 @@ def test_subjects_for_a_dotted_agency_id() -> None:
 
 def test_names_for_a_dotted_agency_id() -> None:
     """Consumer names and delivery message ids use the agency token."""
-    assert "dlv_it_pl_001272" == Layout.consumer_name(f.PL)
-    assert "dlv_it_cc_cp_to" == LAYOUT.consumer_name(f.CC)
+    assert "dlv_it_pl_001272_urgent" == Layout.consumer_name(f.PL, Lane.URGENT)
+    assert "dlv_it_cc_cp_to_bulk" == LAYOUT.consumer_name(f.CC, Lane.BULK)
     assert f"{DIST}:it_pl_001272" == Layout.delivery_msg_id(DIST, f.PL)
     assert f"{DIST}:it_ps_questura_to" == LAYOUT.delivery_msg_id(DIST, f.QUESTURA)
 
@@ -69,7 +72,7 @@ def test_custom_prefix() -> None:
     layout = Layout("hub-to")
     assert ["hub-to.dlv.>", "hub-to.ack.>", "hub-to.rsp.>"] == layout.stream_subjects
     assert "hub-to.audit" == layout.audit_subject
-    assert f"hub-to.dlv.it_pl_001272.{DIST}" == layout.delivery_subject(f.PL, DIST)
+    assert f"hub-to.dlv.it_pl_001272.urgent.{DIST}" == layout.delivery_subject(f.PL, Lane.URGENT, DIST)
     assert "hub-to.ack.it_pl_001272" == layout.ack_subject(f.PL)
     assert f"hub-to.rsp.{DIST}.it_pl_001272" == layout.response_subject(DIST, f.PL)
 
@@ -97,22 +100,31 @@ def test_agency_token_is_one_to_one(a: str, b: str) -> None:
     assert ids.is_agency_id(a)
     assert ids.is_agency_id(b)
     assert (a == b) == (ids.agency_token(a) == ids.agency_token(b))
-    assert (a == b) == (LAYOUT.delivery_subject(a, DIST) == LAYOUT.delivery_subject(b, DIST))
-    assert (a == b) == (Layout.consumer_name(a) == Layout.consumer_name(b))
+    for lane in LANES:
+        assert (a == b) == (LAYOUT.delivery_subject(a, lane, DIST) == LAYOUT.delivery_subject(b, lane, DIST))
+        assert (a == b) == (Layout.consumer_name(a, lane) == Layout.consumer_name(b, lane))
+    assert Layout.consumer_name(a, Lane.URGENT) != Layout.consumer_name(b, Lane.BULK)
 
 
 @given(agency=agency_ids)
 def test_subjects_parse_back(agency: str) -> None:
     """Delivery and response subjects give back the agency and the distribution id, whatever the agency."""
-    assert (agency, DIST) == LAYOUT.parse_delivery(LAYOUT.delivery_subject(agency, DIST))
+    for lane in LANES:
+        assert (agency, lane, DIST) == LAYOUT.parse_delivery(LAYOUT.delivery_subject(agency, lane, DIST))
+        assert 5 == len(LAYOUT.delivery_subject(agency, lane, DIST).split("."))
     assert (DIST, agency) == LAYOUT.parse_response(LAYOUT.response_subject(DIST, agency))
-    assert 4 == len(LAYOUT.delivery_subject(agency, DIST).split("."))
     assert 3 == len(LAYOUT.ack_subject(agency).split("."))
 
 
 def test_parse_refuses_other_subjects() -> None:
     """A subject of another kind is not parsed as a delivery or a response."""
-    for parse, subject in ((LAYOUT.parse_delivery, LAYOUT.ack_subject(f.PL)), (LAYOUT.parse_response, "x.y")):
+    cases = (
+        (LAYOUT.parse_delivery, LAYOUT.ack_subject(f.PL)),
+        (LAYOUT.parse_delivery, f"opsroom.dlv.it_pl_001272.{DIST}"),  # no lane
+        (LAYOUT.parse_delivery, f"opsroom.dlv.it_pl_001272.fast.{DIST}"),  # no such lane
+        (LAYOUT.parse_response, "x.y"),
+    )
+    for parse, subject in cases:
         try:
             parse(subject)
         except ValueError:
@@ -130,7 +142,7 @@ DELIVERED_AT = datetime(2026, 11, 23, 12, 0, 5, tzinfo=UTC)
 def delivery(agency: str, seq: int, dist: str = DIST, sender: str = f.CUR) -> StoredMsg:
     """A stored delivery as the hub writes it."""
     headers = delivery_headers(LAYOUT, dist, agency, sender=sender, accepted_ns=ACCEPTED_NS, digest=DIGEST)
-    return StoredMsg(LAYOUT.delivery_subject(agency, dist), seq, b"", ACCEPTED_NS, headers)
+    return StoredMsg(LAYOUT.delivery_subject(agency, Lane.URGENT, dist), seq, b"", ACCEPTED_NS, headers)
 
 
 def business_response(outcome: int = common_pb2.OUTCOME_ACCEPTED, cause: str = "") -> hub_pb2.BusinessResponse:

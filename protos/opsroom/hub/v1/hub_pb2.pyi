@@ -26,6 +26,37 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Lane:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LaneEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Lane.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LANE_UNSPECIFIED: _Lane.ValueType  # 0
+    """Default value. Never returned."""
+    LANE_URGENT: _Lane.ValueType  # 1
+    """Incidents, requests, hand-overs, answers, closures, acknowledgements, alerts calling for
+    action now (CAP urgency Immediate, severity Extreme or Severe: a plate hit).
+    """
+    LANE_BULK: _Lane.ValueType  # 2
+    """Other alerts: plate reads, routine camera alerts, statistics."""
+
+class Lane(_Lane, metaclass=_LaneEnumTypeWrapper):
+    """The two delivery lanes. Urgent traffic is written and delivered before bulk traffic that
+    waits at the same time; order is kept within a lane (every message about an incident itself
+    is urgent, so an incident's events keep their order).
+    """
+
+LANE_UNSPECIFIED: Lane.ValueType  # 0
+"""Default value. Never returned."""
+LANE_URGENT: Lane.ValueType  # 1
+"""Incidents, requests, hand-overs, answers, closures, acknowledgements, alerts calling for
+action now (CAP urgency Immediate, severity Extreme or Severe: a plate hit).
+"""
+LANE_BULK: Lane.ValueType  # 2
+"""Other alerts: plate reads, routine camera alerts, statistics."""
+Global___Lane: _TypeAlias = Lane  # noqa: Y015
+
 class _DeliveryState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -414,6 +445,7 @@ class Delivery(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     STORED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    LANE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the room's queue, increasing; acknowledge with this."""
     attempt: _builtins.int
@@ -421,6 +453,8 @@ class Delivery(_message.Message):
     client did not acknowledge it in time. A new session counts from 1 again, so a room must
     not rely on it to spot duplicates: the distribution id does that.
     """
+    lane: Global___Lane.ValueType
+    """The lane it travelled: a client may hand urgent deliveries to the operator first."""
     @_builtins.property
     def envelope(self) -> _envelope_pb2.Envelope:
         """The envelope as this recipient may see it."""
@@ -436,10 +470,11 @@ class Delivery(_message.Message):
         envelope: _envelope_pb2.Envelope | None = ...,
         stored_at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        lane: Global___Lane.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "stored_at", b"stored_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "envelope", b"envelope", "sequence", b"sequence", "stored_at", b"stored_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "envelope", b"envelope", "lane", b"lane", "sequence", b"sequence", "stored_at", b"stored_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

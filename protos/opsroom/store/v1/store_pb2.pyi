@@ -99,12 +99,15 @@ class RawDelivery(_message.Message):
     ENVELOPE_FIELD_NUMBER: _builtins.int
     STORED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    LANE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """As Delivery.sequence."""
     envelope: _builtins.bytes
     """A serialized opsroom.envelope.v1.Envelope."""
     attempt: _builtins.int
     """As Delivery.attempt."""
+    lane: _hub_pb2.Lane.ValueType
+    """As Delivery.lane."""
     @_builtins.property
     def stored_at(self) -> _timestamp_pb2.Timestamp:
         """As Delivery.stored_at."""
@@ -116,10 +119,11 @@ class RawDelivery(_message.Message):
         envelope: _builtins.bytes = ...,
         stored_at: _timestamp_pb2.Timestamp | None = ...,
         attempt: _builtins.int = ...,
+        lane: _hub_pb2.Lane.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["stored_at", b"stored_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "envelope", b"envelope", "sequence", b"sequence", "stored_at", b"stored_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "envelope", b"envelope", "lane", b"lane", "sequence", b"sequence", "stored_at", b"stored_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,6 +69,8 @@ class NatsServer:
     # A command the server runs under, e.g. strace to count fsyncs (the benchmark's --fsyncs).
     wrapper: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    # Config text appended after the generated config, e.g. a cluster block (broker.cluster).
+    extra_config: str = ""
 
     @property
     def url(self) -> str:
@@ -109,6 +111,7 @@ class NatsServer:
                 store_dir=store.as_posix(),
                 sync=SYNC_ALWAYS if self.sync_always else "  # sync_interval left at the default (unsafe)",
             )
+            + self.extra_config
         )
         log_file = (self.data_dir / "nats-server.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: S603 - our binary, our config

@@ -2,6 +2,8 @@
 
 async with local_hub(tmp_path, agencies, allow) as env:
     client = env.client("it.pl.001272")
+
+cluster_hub does the same over a 3-node nats-server cluster (streams with 3 replicas).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from broker.certs import DevPki, make_dev_pki
 from broker.client import Credentials, HubClient, RetryPolicy
+from broker.cluster import NatsCluster
 from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig
 from broker.embedded import NatsServer
 from broker.hub import Hub
@@ -107,3 +110,65 @@ async def local_hub(
             await hub.stop(grace=2)
     finally:
         nats.stop()
+
+
+@dataclass
+class ClusterHub:
+    """A running nats-server cluster and a hub whose streams have one replica per node, with the PKI to make clients."""
+
+    pki: DevPki
+    cluster: NatsCluster
+    hub: Hub
+
+    @property
+    def target(self) -> str:
+        """The hub's gRPC address."""
+        return f"127.0.0.1:{self.hub.port}"
+
+    def client(self, agency_id: str, retry: RetryPolicy | None = None) -> HubClient:
+        """A client authenticated as agency_id."""
+        return HubClient(self.target, credentials(self.pki, agency_id), server_name="localhost", retry=retry)
+
+
+@contextlib.asynccontextmanager
+async def cluster_hub(
+    root: Path,
+    agencies: Mapping[str, str],
+    allow: Iterable[AllowRule],
+    *,
+    size: int = 3,
+    extra_certs: Iterable[str] = (),
+    metrics_listen: str = "",
+    nats_config: NatsConfig | None = None,
+    agreements: Path | None = None,
+    drill_only: Iterable[str] = (),
+    **overrides: Any,
+) -> AsyncIterator[ClusterHub]:
+    """Like local_hub, over a NatsCluster of size nodes under root/nats (replicas = size); stops all by PID on exit.
+
+    The hub is given every node's client and monitoring URL; nats_config's other fields are kept.
+    """
+    pki = make_dev_pki(root / "pki", [*agencies, *extra_certs])
+    cluster = NatsCluster(root / "nats", size)
+    cluster.start()
+    try:
+        cfg = dev_config(
+            pki,
+            cluster.nodes[0],
+            agencies,
+            allow,
+            metrics_listen=metrics_listen,
+            agreements=agreements,
+            drill_only=drill_only,
+        )
+        base = nats_config if nats_config is not None else cfg.nats
+        nats = replace(base, servers=cluster.urls, monitor_urls=cluster.monitor_urls, replicas=size)
+        cfg = replace(cfg, nats=nats, **overrides)
+        hub = Hub(cfg)
+        await hub.start()
+        try:
+            yield ClusterHub(pki, cluster, hub)
+        finally:
+            await hub.stop(grace=2)
+    finally:
+        cluster.stop()

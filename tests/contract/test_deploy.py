@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,54 @@ def test_example_hub_config_loads() -> None:
     assert cfg.nats.require_sync_always
     assert cfg.nats.monitor_urls
     assert {"it.nue.cur.to", "it.pl.001272", "it.cc.cp.to", "it.ps.questura.to"} == cfg.agency_ids
+
+
+CLUSTER_DIR = ROOT / "deploy" / "nats" / "cluster"
+CLUSTER_CONFIGS = [CLUSTER_DIR / f"nats-{n}.conf" for n in (1, 2, 3)]
+
+
+def _setting(text: str, key: str) -> str:
+    found = re.search(rf"^\s*{key}:\s*(\S+)", text, re.MULTILINE)
+    assert found, key
+    return found.group(1)
+
+
+def _cluster_block(text: str) -> str:
+    found = re.search(r"^cluster\s*\{(.*?)^\}", text, re.MULTILINE | re.DOTALL)
+    assert found, "no cluster block"
+    return found.group(1)
+
+
+def test_cluster_configs_form_one_three_node_cluster() -> None:
+    """The three node configs share the cluster name and routes, which name all three nodes; names are unique."""
+    assert sorted(CLUSTER_DIR.glob("*.conf")) == CLUSTER_CONFIGS
+    assert set(CLUSTER_CONFIGS) <= set(NATS_CONFIGS)  # so nats-server -t checks each (first test)
+    texts = [p.read_text() for p in CLUSTER_CONFIGS]
+    assert 3 == len({_setting(t, "server_name") for t in texts})
+    blocks = [_cluster_block(t) for t in texts]
+    assert 1 == len({_setting(b, "name") for b in blocks})
+    routes = [tuple(re.findall(r"nats-route://([\w.-]+):(\d+)", b)) for b in blocks]
+    assert 1 == len(set(routes))
+    assert 3 == len({host for host, _ in routes[0]})
+    # Apart from the node's own name, the files are the same.
+    assert 1 == len({re.sub(r"(node |opsroom-nats-)\d", r"\1N", t) for t in texts})
+
+
+def test_cluster_hub_config_uses_three_replicas_on_the_three_nodes() -> None:
+    """deploy/hub-cluster.toml loads, keeps 3 replicas, and names each node's client and monitoring URL."""
+    cfg = load(ROOT / "deploy" / "hub-cluster.toml")
+    assert 3 == cfg.nats.replicas
+    assert 3 == len(cfg.nats.servers)
+    assert 3 == len(cfg.nats.monitor_urls)
+    assert cfg.nats.require_sync_always
+    hosts = {
+        host for host, _ in re.findall(r"nats-route://([\w.-]+):(\d+)", _cluster_block(CLUSTER_CONFIGS[0].read_text()))
+    }
+    assert hosts == {re.sub(r"^nats://([\w.-]+):\d+$", r"\1", s) for s in cfg.nats.servers}
+    assert hosts == {re.sub(r"^http://([\w.-]+):\d+$", r"\1", u) for u in cfg.nats.monitor_urls}
+    # Everything else is the single-node example's.
+    single = load(ROOT / "deploy" / "hub.toml")
+    assert single == replace(cfg, nats=single.nats)
+    assert replace(single.nats, servers=(), monitor_urls=(), replicas=3) == replace(
+        cfg.nats, servers=(), monitor_urls=()
+    )

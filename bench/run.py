@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,12 +238,19 @@ NO_AUDIT = "hub, no audit"
 # -- orchestration -------------------------------------------------------------------------------
 
 
-def write_hub_config(
-    root: Path, server: NatsServer, port: int, metrics_port: int, nats_extra: list[str], *, audit: bool = True
+def write_hub_config(  # noqa: PLR0917 - the hub's addresses and settings
+    root: Path,
+    server: NatsServer,
+    port: int,
+    metrics_port: int,
+    nats_extra: list[str],
+    *,
+    audit: bool = True,
+    senders: tuple[str, ...] = (SENDER,),
 ) -> Path:
-    """A hub config for the bench's nats-server, agencies and dev PKI; with or without its audit log.
+    """A hub config for the bench's nats-server, agencies (senders and the receiver) and dev PKI.
 
-    The two hubs of a run keep their streams apart (names and subjects).
+    With or without its audit log; the two hubs of a run keep their streams apart (names and subjects).
     """
     config = root / f"hub-{'audit' if audit else 'noaudit'}.toml"
     stream = [] if audit else ['stream = "OPSROOM_NOAUDIT"', 'subject_prefix = "opsroom-noaudit"']
@@ -263,12 +270,9 @@ monitor_urls = ["{server.monitor_url}"]
 {chr(10).join([*stream, *nats_extra])}
 [audit]
 {audit_section}
-[[agencies]]
-id = "{SENDER}"
-[[agencies]]
-id = "{RECEIVER}"
+{"".join(f'[[agencies]]{chr(10)}id = "{a}"{chr(10)}' for a in (*senders, RECEIVER))}
 [[allow]]
-from = ["{SENDER}"]
+from = {json.dumps(list(senders))}
 to = ["{RECEIVER}"]
 """
     )
@@ -276,7 +280,7 @@ to = ["{RECEIVER}"]
 
 
 @contextlib.contextmanager
-def hub_process(config: Path, port: int) -> object:
+def hub_process(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """`opsroom serve` in its own process, stopped by PID."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "broker", "--log-level", "WARNING", "serve", "--config", str(config)],

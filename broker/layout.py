@@ -1,6 +1,8 @@
 """Where the hub keeps things in its JetStream stream: subjects, message ids, headers, consumer names (pure).
 
-One stream holds every delivery and the records receipts are built from:
+Two streams: the main one holds the urgent lane's deliveries and the records receipts are
+built from, the bulk one (<stream>_BULK) the bulk lane's deliveries, so that nats-server stores
+an urgent delivery without waiting for a bulk batch:
 
     <prefix>.dlv.<agency>.<lane>.<distribution id> one message per (envelope, recipient)
     <prefix>.ack.<agency>                          one AckRecord per acknowledgement flush of a room
@@ -36,8 +38,13 @@ class Layout:
 
     @property
     def stream_subjects(self) -> list[str]:
-        """Subjects the delivery stream captures."""
-        return [f"{self.prefix}.dlv.>", f"{self.prefix}.ack.>", f"{self.prefix}.rsp.>"]
+        """Subjects the main stream captures: the urgent lane's deliveries and the records."""
+        return [f"{self.prefix}.dlv.*.{Lane.URGENT.value}.*", f"{self.prefix}.ack.>", f"{self.prefix}.rsp.>"]
+
+    @property
+    def bulk_stream_subjects(self) -> list[str]:
+        """Subjects the bulk stream captures: the bulk lane's deliveries."""
+        return [f"{self.prefix}.dlv.*.{Lane.BULK.value}.*"]
 
     @property
     def audit_subject(self) -> str:
@@ -88,6 +95,20 @@ class Layout:
     def consumer_name(agency_id: str, lane: Lane) -> str:
         """Durable consumer of an agency's deliveries on one lane."""
         return f"dlv_{agency_token(agency_id)}_{lane.value}"
+
+    @staticmethod
+    def delivery_sequence(lane: Lane, stream_seq: int) -> int:
+        """The sequence a room sees for a delivery: the stream sequence with the lane in its lowest bit.
+
+        The lanes live in two streams whose sequences overlap; this keeps a room's sequences
+        unique and increasing within each lane.
+        """
+        return stream_seq * 2 + (1 if lane is Lane.BULK else 0)
+
+    @staticmethod
+    def parse_sequence(sequence: int) -> tuple[Lane, int]:
+        """(lane, stream sequence) of a sequence a room acknowledged."""
+        return (Lane.BULK if sequence & 1 else Lane.URGENT), sequence >> 1
 
     @staticmethod
     def delivery_msg_id(distribution_id: str, agency_id: str) -> str:

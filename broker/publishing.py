@@ -27,7 +27,7 @@ from broker.audit.log import Draft
 from broker.audit.records import Caller
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
-from broker.lanes import Lane, lane_of
+from broker.lanes import LANES, Lane, lane_of
 from broker.layout import RULE_HEADER, Layout
 from broker.policy.redact import redact
 from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
@@ -199,8 +199,14 @@ class Publisher:
         group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft)
         return group, acceptance, decision
 
-    async def _stored_deliveries(self, distribution_id: str) -> list[StoredMsg]:
-        return await self._js.last_per_subject(self._layout.deliveries_of_envelope(distribution_id))
+    async def _stored_deliveries(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
+        """The stored deliveries of an envelope, looked for in its lane's stream (both when the lane is unknown)."""
+        subject = self._layout.deliveries_of_envelope(distribution_id)
+        for candidate in (lane,) if lane is not None else LANES:
+            found = await self._js.last_per_subject(subject, stream=self._js.stream_of(candidate))
+            if found:
+                return found
+        return []
 
     async def _first_answer(self, dist: str, digest: bytes) -> hub_pb2.Acceptance:
         stored = await self._stored_deliveries(dist)
@@ -261,26 +267,33 @@ class Publisher:
         delivered = {}
         for delivery in stored:
             recipient, lane, _ = self._layout.parse_delivery(delivery.subject)
-            when = await self._delivered_at(recipient, lane, delivery.seq)
+            when = await self._delivered_at(recipient, lane, delivery)
             if when is not None:
                 delivered[recipient] = when
         responses = await self._js.last_per_subject(self._layout.responses_of_envelope(distribution_id))
         kind = envelope_pb2.Envelope.FromString(stored[0].data).kind
         return receipts.build_receipt(self._layout, stored, delivered, responses, kind)
 
-    async def _delivered_at(self, agency_id: str, lane: Lane, sequence: int) -> Timestamp | bool | None:
-        """When agency_id's client acknowledged delivery `sequence`; True if it did at a time not found; None if not."""
+    async def _delivered_at(self, agency_id: str, lane: Lane, delivery: StoredMsg) -> Timestamp | bool | None:
+        """When agency_id's client acknowledged the delivery; True if it did at a time not found; None if not.
+
+        Acknowledgement records are in the main stream: after an urgent delivery by sequence,
+        after a bulk one (other stream) by time.
+        """
         subject = self._layout.ack_subject(agency_id)
-        start = sequence + 1
+        sequence = self._layout.delivery_sequence(lane, delivery.seq)
+        if lane is Lane.URGENT:
+            record = await self._js.next_by_subject(subject, delivery.seq + 1)
+        else:
+            record = await self._js.next_by_subject_since(subject, delivery.time_ns)
         for _ in range(ACK_SCAN_LIMIT):
-            record = await self._js.next_by_subject(subject, start)
             if record is None:
                 break
             when = receipts.acked_at(store_pb2.AckRecord.FromString(record.data), sequence)
             if when is not None:
                 return when
-            start = record.seq + 1
-        return True if await self._js.ack_floor(agency_id, lane) >= sequence else None
+            record = await self._js.next_by_subject(subject, record.seq + 1)
+        return True if await self._js.ack_floor(agency_id, lane) >= delivery.seq else None
 
 
 class _Copies:

@@ -24,7 +24,8 @@ from opsroom.store.v1 import store_pb2
 from broker import receipts
 from broker.committer import Committer
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
-from broker.lanes import LANES
+from broker.lanes import LANES, Lane
+from broker.layout import Layout
 from broker.logging import get_logger
 from broker.metrics import Metrics
 from broker.transport.jetstream import ConsumerGone, JetStream, Pulled, Puller, Wake
@@ -86,7 +87,7 @@ class DeliverySession:
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._ready = asyncio.Event()
         self._lanes = [_LaneState(js.puller(agency_id, lane, self._ready)) for lane in LANES]
-        self._to_record: list[int] = []
+        self._to_record: list[int] = []  # sequences as the room sees them (lane in the lowest bit)
         self._ack_event = asyncio.Event()
 
     async def open(self) -> int:
@@ -173,7 +174,7 @@ class DeliverySession:
             state.unacked[item.stream_seq] = item
             stored_at = Timestamp(seconds=item.time_ns // 1_000_000_000, nanos=item.time_ns % 1_000_000_000)
             batch.deliveries.add(
-                sequence=item.stream_seq,
+                sequence=Layout.delivery_sequence(state.lane, item.stream_seq),
                 envelope=item.data,
                 stored_at=stored_at,
                 attempt=item.delivered,
@@ -192,13 +193,12 @@ class DeliverySession:
 
     def on_ack(self, sequences: Iterable[int]) -> None:
         """The room's client acknowledged these sequences; unknown or repeated ones are ignored."""
-        for seq in sequences:
-            for state in self._lanes:
-                if seq in state.unacked:
-                    if seq not in state.acked and seq not in state.recording:
-                        state.recording.add(seq)
-                        self._to_record.append(seq)
-                    break
+        for sequence in sequences:
+            lane, seq = Layout.parse_sequence(sequence)
+            state = self._lanes[LANES.index(lane)]
+            if seq in state.unacked and seq not in state.acked and seq not in state.recording:
+                state.recording.add(seq)
+                self._to_record.append(sequence)
         if self._to_record:
             self._ack_event.set()
 
@@ -235,8 +235,12 @@ class DeliverySession:
             raise
         # Only now, with the receipts stored, do these count as acknowledged.
         self._metrics.acks.labels(self.agency_id).inc(len(seqs))
+        by_lane: dict[Lane, set[int]] = {}
+        for sequence in seqs:
+            lane, seq = Layout.parse_sequence(sequence)
+            by_lane.setdefault(lane, set()).add(seq)
         for state in self._lanes:
-            mine = state.recording.intersection(seqs)
+            mine = state.recording.intersection(by_lane.get(state.lane, ()))
             if not mine:
                 continue
             state.recording.difference_update(mine)

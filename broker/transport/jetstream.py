@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -189,12 +190,16 @@ class JetStream:
         reply: dict[str, Any] = json.loads(msg.data)
         return reply
 
-    def stream_config(self) -> dict[str, Any]:
-        """The stream's configuration as the hub wants it."""
+    def stream_of(self, lane: Lane) -> str:
+        """The stream holding a lane's deliveries: the main stream (urgent) or <stream>_BULK."""
+        return self.cfg.stream if lane is Lane.URGENT else f"{self.cfg.stream}_BULK"
+
+    def stream_config(self, lane: Lane = Lane.URGENT) -> dict[str, Any]:
+        """The configuration of a lane's stream as the hub wants it (the urgent lane's is the main stream)."""
         c = self.cfg
         return {
-            "name": c.stream,
-            "subjects": self.layout.stream_subjects,
+            "name": self.stream_of(lane),
+            "subjects": self.layout.stream_subjects if lane is Lane.URGENT else self.layout.bulk_stream_subjects,
             "retention": "limits",
             "storage": "file",
             "num_replicas": c.replicas,
@@ -229,8 +234,9 @@ class JetStream:
         }
 
     async def ensure_stream(self, audit_duplicate_window: float | None = None) -> dict[str, Any]:
-        """Create the streams (the audit one too when a window is given) or update them; returns the delivery one's."""
+        """Create the streams (the audit one too when a window is given) or update them; returns the main one's."""
         reply = await self._ensure(self.cfg.stream, self.stream_config())
+        await self._ensure(self.stream_of(Lane.BULK), self.stream_config(Lane.BULK))
         if audit_duplicate_window is not None:
             await self._ensure(self.audit_stream, self.audit_stream_config(audit_duplicate_window))
         return reply
@@ -365,6 +371,12 @@ class JetStream:
         """The first message matching the filter at or after start_seq (direct get), or None."""
         return await self._direct_get({"seq": start_seq, "next_by_subj": subject_filter}, stream)
 
+    async def next_by_subject_since(self, subject_filter: str, time_ns: int, stream: str = "") -> StoredMsg | None:
+        """The first message matching the filter stored at or after time_ns (direct get), or None."""
+        start = datetime.fromtimestamp(time_ns // _NS, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        body = {"start_time": f"{start}.{time_ns % _NS:09d}Z", "next_by_subj": subject_filter}
+        return await self._direct_get(body, stream)
+
     async def _direct_get(self, body: dict[str, Any], stream: str = "") -> StoredMsg | None:
         try:
             msg = await self.nc.request(
@@ -374,9 +386,9 @@ class JetStream:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
         return _stored(msg)
 
-    async def last_per_subject(self, subject_filter: str, limit: int = 1000) -> list[StoredMsg]:
+    async def last_per_subject(self, subject_filter: str, limit: int = 1000, stream: str = "") -> list[StoredMsg]:
         """The last message of every subject matching the filter (batched direct get)."""
-        return await self._direct_batch({"multi_last": [subject_filter], "batch": limit}, limit)
+        return await self._direct_batch({"multi_last": [subject_filter], "batch": limit}, limit, stream)
 
     async def read_range(self, stream: str, start_seq: int, limit: int = 1000) -> list[StoredMsg]:
         """Up to limit stored messages of a stream from start_seq on, in order (batched direct get)."""
@@ -437,11 +449,12 @@ class JetStream:
     async def ensure_consumer(self, agency_id: str, lane: Lane) -> None:
         """Create the agency's consumer for lane, or update it to the wanted configuration."""
         name = self.layout.consumer_name(agency_id, lane)
-        body: dict[str, Any] = {"stream_name": self.cfg.stream, "config": self.consumer_config(agency_id, lane)}
-        reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", body)
+        stream = self.stream_of(lane)
+        body: dict[str, Any] = {"stream_name": stream, "config": self.consumer_config(agency_id, lane)}
+        reply = await self.api(f"CONSUMER.CREATE.{stream}.{name}", body)
         err = _api_error(reply)
         if err is not None and err[0] in (ERR_CONSUMER_EXISTS, ERR_CONSUMER_EXISTS_OLD):
-            reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", {**body, "action": "update"})
+            reply = await self.api(f"CONSUMER.CREATE.{stream}.{name}", {**body, "action": "update"})
             err = _api_error(reply)
         if err is not None:
             raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
@@ -449,7 +462,7 @@ class JetStream:
     async def ack_floor(self, agency_id: str, lane: Lane) -> int:
         """Stream sequence up to which the agency's client acknowledged everything on lane (0 if no consumer)."""
         name = self.layout.consumer_name(agency_id, lane)
-        reply = await self.api(f"CONSUMER.INFO.{self.cfg.stream}.{name}")
+        reply = await self.api(f"CONSUMER.INFO.{self.stream_of(lane)}.{name}")
         err = _api_error(reply)
         if err is not None:
             if err[0] == ERR_CONSUMER_NOT_FOUND:
@@ -460,7 +473,7 @@ class JetStream:
     async def reset_consumer(self, agency_id: str, lane: Lane) -> int:
         """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog."""
         name = self.layout.consumer_name(agency_id, lane)
-        reply = await self.api(f"CONSUMER.RESET.{self.cfg.stream}.{name}")
+        reply = await self.api(f"CONSUMER.RESET.{self.stream_of(lane)}.{name}")
         err = _api_error(reply)
         if err is not None:
             raise StoreUnavailable(f"cannot reset consumer {name}: {err[1]} ({err[0]})")
@@ -559,7 +572,7 @@ class Puller:
         }
         try:
             await self.js.nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{self.js.cfg.stream}.{self.consumer}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.js.stream_of(self.lane)}.{self.consumer}",
                 json.dumps(body).encode(),
                 reply=self._inbox,
             )

@@ -20,7 +20,9 @@ READ_INCIDENT = "urn:emergency:uid:incidentid:transits:pl.torino.it"
 
 async def publish_reads(sender: HubClient, count: int) -> list[str]:
     """count plate reads (bulk) to the Questura; their distribution ids in publish order."""
-    reads = [f.envelope(f.CUR, (f.QUESTURA,), incident_ids=(READ_INCIDENT,), alert=f.plate_read()) for _ in range(count)]
+    reads = [
+        f.envelope(f.CUR, (f.QUESTURA,), incident_ids=(READ_INCIDENT,), alert=f.plate_read()) for _ in range(count)
+    ]
     results = await sender.publish_many(reads)
     assert all(isinstance(r, hub_pb2.Acceptance) for r in results), results[:3]
     return [r.distribution_id for r in reads]

@@ -26,7 +26,9 @@ def test_every_non_alert_payload_is_urgent() -> None:
         incident.priority = priority
         assert Lane.URGENT is lane_of(f.envelope(incident=incident))
     assert Lane.URGENT is lane_of(f.envelope(kind=common_pb2.KIND_REQUEST, assistance_request=f.assistance_request()))
-    assert Lane.URGENT is lane_of(f.envelope(kind=common_pb2.KIND_RESPONSE, assistance_response=f.assistance_response()))
+    assert Lane.URGENT is lane_of(
+        f.envelope(kind=common_pb2.KIND_RESPONSE, assistance_response=f.assistance_response())
+    )
 
 
 def test_plate_read_is_bulk_and_plate_hit_is_urgent() -> None:

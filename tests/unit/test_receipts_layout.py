@@ -47,7 +47,8 @@ close_agency_ids = st.builds(
 
 def test_subjects_for_a_dotted_agency_id() -> None:
     """Dots of the agency id become underscores, so the agency is one subject token."""
-    assert ["opsroom.dlv.>", "opsroom.ack.>", "opsroom.rsp.>"] == LAYOUT.stream_subjects
+    assert ["opsroom.dlv.*.urgent.*", "opsroom.ack.>", "opsroom.rsp.>"] == LAYOUT.stream_subjects
+    assert ["opsroom.dlv.*.bulk.*"] == LAYOUT.bulk_stream_subjects
     assert "opsroom.audit" == LAYOUT.audit_subject
     assert f"opsroom.dlv.it_pl_001272.urgent.{DIST}" == LAYOUT.delivery_subject(f.PL, Lane.URGENT, DIST)
     assert f"opsroom.dlv.it_pl_001272.bulk.{DIST}" == LAYOUT.delivery_subject(f.PL, Lane.BULK, DIST)
@@ -70,7 +71,7 @@ def test_names_for_a_dotted_agency_id() -> None:
 def test_custom_prefix() -> None:
     """Every subject starts with the configured prefix."""
     layout = Layout("hub-to")
-    assert ["hub-to.dlv.>", "hub-to.ack.>", "hub-to.rsp.>"] == layout.stream_subjects
+    assert ["hub-to.dlv.*.urgent.*", "hub-to.ack.>", "hub-to.rsp.>"] == layout.stream_subjects
     assert "hub-to.audit" == layout.audit_subject
     assert f"hub-to.dlv.it_pl_001272.urgent.{DIST}" == layout.delivery_subject(f.PL, Lane.URGENT, DIST)
     assert "hub-to.ack.it_pl_001272" == layout.ack_subject(f.PL)
@@ -114,6 +115,15 @@ def test_subjects_parse_back(agency: str) -> None:
         assert 5 == len(LAYOUT.delivery_subject(agency, lane, DIST).split("."))
     assert (DIST, agency) == LAYOUT.parse_response(LAYOUT.response_subject(DIST, agency))
     assert 3 == len(LAYOUT.ack_subject(agency).split("."))
+
+
+@given(seq=st.integers(min_value=1, max_value=2**62))
+def test_delivery_sequences_keep_the_lane_and_the_order(seq: int) -> None:
+    """A room's sequence gives back lane and stream sequence; the lanes never share one; each lane's increase."""
+    for lane in LANES:
+        assert (lane, seq) == Layout.parse_sequence(Layout.delivery_sequence(lane, seq))
+        assert Layout.delivery_sequence(lane, seq) < Layout.delivery_sequence(lane, seq + 1)
+    assert Layout.delivery_sequence(Lane.URGENT, seq) != Layout.delivery_sequence(Lane.BULK, seq)
 
 
 def test_parse_refuses_other_subjects() -> None:

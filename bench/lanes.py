@@ -54,7 +54,6 @@ from broker.client import HubClient, new_envelope  # noqa: E402
 from broker.embedded import NatsServer, free_port  # noqa: E402
 from broker.testing import credentials  # noqa: E402
 
-AUDIT = __import__("os").environ.get("NOAUDIT") is None
 BULK_SENDER = "it.pl.001272"
 READS_INCIDENT = "urn:emergency:uid:incidentid:transits-001272:bench"
 
@@ -111,8 +110,8 @@ def clients(target: str, pki_root: Path) -> Clients:
     return Clients(one(SENDER), one(BULK_SENDER), one(RECEIVER))
 
 
-async def flood_reads(target: str, pki_root: Path) -> int:
-    """Publish plate reads as fast as the hub takes them until SIGINT; returns how many were accepted."""
+async def flood_reads(target: str, pki_root: Path) -> float:
+    """Publish plate reads as fast as the hub takes them until SIGINT; returns how many were accepted per second."""
     rooms = clients(target, pki_root)
     publisher = rooms.bulk.stream_publisher(max_batch=200, max_requests_in_flight=16)
     stop = asyncio.Event()
@@ -129,6 +128,7 @@ async def flood_reads(target: str, pki_root: Path) -> int:
             slots.release()
 
     tasks: set[asyncio.Task[None]] = set()
+    started = time.perf_counter()
     for _ in range(10_000_000):  # bounded: stopped long before
         if stop.is_set():
             break
@@ -137,9 +137,10 @@ async def flood_reads(target: str, pki_root: Path) -> int:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks, return_exceptions=True)
+    elapsed = time.perf_counter() - started
     await publisher.close()
     await rooms.close()
-    return flooded
+    return flooded / elapsed
 
 
 async def urgent_run(target: str, pki_root: Path, count: int, rate: float, *, flood: bool) -> dict[str, float]:
@@ -181,15 +182,13 @@ async def urgent_run(target: str, pki_root: Path, count: int, rate: float, *, fl
             sys.executable, __file__, "--flood", target, "--pki", str(pki_root), stdout=asyncio.subprocess.PIPE
         )
         await asyncio.sleep(2.0)  # the flood is at full speed before urgent traffic starts
-    started = time.perf_counter()
     await paced(count, rate, 64, send)
     await asyncio.wait_for(done.wait(), timeout=120)
-    elapsed = time.perf_counter() - started
-    flooded = 0
+    bulk_rate = 0.0
     if flooder is not None:
         flooder.send_signal(signal.SIGINT)
         out, _ = await asyncio.wait_for(flooder.communicate(), timeout=60)
-        flooded = int(out.decode().strip() or 0)
+        bulk_rate = float(out.decode().strip() or 0)
     receiving.cancel()
     await asyncio.gather(receiving, return_exceptions=True)
     await rooms.close()
@@ -198,7 +197,7 @@ async def urgent_run(target: str, pki_root: Path, count: int, rate: float, *, fl
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies), 2),
         "accept_p99_ms": round(percentile(accepted, 0.99), 2),
-        "bulk_per_s": round(flooded / (elapsed + 2.0), 1) if flood else 0.0,
+        "bulk_per_s": round(bulk_rate, 1),
     }
 
 
@@ -270,6 +269,9 @@ async def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each urgent scenario; the medians count")
     parser.add_argument("--backlog", type=int, default=0, help="events of the backlog replay (default 100,000)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON results")
+    parser.add_argument("--no-audit", action="store_true", help="run the hub without its audit log")
+    parser.add_argument("--bulk-max", type=int, default=0, help="the hub's bulk_max_per_second (0: none)")
+    parser.add_argument("--nats", action="append", default=[], help="extra [nats] setting for the hub, key = value")
     parser.add_argument("--flood", metavar="TARGET", help=argparse.SUPPRESS)  # the flooding child process
     parser.add_argument("--pki", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,7 +288,12 @@ async def main() -> int:
         server.start()
         try:
             port, metrics_port = free_port(), free_port()
-            config = write_hub_config(root, server, port, metrics_port, [], senders=(SENDER, BULK_SENDER), audit=AUDIT)
+            config = write_hub_config(
+                root, server, port, metrics_port, args.nats, senders=(SENDER, BULK_SENDER), audit=not args.no_audit
+            )
+            if args.bulk_max:
+                text = config.read_text().replace("[hub]\n", f"[hub]\nbulk_max_per_second = {args.bulk_max}\n", 1)
+                config.write_text(text)
             with hub_process(config, port) as hub:
                 target = f"127.0.0.1:{port}"
                 runs: dict[str, list[dict[str, float]]] = {"alone": [], "flood": []}

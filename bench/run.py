@@ -238,7 +238,7 @@ NO_AUDIT = "hub, no audit"
 # -- orchestration -------------------------------------------------------------------------------
 
 
-def write_hub_config(  # noqa: PLR0917 - the hub's addresses and settings
+def write_hub_config(
     root: Path,
     server: NatsServer,
     port: int,

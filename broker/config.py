@@ -110,6 +110,9 @@ class HubConfig:
     max_request_bytes: int = 16 * 1024 * 1024
     grace: timedelta = timedelta(seconds=10)
     heartbeat: timedelta = timedelta(seconds=15)
+    # Most bulk-lane envelopes (plate reads, routine alerts) taken in per second; 0: no ceiling.
+    # The ceiling keeps room in the hub for urgent traffic during a bulk flood (docs/guarantees.md).
+    bulk_max_per_second: int = 1000
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -170,6 +173,12 @@ class _Reader:
         value = self.get(key, int, default)
         if value <= 0:
             raise self.error(key, "must be a positive integer")
+        return value
+
+    def at_least_zero(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value < 0:
+            raise self.error(key, "must be 0 (none) or a positive integer")
         return value
 
     def sub(self, key: str) -> _Reader:
@@ -349,6 +358,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         max_request_bytes=hub.positive("max_request_bytes", 16 * 1024 * 1024),
         grace=hub.seconds("grace_seconds", d_grace),
         heartbeat=hub.seconds("heartbeat_seconds", d_heartbeat),
+        bulk_max_per_second=hub.at_least_zero("bulk_max_per_second", 1000),
         tls=_tls(root.sub("tls"), base),
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,

@@ -114,7 +114,15 @@ class Hub:
         ]
         committer = self._committers[Lane.URGENT]  # receipts and records are small: urgent
         validation = ValidationContext(codelists.load(), self.is_registered, cfg.limits)
-        publisher = Publisher(js, self._committers, self.router, validation, self.clock, audited=audit is not None)
+        publisher = Publisher(
+            js,
+            self._committers,
+            self.router,
+            validation,
+            self.clock,
+            audited=audit is not None,
+            bulk_per_second=cfg.bulk_max_per_second,
+        )
         self._servicer = HubServicer(
             cfg,
             js=js,

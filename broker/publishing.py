@@ -27,7 +27,7 @@ from broker.audit.log import Draft
 from broker.audit.records import Caller
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
-from broker.lanes import LANES, Lane, lane_of
+from broker.lanes import LANES, Lane, LaneGate, lane_of
 from broker.layout import RULE_HEADER, Layout
 from broker.policy.redact import redact
 from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
@@ -60,8 +60,12 @@ class Publisher:
         clock: Callable[[], datetime],
         *,
         audited: bool = False,
+        bulk_per_second: float = 0.0,
     ) -> None:
-        """Wire the publish path; with audited, each envelope's write carries its audit records."""
+        """Wire the publish path; with audited, each envelope's write carries its audit records.
+
+        bulk_per_second, if not 0, is the most bulk-lane envelopes the hub takes in per second.
+        """
         self._audited = audited
         self._js = js
         self._layout: Layout = js.layout
@@ -70,6 +74,7 @@ class Publisher:
         self._validation = validation
         self._clock = clock
         self._inflight: dict[str, tuple[bytes, asyncio.Future[Accepted]]] = {}
+        self._lanes = LaneGate(bulk_per_second)
         self._lookups: set[asyncio.Task[None]] = set()
 
     def check(self, env: envelope_pb2.Envelope, agency_id: str) -> None:
@@ -96,6 +101,9 @@ class Publisher:
         """
         caller = caller if isinstance(caller, Caller) else Caller(caller)
         agency_id = caller.agency_id
+        lane = lane_of(env)
+        if lane is Lane.BULK:
+            await self._lanes.bulk_turn()
         self.check(env, agency_id)
         data = env.SerializeToString()
         digest = hashlib.sha256(data).digest()
@@ -109,6 +117,8 @@ class Publisher:
             return result
         self._inflight[dist] = (digest, result)
         result.add_done_callback(lambda f: self._forget(dist, f))
+        if lane is Lane.URGENT:
+            self._lanes.urgent_started(result)
         try:
             group, acceptance, decision = await self._queue_write(env, caller, data, digest)
         except BaseException as exc:

@@ -233,6 +233,12 @@ def test_integer_and_fractional_seconds() -> None:
     assert (timedelta(seconds=1), timedelta(milliseconds=250)) == (cfg.grace, cfg.heartbeat)
 
 
+def test_bulk_ceiling_default_and_none() -> None:
+    """The bulk lane's ceiling is 1,000 envelopes a second unless set; 0 lifts it."""
+    assert 1000 == parse(doc(), "hub.toml", BASE).bulk_max_per_second
+    assert 0 == parse(doc(hub=hub("bulk_max_per_second = 0")), "hub.toml", BASE).bulk_max_per_second
+
+
 def test_deploy_hub_toml_loads() -> None:
     """The shipped deploy/hub.toml is a valid config, its paths resolved against deploy/."""
     path = REPO / "deploy" / "hub.toml"
@@ -294,6 +300,11 @@ ERRORS = [
     ("int as bool", {"hub": hub("max_batch_envelopes = true")}, "hub.max_batch_envelopes: must be a int"),
     ("int as float", {"hub": hub("max_request_bytes = 1.5")}, "hub.max_request_bytes: must be a int"),
     ("zero int", {"hub": hub("max_envelope_bytes = 0")}, "hub.max_envelope_bytes: must be a positive integer"),
+    (
+        "negative ceiling",
+        {"hub": hub("bulk_max_per_second = -1")},
+        "hub.bulk_max_per_second: must be 0 (none) or a positive integer",
+    ),
     ("metrics not a string", {"hub": hub("metrics_listen = 9464")}, "hub.metrics_listen: must be a str"),
     ("seconds as string", {"hub": hub('grace_seconds = "10"')}, "hub.grace_seconds: must be a float"),
     ("seconds as bool", {"hub": hub("heartbeat_seconds = true")}, "hub.heartbeat_seconds: must be a float"),

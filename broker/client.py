@@ -83,6 +83,16 @@ class HubError(Exception):
         """True when retrying the same request may succeed."""
         return self.code in _RETRYABLE
 
+    @property
+    def stream_broken(self) -> bool:
+        """True when a stream call failed in transport rather than by the hub's decision, so it may be retried.
+
+        gRPC reports a stream that the server ended while the client was still writing as
+        INTERNAL "Internal error from Core", without the hub's error details (grpc/grpc#36066).
+        Publishing again with the same ids is safe: the hub stores an envelope once per id.
+        """
+        return self.retryable or (self.code == grpc.StatusCode.INTERNAL and not self.reason)
+
     @classmethod
     def from_status(cls, status: status_pb2.Status) -> HubError:
         """From a google.rpc.Status (as in a PublishStream result)."""
@@ -257,7 +267,7 @@ class HubClient:
                 await self._stream_batches(envelopes, todo, batch_size, results)
             except grpc.aio.AioRpcError as exc:
                 error = HubError.from_rpc_error(exc)
-                if not error.retryable:
+                if not error.stream_broken:
                     raise error from None
             retry_next = [i for i in todo if results[i] is None or _retry(results[i])]
             if not retry_next:
@@ -343,6 +353,7 @@ class StreamPublisher:
         self._ready = asyncio.Event()
         self._in_flight: dict[int, list[_Pending]] = {}
         self._next_id = 0
+        self._generation = 0  # of the current stream; a request generator of an older one takes nothing
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -370,11 +381,13 @@ class StreamPublisher:
             try:
                 await self._stream()
                 delays = iter(self._client.retry.delays())
+                if self._in_flight:  # the hub ended the stream (draining) before answering these
+                    self._requeue(HubError(grpc.StatusCode.UNAVAILABLE, "", "the stream ended unanswered"))
             except grpc.aio.AioRpcError as exc:
                 error = HubError.from_rpc_error(exc)
                 self._requeue(error)
                 delay = next(delays, None)
-                if delay is None or not error.retryable:
+                if delay is None or not error.stream_broken:
                     self._fail_all(error)
                     delays = iter(self._client.retry.delays())
                 else:
@@ -401,22 +414,35 @@ class StreamPublisher:
                 pending.future.set_exception(error)
         self._queue.clear()
 
-    async def _requests(self) -> AsyncIterator[hub_pb2.PublishStreamRequest]:
-        while True:
+    async def _requests(self, generation: int, slots: asyncio.Semaphore) -> AsyncIterator[hub_pb2.PublishStreamRequest]:
+        """The requests of one stream; ends as soon as that stream is no longer the current one."""
+        while generation == self._generation:
             while not self._queue:
-                if self._closed:
+                if self._closed or generation != self._generation:
                     return
                 self._ready.clear()
                 await self._ready.wait()
-            await self._slots.acquire()
+            await slots.acquire()
+            if generation != self._generation or not self._queue:
+                slots.release()
+                continue
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             self._next_id += 1
             self._in_flight[self._next_id] = batch
             yield hub_pb2.PublishStreamRequest(request_id=self._next_id, envelopes=[p.envelope for p in batch])
 
     async def _stream(self) -> None:
+        self._generation += 1
         self._slots = asyncio.Semaphore(self._max_requests)
-        call = self._client._publish_stream(self._requests())  # noqa: SLF001 - part of the client
+        call = self._client._publish_stream(self._requests(self._generation, self._slots))  # noqa: SLF001
+        try:
+            await self._answers(call)
+        finally:
+            self._generation += 1  # the call's request generator stops taking envelopes
+            self._ready.set()
+            call.cancel()
+
+    async def _answers(self, call: Any) -> None:
         async for response in call:
             batch = self._in_flight.pop(response.request_id, [])
             self._slots.release()

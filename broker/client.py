@@ -33,7 +33,9 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
 _SERVICE = "/opsroom.hub.v1.HubService/"
-_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# CANCELLED reaches a client as an error only when the server cancelled the call (a hub replica
+# stopping); every call the client retries is safe to repeat (the hub stores an envelope once per id).
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ class Hub:
         self.port = server.add_secure_port(cfg.listen, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
+        await self._sessions.watch(js)
         await server.start()
         self._server = server
         if cfg.metrics_listen:
@@ -220,6 +221,7 @@ class Hub:
             self._servicer.draining = True
         await self._health.enter_graceful_shutdown()
         self._sessions.end_all()
+        await self._sessions.unwatch()
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

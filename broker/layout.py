@@ -7,6 +7,7 @@ an urgent delivery without waiting for a bulk batch:
     <prefix>.dlv.<agency>.<lane>.<distribution id> one message per (envelope, recipient)
     <prefix>.ack.<agency>                          one AckRecord per acknowledgement flush of a room
     <prefix>.rsp.<distribution id>.<agency>        the recipient operator's answer to a request
+    <prefix>.ses.<agency>                          one SessionRecord per delivery session opened
 
 An envelope costs one write per recipient and nothing else: its deliveries carry, in headers,
 what a retry and a receipt need (sender, acceptance time, digest of the envelope). Each
@@ -39,7 +40,12 @@ class Layout:
     @property
     def stream_subjects(self) -> list[str]:
         """Subjects the main stream captures: the urgent lane's deliveries and the records."""
-        return [f"{self.prefix}.dlv.*.{Lane.URGENT.value}.*", f"{self.prefix}.ack.>", f"{self.prefix}.rsp.>"]
+        return [
+            f"{self.prefix}.dlv.*.{Lane.URGENT.value}.*",
+            f"{self.prefix}.ack.>",
+            f"{self.prefix}.rsp.>",
+            f"{self.prefix}.ses.>",
+        ]
 
     @property
     def bulk_stream_subjects(self) -> list[str]:
@@ -66,6 +72,22 @@ class Layout:
     def ack_subject(self, agency_id: str) -> str:
         """Subject of an agency's acknowledgement records."""
         return f"{self.prefix}.ack.{agency_token(agency_id)}"
+
+    def session_subject(self, agency_id: str) -> str:
+        """Subject of an agency's session records (the last one names its current session)."""
+        return f"{self.prefix}.ses.{agency_token(agency_id)}"
+
+    @property
+    def sessions_filter(self) -> str:
+        """Filter of every agency's session records."""
+        return f"{self.prefix}.ses.*"
+
+    def parse_session(self, subject: str) -> str:
+        """The agency of a session record's subject."""
+        head = f"{self.prefix}.ses."
+        if not subject.startswith(head):
+            raise ValueError("not a session subject")
+        return agency_from_token(subject[len(head) :])
 
     def response_subject(self, distribution_id: str, agency_id: str) -> str:
         """Subject of a recipient's answer to a request."""

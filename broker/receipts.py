@@ -46,6 +46,12 @@ def ack_message(layout: Layout, agency_id: str, sequences: Sequence[int], at: da
     return OutMsg(layout.ack_subject(agency_id), record.SerializeToString())
 
 
+def session_message(layout: Layout, agency_id: str, session_id: str, replica: str, at: datetime) -> OutMsg:
+    """The record that session_id, on replica, is now agency_id's delivery session."""
+    record = store_pb2.SessionRecord(session_id=session_id, replica=replica, opened_at=timestamp(at))
+    return OutMsg(layout.session_subject(agency_id), record.SerializeToString())
+
+
 def response_message(layout: Layout, request_id: str, agency_id: str, response: hub_pb2.BusinessResponse) -> OutMsg:
     """The record of agency_id's operator answering request_id."""
     record = store_pb2.ResponseRecord(agency_id=agency_id, response=response)

@@ -12,9 +12,11 @@ per lane at any time: that bounds the hub's memory per room.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -36,6 +38,8 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_WINDOW = 1024
 MAX_BATCH = 1000
 MAX_WINDOW = 10_000
+# This hub replica, as session records name it.
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class _Superseded(Exception):
@@ -91,7 +95,13 @@ class DeliverySession:
         self._ack_event = asyncio.Event()
 
     async def open(self) -> int:
-        """Prepare the consumers and start pulling; returns the backlog waiting for the room."""
+        """Claim the agency, prepare the consumers and start pulling; returns the backlog waiting for the room.
+
+        The session record is stored first: a session of the same agency on another hub
+        replica sees it and ends before this one resets the consumers.
+        """
+        record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._clock())
+        await self._committer.submit([record])
         backlog = 0
         for state in self._lanes:
             await self._js.ensure_consumer(self.agency_id, state.lane)
@@ -144,8 +154,15 @@ class DeliverySession:
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout=max(0.0, remaining))
             except TimeoutError:
+                await self._check_current()
                 beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=receipts.timestamp(self._clock())))
                 return beat.SerializeToString()
+
+    async def _check_current(self) -> None:
+        """End this session if another one of the agency (on any replica) opened since."""
+        current = await current_session(self._js, self.agency_id)
+        if current is not None and current != self.session_id:
+            raise Refused(Reason.SESSION_SUPERSEDED, "a newer session of this agency replaced this one")
 
     def _take(self) -> list[tuple[_LaneState, Pulled | BaseException]]:
         """Up to max_batch queued items, the urgent lane's first (reconnect wake-ups dropped)."""
@@ -256,12 +273,58 @@ class DeliverySession:
                 self._ready.set()  # the window has room again: pull more
 
 
+async def current_session(js: JetStream, agency_id: str) -> str | None:
+    """The id of the agency's current delivery session on any replica (the last session record), if any."""
+    stored = await js.last_by_subject(js.layout.session_subject(agency_id))
+    return store_pb2.SessionRecord.FromString(stored.data).session_id if stored is not None else None
+
+
 class SessionRegistry:
-    """The open sessions of this hub, one per agency: a new session supersedes the old."""
+    """The open sessions of this hub, one per agency: a new session, on this replica or another, supersedes the old."""
 
     def __init__(self) -> None:
         """No sessions."""
         self._by_agency: dict[str, DeliverySession] = {}
+        self._unfollow: Callable[[], Awaitable[None]] | None = None
+        self._checks: set[asyncio.Task[None]] = set()
+
+    async def watch(self, js: JetStream) -> None:
+        """Follow the session records of every replica: a local session that is no longer current ends.
+
+        A record only says "look": the last stored record decides, so that records of two
+        replicas arriving out of order never end the newer session.
+        """
+
+        async def on_record(subject: str, data: bytes) -> None:
+            try:
+                agency_id = js.layout.parse_session(subject)
+            except ValueError:
+                return
+            local = self._by_agency.get(agency_id)
+            if local is None or store_pb2.SessionRecord.FromString(data).session_id == local.session_id:
+                return
+            task = asyncio.get_running_loop().create_task(self._check(js, local))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+        self._unfollow = await js.follow(js.layout.sessions_filter, on_record)
+
+    async def _check(self, js: JetStream, local: DeliverySession) -> None:
+        try:
+            current = await current_session(js, local.agency_id)
+        except OpsroomError:
+            return  # the heartbeat's check will tell
+        if current is not None and current != local.session_id and self._by_agency.get(local.agency_id) is local:
+            log.info("session_superseded_elsewhere", agency=local.agency_id, session_id=local.session_id)
+            local.supersede()
+
+    async def unwatch(self) -> None:
+        """Stop following session records."""
+        if self._unfollow is not None:
+            await self._unfollow()
+            self._unfollow = None
+        for task in list(self._checks):
+            task.cancel()
 
     def register(self, session: DeliverySession) -> None:
         """Make session the agency's current one, ending the previous."""

@@ -13,7 +13,7 @@ import ssl
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -427,6 +427,30 @@ class JetStream:
         finally:
             await sub.unsubscribe()
         return out
+
+    async def follow(
+        self, subject_filter: str, on_message: Callable[[str, bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call on_message(subject, data) for every message published on the filter (core NATS, not stored replay).
+
+        Returns the function that stops following.
+        """
+
+        async def deliver(msg: Msg) -> None:
+            await on_message(msg.subject, msg.data)
+
+        try:
+            sub = await self.nc.subscribe(subject_filter, cb=deliver)
+        except (NatsError, OSError) as exc:
+            raise StoreUnavailable(f"cannot subscribe: {type(exc).__name__}") from exc
+
+        async def stop() -> None:
+            try:
+                await sub.unsubscribe()
+            except (NatsError, OSError):
+                log.warning("unsubscribe_failed")
+
+        return stop
 
     # -- consumers -------------------------------------------------------------------------
 

@@ -88,6 +88,41 @@ class ResponseRecord(_message.Message):
 Global___ResponseRecord: _TypeAlias = ResponseRecord  # noqa: Y015
 
 @_typing.final
+class SessionRecord(_message.Message):
+    """Written when a room's delivery session opens, by whichever hub replica serves it: the last
+    one on an agency's subject is the agency's current session; any other session of that
+    agency, on any replica, ends (SESSION_SUPERSEDED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session's id, as in SessionOpened."""
+    replica: _builtins.str
+    """The hub replica serving it (host and process)."""
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp:
+        """When it opened."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        replica: _builtins.str = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "replica", b"replica", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRecord: _TypeAlias = SessionRecord  # noqa: Y015
+
+@_typing.final
 class RawDelivery(_message.Message):
     """Wire-compatible with opsroom.hub.v1.Delivery, with the envelope as stored bytes, so the
     hub forwards stored envelopes without decoding them.

@@ -122,6 +122,7 @@ class Hub:
             self.clock,
             audited=audit is not None,
             bulk_per_second=cfg.bulk_max_per_second,
+            default_expiry=cfg.default_expiry,
         )
         self._servicer = HubServicer(
             cfg,

@@ -29,6 +29,9 @@ SENDER_HEADER = "Opsroom-Sender"
 ACCEPTED_AT_HEADER = "Opsroom-Accepted-At"  # nanoseconds since the epoch, hub clock
 DIGEST_HEADER = "Opsroom-Sha256"  # of the envelope as the sender sent it
 RULE_HEADER = "Opsroom-Rule"  # "<agreement>/<rule>" that allowed the delivery
+EXPIRES_HEADER = "Opsroom-Expires"  # nanoseconds since the epoch: not delivered after this, dropped
+# The sender of the notices the hub itself writes (an expired delivery).
+HUB_AGENCY = "opsroom.hub"
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,12 @@ class Metrics:
             ["agency"],
             registry=r,
         )
+        self.expired = Counter(
+            "opsroom_expired",
+            "Deliveries dropped undelivered because they expired (the sender is notified), by recipient agency.",
+            ["agency"],
+            registry=r,
+        )
         self.acks = Counter(
             "opsroom_acks",
             "Deliveries acknowledged by a room's client (technical acknowledgement), by recipient agency.",

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.common.v1 import common_pb2
@@ -28,7 +28,7 @@ from broker.audit.records import Caller
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane, LaneGate, lane_of
-from broker.layout import RULE_HEADER, Layout
+from broker.layout import EXPIRES_HEADER, RULE_HEADER, Layout
 from broker.policy.redact import redact
 from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
 from broker.transport.jetstream import JetStream, OutMsg, StoredMsg
@@ -61,11 +61,14 @@ class Publisher:
         *,
         audited: bool = False,
         bulk_per_second: float = 0.0,
+        default_expiry: timedelta = timedelta(hours=24),
     ) -> None:
         """Wire the publish path; with audited, each envelope's write carries its audit records.
 
         bulk_per_second, if not 0, is the most bulk-lane envelopes the hub takes in per second.
+        An envelope without expires_at expires default_expiry after its acceptance.
         """
+        self._default_expiry = default_expiry
         self._audited = audited
         self._js = js
         self._layout: Layout = js.layout
@@ -190,6 +193,11 @@ class Publisher:
             distribution_id=dist, accepted_at=receipts.timestamp(now), recipients=decision.recipients
         )
         accepted_ns = acceptance.accepted_at.ToNanoseconds()
+        expires = (
+            env.expires_at.ToNanoseconds()
+            if env.HasField("expires_at")
+            else accepted_ns + int(self._default_expiry.total_seconds() * 1e9)
+        )
         layout = self._layout
         lane = lane_of(env)
         copies = _Copies(env, data, audited=self._audited)
@@ -199,6 +207,7 @@ class Publisher:
                 layout, dist, route.agency_id, sender=agency_id, accepted_ns=accepted_ns, digest=digest
             )
             headers[RULE_HEADER] = route.rule
+            headers[EXPIRES_HEADER] = str(expires)
             messages.append(OutMsg(layout.delivery_subject(route.agency_id, lane, dist), copies.of(route), headers))
         if extra is not None:
             messages.append(extra)  # written once the response itself is delivered
@@ -282,9 +291,12 @@ class Publisher:
                 delivered[recipient] = when
         responses = await self._js.last_per_subject(self._layout.responses_of_envelope(distribution_id))
         kind = envelope_pb2.Envelope.FromString(stored[0].data).kind
-        return receipts.build_receipt(self._layout, stored, delivered, responses, kind)
+        now_ns = int(self._clock().timestamp() * 1e9)
+        return receipts.build_receipt(self._layout, stored, delivered, responses, kind, now_ns=now_ns)
 
-    async def _delivered_at(self, agency_id: str, lane: Lane, delivery: StoredMsg) -> Timestamp | bool | None:
+    async def _delivered_at(
+        self, agency_id: str, lane: Lane, delivery: StoredMsg
+    ) -> Timestamp | receipts.Expired | bool | None:
         """When agency_id's client acknowledged the delivery; True if it did at a time not found; None if not.
 
         Acknowledgement records are in the main stream: after an urgent delivery by sequence,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
+from broker.lanes import Lane
+from broker.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, EXPIRES_HEADER, HUB_AGENCY, SENDER_HEADER, Layout
 from broker.transport.jetstream import OutMsg, StoredMsg
 
 
@@ -40,9 +45,18 @@ def delivery_headers(
     }
 
 
-def ack_message(layout: Layout, agency_id: str, sequences: Sequence[int], at: datetime, session_id: str) -> OutMsg:
-    """The record that agency_id's client acknowledged these deliveries."""
-    record = store_pb2.AckRecord(sequences=sorted(sequences), acked_at=timestamp(at), session_id=session_id)
+def ack_message(  # noqa: PLR0917 - the record's fields
+    layout: Layout,
+    agency_id: str,
+    sequences: Sequence[int],
+    at: datetime,
+    session_id: str,
+    expired: Sequence[int] = (),
+) -> OutMsg:
+    """The record that agency_id's client acknowledged these deliveries (and that the hub dropped the expired ones)."""
+    record = store_pb2.AckRecord(
+        sequences=sorted(sequences), acked_at=timestamp(at), session_id=session_id, expired_sequences=sorted(expired)
+    )
     return OutMsg(layout.ack_subject(agency_id), record.SerializeToString())
 
 
@@ -74,29 +88,80 @@ def first_acceptance(layout: Layout, deliveries: Sequence[StoredMsg]) -> tuple[h
     return acceptance, bytes.fromhex(head.get(DIGEST_HEADER, "")), head.get(SENDER_HEADER, "")
 
 
-def acked_at(record: store_pb2.AckRecord, sequence: int) -> Timestamp | None:
-    """When the record says the delivery was acknowledged, if it lists it."""
-    return record.acked_at if sequence in record.sequences else None
+@dataclass(frozen=True)
+class Expired:
+    """A delivery dropped at `at` because it expired before the room took it."""
+
+    at: Timestamp
+
+
+def acked_at(record: store_pb2.AckRecord, sequence: int) -> Timestamp | Expired | None:
+    """When the record says the delivery was acknowledged (or dropped as expired), if it lists it."""
+    if sequence in record.sequences:
+        return record.acked_at
+    if sequence in record.expired_sequences:
+        return Expired(record.acked_at)
+    return None
+
+
+def expires_ns(delivery: StoredMsg) -> int:
+    """When a stored delivery expires (ns since the epoch); 0 if it carries no expiry."""
+    return int(delivery.headers.get(EXPIRES_HEADER, "0") or 0)
+
+
+def expiry_notice(layout: Layout, sender: str, distribution_id: str, recipient: str, at: datetime) -> OutMsg:
+    """The notice to sender that its envelope expired before recipient took it (kind ERROR, to its urgent lane).
+
+    Its id is derived from the envelope and the recipient, so a notice written twice is stored once.
+    """
+    notice = envelope_pb2.Envelope(
+        distribution_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:opsroom:expired:{distribution_id}:{recipient}")),
+        sender=common_pb2.Sender(agency_id=HUB_AGENCY),
+        sent_at=timestamp(at),
+        status=common_pb2.STATUS_SYSTEM,
+        kind=common_pb2.KIND_ERROR,
+        recipients=[sender],
+        references=[common_pb2.Reference(distribution_id=distribution_id, sender_agency_id=sender)],
+        acknowledgement=envelope_pb2.Acknowledgement(
+            code="DELIVERY_EXPIRED", description=f"not delivered to {recipient} before it expired; dropped"
+        ),
+    )
+    data = notice.SerializeToString()
+    headers = delivery_headers(
+        layout,
+        notice.distribution_id,
+        sender,
+        sender=HUB_AGENCY,
+        accepted_ns=notice.sent_at.ToNanoseconds(),
+        digest=hashlib.sha256(data).digest(),
+    )
+    return OutMsg(layout.delivery_subject(sender, Lane.URGENT, notice.distribution_id), data, headers)
 
 
 def build_receipt(
     layout: Layout,
     deliveries: Sequence[StoredMsg],
-    delivered: Mapping[str, Timestamp | bool],
+    delivered: Mapping[str, Timestamp | Expired | bool],
     responses: Sequence[StoredMsg],
     kind: common_pb2.Kind.ValueType,
+    *,
+    now_ns: int = 0,
 ) -> hub_pb2.Receipt:
     """The Receipt of an envelope from its stored deliveries, what is known of their acknowledgement, and answers.
 
-    delivered maps a recipient to the time its client acknowledged, or True when it did at an
-    unknown time; recipients missing from it are still STORED.
+    delivered maps a recipient to the time its client acknowledged, True when it did at an
+    unknown time, or Expired when the hub dropped it; recipients missing from it are STORED, or
+    EXPIRED once past their expiry (now_ns; the hub drops them when it reaches them).
     """
     acceptance, _digest, sender = first_acceptance(layout, deliveries)
+    expiry = {layout.parse_delivery(d.subject)[0]: expires_ns(d) for d in deliveries}
     by_agency: dict[str, hub_pb2.RecipientReceipt] = {}
     for agency_id in acceptance.recipients:
         entry = hub_pb2.RecipientReceipt(agency_id=agency_id, state=hub_pb2.DELIVERY_STATE_STORED)
         when = delivered.get(agency_id)
-        if when is not None and when is not False:
+        if isinstance(when, Expired) or (when is None and 0 < expiry.get(agency_id, 0) < now_ns):
+            entry.state = hub_pb2.DELIVERY_STATE_EXPIRED
+        elif when is not None and when is not False:
             entry.state = hub_pb2.DELIVERY_STATE_DELIVERED
             if isinstance(when, Timestamp):
                 entry.delivered_at.CopyFrom(when)

@@ -27,7 +27,7 @@ from broker import receipts
 from broker.committer import Committer
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane
-from broker.layout import Layout
+from broker.layout import EXPIRES_HEADER, SENDER_HEADER, Layout
 from broker.logging import get_logger
 from broker.metrics import Metrics
 from broker.transport.jetstream import ConsumerGone, JetStream, Pulled, Puller, Wake
@@ -92,6 +92,7 @@ class DeliverySession:
         self._ready = asyncio.Event()
         self._lanes = [_LaneState(js.puller(agency_id, lane, self._ready)) for lane in LANES]
         self._to_record: list[int] = []  # sequences as the room sees them (lane in the lowest bit)
+        self._expired: list[tuple[int, Pulled]] = []  # dropped as expired, not yet recorded
         self._ack_event = asyncio.Event()
 
     async def open(self) -> int:
@@ -148,8 +149,9 @@ class DeliverySession:
                 await self._top_up(state)
             self._ready.clear()
             items = self._take()
-            if items:
-                return self._frame(items)
+            frame = self._frame(items) if items else None
+            if frame is not None:
+                return frame
             remaining = deadline - loop.time()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout=max(0.0, remaining))
@@ -175,10 +177,12 @@ class DeliverySession:
                     items.append((state, item))
         return items
 
-    def _frame(self, items: Iterable[tuple[_LaneState, Pulled | BaseException]]) -> bytes:
+    def _frame(self, items: Iterable[tuple[_LaneState, Pulled | BaseException]]) -> bytes | None:
+        """The frame of the items to send; None if every one had expired (those are dropped and recorded)."""
         frame = store_pb2.RawConnectResponse()
         batch = frame.deliveries
         now_ns = time.time_ns()
+        clock_ns = int(self._clock().timestamp() * 1e9)
         for state, item in items:
             if isinstance(item, _Superseded):
                 if item.reason is Reason.SESSION_SUPERSEDED:
@@ -189,6 +193,13 @@ class DeliverySession:
             if isinstance(item, BaseException):
                 raise item
             state.unacked[item.stream_seq] = item
+            state.pending = item.pending
+            expires = int(item.headers.get(EXPIRES_HEADER, "0") or 0)
+            if 0 < expires < clock_ns:
+                state.recording.add(item.stream_seq)
+                self._expired.append((Layout.delivery_sequence(state.lane, item.stream_seq), item))
+                self._ack_event.set()
+                continue
             stored_at = Timestamp(seconds=item.time_ns // 1_000_000_000, nanos=item.time_ns % 1_000_000_000)
             batch.deliveries.add(
                 sequence=Layout.delivery_sequence(state.lane, item.stream_seq),
@@ -199,12 +210,11 @@ class DeliverySession:
             )
             if item.delivered == 1:
                 self._metrics.publish_to_delivery.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
-            state.pending = item.pending
         backlog = sum(state.pending for state in self._lanes)
         batch.backlog = backlog
         self._metrics.deliveries.labels(self.agency_id).inc(len(batch.deliveries))
         self._metrics.backlog.labels(self.agency_id).set(backlog)
-        return frame.SerializeToString()
+        return frame.SerializeToString() if batch.deliveries else None
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -241,19 +251,36 @@ class DeliverySession:
                 await asyncio.sleep(rest)
 
     async def _record_acks(self) -> None:
-        if not self._to_record:
+        """Store what the room acknowledged and what the hub dropped as expired (with the senders' notices)."""
+        if not self._to_record and not self._expired:
             return
         seqs, self._to_record = self._to_record, []
-        record = receipts.ack_message(self._js.layout, self.agency_id, seqs, self._clock(), self.session_id)
+        expired, self._expired = self._expired, []
+        now = self._clock()
+        layout = self._js.layout
+        record = receipts.ack_message(
+            layout, self.agency_id, seqs, now, self.session_id, expired=[sequence for sequence, _ in expired]
+        )
+        notices = [
+            receipts.expiry_notice(
+                layout, item.headers.get(SENDER_HEADER, ""), item.distribution_id, self.agency_id, now
+            )
+            for _, item in expired
+            if item.headers.get(SENDER_HEADER)
+        ]
         try:
-            await self._committer.submit([record])
+            await self._committer.submit([record, *notices])
         except BaseException:
             self._to_record = seqs + self._to_record
+            self._expired = expired + self._expired
             raise
         # Only now, with the receipts stored, do these count as acknowledged.
         self._metrics.acks.labels(self.agency_id).inc(len(seqs))
+        if expired:
+            self._metrics.expired.labels(self.agency_id).inc(len(expired))
+            log.info("deliveries_expired", agency=self.agency_id, count=len(expired))
         by_lane: dict[Lane, set[int]] = {}
-        for sequence in seqs:
+        for sequence in [*seqs, *(s for s, _ in expired)]:
             lane, seq = Layout.parse_sequence(sequence)
             by_lane.setdefault(lane, set()).add(seq)
         for state in self._lanes:

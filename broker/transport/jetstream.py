@@ -95,6 +95,7 @@ class Pulled:
     reply: str
     distribution_id: str
     data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ConsumerGone(Exception):
@@ -626,7 +627,7 @@ class Puller:
             return
         self.outstanding = max(0, self.outstanding - 1)
         dist = msg.subject.rpartition(".")[2]
-        self.put(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data))
+        self.put(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data, headers or {}))
 
     def put(self, item: Pulled | BaseException) -> None:
         """Queue item for the owner and wake it."""

@@ -69,6 +69,11 @@ class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliver
     """Stored in the recipient's queue, not yet acknowledged by its client."""
     DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 2
     """The recipient's client acknowledged it (technical acknowledgement)."""
+    DELIVERY_STATE_EXPIRED: _DeliveryState.ValueType  # 3
+    """Not delivered before it expired (Envelope.expires_at, or the hub's default of 24 hours):
+    dropped from the recipient's queue; the sender also got a notice (kind ERROR, code
+    DELIVERY_EXPIRED).
+    """
 
 class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
     """Where a delivery stands, technically."""
@@ -79,6 +84,11 @@ DELIVERY_STATE_STORED: DeliveryState.ValueType  # 1
 """Stored in the recipient's queue, not yet acknowledged by its client."""
 DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 2
 """The recipient's client acknowledged it (technical acknowledgement)."""
+DELIVERY_STATE_EXPIRED: DeliveryState.ValueType  # 3
+"""Not delivered before it expired (Envelope.expires_at, or the hub's default of 24 hours):
+dropped from the recipient's queue; the sender also got a notice (kind ERROR, code
+DELIVERY_EXPIRED).
+"""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 @_typing.final

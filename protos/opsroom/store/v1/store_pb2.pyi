@@ -34,6 +34,7 @@ class AckRecord(_message.Message):
     SEQUENCES_FIELD_NUMBER: _builtins.int
     ACKED_AT_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    EXPIRED_SEQUENCES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session that received them."""
     @_builtins.property
@@ -44,16 +45,23 @@ class AckRecord(_message.Message):
     def acked_at(self) -> _timestamp_pb2.Timestamp:
         """When the hub received the acknowledgements."""
 
+    @_builtins.property
+    def expired_sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Sequences of deliveries the hub dropped instead of sending, because they had expired
+        (Envelope.expires_at, or the hub's default): never delivered, the sender was notified.
+        """
+
     def __init__(
         self,
         *,
         sequences: _abc.Iterable[_builtins.int] | None = ...,
         acked_at: _timestamp_pb2.Timestamp | None = ...,
         session_id: _builtins.str = ...,
+        expired_sequences: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["acked_at", b"acked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at", b"acked_at", "sequences", b"sequences", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_at", b"acked_at", "expired_sequences", b"expired_sequences", "sequences", b"sequences", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -515,6 +515,7 @@ class Inbox:
         self._arrivals = itertools.count()
         self._seen = _Seen()
         self._acks: list[int] = []
+        self._keepalive = False
         self._ack_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None
@@ -573,6 +574,10 @@ class Inbox:
         rank = (1 if item.lane == hub_pb2.LANE_BULK else 0) if isinstance(item, hub_pb2.Delivery) else 2
         self._queue.put_nowait((rank, next(self._arrivals), item))
 
+    def _queue_keepalive(self) -> None:
+        self._keepalive = True
+        self._ack_ready.set()
+
     def _queue_ack(self, sequence: int) -> None:
         self._acks.append(sequence)
         self._ack_ready.set()
@@ -623,6 +628,8 @@ class Inbox:
                     self.backlog = response.deliveries.backlog
                     for delivery in response.deliveries.deliveries:
                         self._put(delivery)
+                elif which == "heartbeat":  # say the room is alive (the hub ends silent sessions)
+                    self._queue_keepalive()
                 elif which == "opened":
                     self.session_id = response.opened.session_id
                     self.backlog = response.opened.backlog
@@ -642,10 +649,12 @@ class Inbox:
             await self._ack_ready.wait()
             self._ack_ready.clear()
             sequences, self._acks = self._acks, []
-            if not sequences:
-                continue
+            keepalive, self._keepalive = self._keepalive, False
             try:
-                await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
+                if sequences:
+                    await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
+                elif keepalive:  # an acknowledgement says as much
+                    await call.write(hub_pb2.ConnectRequest(keepalive=hub_pb2.KeepAlive()))
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
                 self._acks = sequences + self._acks  # sent again on the next session
                 return

@@ -113,6 +113,8 @@ class HubConfig:
     # Most bulk-lane envelopes (plate reads, routine alerts) taken in per second; 0: no ceiling.
     # The ceiling keeps room in the hub for urgent traffic during a bulk flood (docs/guarantees.md).
     bulk_max_per_second: int = 1000
+    # A room that sends nothing (acknowledgement or keepalive) this long is offline: its session ends.
+    presence_timeout: timedelta = timedelta(seconds=60)
     # An envelope without expires_at is dropped, undelivered, this long after its acceptance.
     default_expiry: timedelta = timedelta(hours=24)
     limits: Limits = field(default_factory=Limits)
@@ -362,6 +364,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         heartbeat=hub.seconds("heartbeat_seconds", d_heartbeat),
         bulk_max_per_second=hub.at_least_zero("bulk_max_per_second", 1000),
         default_expiry=hub.seconds("default_expiry_seconds", timedelta(hours=24)),
+        presence_timeout=hub.seconds("presence_timeout_seconds", timedelta(seconds=60)),
         tls=_tls(root.sub("tls"), base),
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,

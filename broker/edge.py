@@ -343,6 +343,7 @@ class HubServicer:
                 self._metrics,
                 self._clock,
                 heartbeat=self._cfg.heartbeat.total_seconds(),
+                presence_timeout=self._cfg.presence_timeout.total_seconds(),
                 max_batch=first.open.max_batch,
                 window=first.open.window,
             )
@@ -376,6 +377,7 @@ class HubServicer:
                 request = await context.read()
                 if request is grpc.aio.EOF:
                     return
+                session.seen()
                 if _parsed(request).WhichOneof("request") == "ack":
                     session.on_ack(request.ack.sequences)
 

@@ -44,6 +44,7 @@ class Reason(enum.Enum):
     STORE_FULL = (StatusCode.RESOURCE_EXHAUSTED, "the JetStream stream is at its size limit")
     STORE_UNAVAILABLE = (StatusCode.UNAVAILABLE, "JetStream did not confirm the write")
     SHUTTING_DOWN = (StatusCode.UNAVAILABLE, "the hub is draining before it stops")
+    ROOM_SILENT = (StatusCode.UNAVAILABLE, "the room sent nothing for the presence timeout: offline")
     INTERNAL = (StatusCode.INTERNAL, "a fault in the hub; nothing was stored for this request")
 
     @property

@@ -123,6 +123,7 @@ class Hub:
             audited=audit is not None,
             bulk_per_second=cfg.bulk_max_per_second,
             default_expiry=cfg.default_expiry,
+            presence_timeout=cfg.presence_timeout,
         )
         self._servicer = HubServicer(
             cfg,

@@ -115,6 +115,12 @@ class Metrics:
             registry=r,
         )
         self.sessions = Gauge("opsroom_sessions", "Open delivery sessions, by agency.", ["agency"], registry=r)
+        self.online = Gauge(
+            "opsroom_room_online",
+            "1 while this replica serves the agency's room and has heard from it within the presence timeout.",
+            ["agency"],
+            registry=r,
+        )
         self.backlog = Gauge(
             "opsroom_backlog",
             "Deliveries waiting for an agency, as JetStream reported on the last delivery.",

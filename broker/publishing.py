@@ -62,6 +62,7 @@ class Publisher:
         audited: bool = False,
         bulk_per_second: float = 0.0,
         default_expiry: timedelta = timedelta(hours=24),
+        presence_timeout: timedelta = timedelta(seconds=60),
     ) -> None:
         """Wire the publish path; with audited, each envelope's write carries its audit records.
 
@@ -69,6 +70,7 @@ class Publisher:
         An envelope without expires_at expires default_expiry after its acceptance.
         """
         self._default_expiry = default_expiry
+        self._presence_timeout = presence_timeout
         self._audited = audited
         self._js = js
         self._layout: Layout = js.layout
@@ -291,8 +293,18 @@ class Publisher:
                 delivered[recipient] = when
         responses = await self._js.last_per_subject(self._layout.responses_of_envelope(distribution_id))
         kind = envelope_pb2.Envelope.FromString(stored[0].data).kind
-        now_ns = int(self._clock().timestamp() * 1e9)
-        return receipts.build_receipt(self._layout, stored, delivered, responses, kind, now_ns=now_ns)
+        now = self._clock()
+        receipt = receipts.build_receipt(
+            self._layout, stored, delivered, responses, kind, now_ns=int(now.timestamp() * 1e9)
+        )
+        for entry in receipt.recipients:
+            last = await self._js.last_by_subject(self._layout.session_subject(entry.agency_id))
+            record = store_pb2.SessionRecord.FromString(last.data) if last is not None else None
+            online, seen = receipts.presence(record, now, self._presence_timeout.total_seconds())
+            entry.online = online
+            if seen is not None:
+                entry.last_seen.CopyFrom(seen)
+        return receipt
 
     async def _delivered_at(
         self, agency_id: str, lane: Lane, delivery: StoredMsg

@@ -60,10 +60,34 @@ def ack_message(  # noqa: PLR0917 - the record's fields
     return OutMsg(layout.ack_subject(agency_id), record.SerializeToString())
 
 
-def session_message(layout: Layout, agency_id: str, session_id: str, replica: str, at: datetime) -> OutMsg:
-    """The record that session_id, on replica, is now agency_id's delivery session."""
-    record = store_pb2.SessionRecord(session_id=session_id, replica=replica, opened_at=timestamp(at))
-    return OutMsg(layout.session_subject(agency_id), record.SerializeToString())
+def session_message(
+    layout: Layout,
+    agency_id: str,
+    session_id: str,
+    replica: str,
+    at: datetime,
+    *,
+    last_seen: datetime | None = None,
+    closed: bool = False,
+) -> OutMsg:
+    """The record that session_id, on replica, is agency_id's delivery session (last heard from, or ended)."""
+    record = store_pb2.SessionRecord(
+        session_id=session_id,
+        replica=replica,
+        opened_at=timestamp(at),
+        last_seen=timestamp(last_seen or at),
+        closed=closed,
+    )
+    return OutMsg(layout.session_subject(agency_id), record.SerializeToString(), {})
+
+
+def presence(record: store_pb2.SessionRecord | None, now: datetime, timeout: float) -> tuple[bool, Timestamp | None]:
+    """(online, last seen) of a room from its last session record: online while open and heard from within timeout."""
+    if record is None:
+        return False, None
+    seen = record.last_seen if record.HasField("last_seen") else record.opened_at
+    online = not record.closed and (now - seen.ToDatetime(tzinfo=now.tzinfo)).total_seconds() <= timeout
+    return online, seen
 
 
 def response_message(layout: Layout, request_id: str, agency_id: str, response: hub_pb2.BusinessResponse) -> OutMsg:

@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.hub.v1 import hub_pb2
@@ -30,7 +30,7 @@ from broker.lanes import LANES, Lane
 from broker.layout import EXPIRES_HEADER, SENDER_HEADER, Layout
 from broker.logging import get_logger
 from broker.metrics import Metrics
-from broker.transport.jetstream import ConsumerGone, JetStream, Pulled, Puller, Wake
+from broker.transport.jetstream import ConsumerGone, DuplicateInBatch, JetStream, Pulled, Puller, Wake
 
 log = get_logger(__name__)
 
@@ -74,6 +74,7 @@ class DeliverySession:
         clock: Callable[[], datetime],
         *,
         heartbeat: float,
+        presence_timeout: float = 60.0,
         max_batch: int = 0,
         window: int = 0,
         ack_interval: float = 0.02,
@@ -87,6 +88,10 @@ class DeliverySession:
         self._metrics = metrics
         self._clock = clock
         self._heartbeat = heartbeat
+        self._presence_timeout = presence_timeout
+        self._last_seen = time.monotonic()
+        self._last_refresh = time.monotonic()
+        self._record_seq = 0  # stream sequence of this session's last session record
         self.max_batch = min(max_batch or DEFAULT_MAX_BATCH, MAX_BATCH)
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._ready = asyncio.Event()
@@ -102,7 +107,7 @@ class DeliverySession:
         replica sees it and ends before this one resets the consumers.
         """
         record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._clock())
-        await self._committer.submit([record])
+        self._record_seq = (await self._committer.submit([record])).last_seq
         backlog = 0
         for state in self._lanes:
             await self._js.ensure_consumer(self.agency_id, state.lane)
@@ -110,19 +115,61 @@ class DeliverySession:
         for state in self._lanes:
             await state.puller.start()
         self._metrics.sessions.labels(self.agency_id).inc()
+        self._metrics.online.labels(self.agency_id).set(1)
         self._metrics.backlog.labels(self.agency_id).set(backlog)
         return backlog
+
+    def seen(self) -> None:
+        """The room sent something (an acknowledgement or a keepalive): it is alive."""
+        self._last_seen = time.monotonic()
+
+    async def _presence(self) -> None:
+        """End the session if the room fell silent; otherwise refresh its presence record now and then."""
+        now = time.monotonic()
+        if now - self._last_seen > self._presence_timeout:
+            raise Refused(Reason.ROOM_SILENT, "the room sent nothing for the presence timeout; reconnect")
+        if now - self._last_refresh >= self._presence_timeout / 3:
+            self._last_refresh = now
+            if not await self._write_record(closed=False):
+                raise Refused(Reason.SESSION_SUPERSEDED, "a newer session of this agency replaced this one")
+
+    async def _write_record(self, *, closed: bool) -> bool:
+        """Write this session's record again if it is still the agency's last; False if another session wrote since."""
+        silent_for = time.monotonic() - self._last_seen
+        now = self._clock()
+        record = receipts.session_message(
+            self._js.layout,
+            self.agency_id,
+            self.session_id,
+            REPLICA,
+            now,
+            last_seen=now - timedelta(seconds=silent_for),
+            closed=closed,
+        )
+        record.headers["Nats-Expected-Last-Subject-Sequence"] = str(self._record_seq)
+        [result] = await self._js.publish_each([record])
+        if isinstance(result, int):
+            self._record_seq = result
+            return True
+        if isinstance(result, DuplicateInBatch):
+            return False
+        raise result
 
     def supersede(self, reason: Reason = Reason.SESSION_SUPERSEDED) -> None:
         """End this session: a newer one of the same agency started, or the hub is stopping."""
         self._lanes[0].puller.put(_Superseded(reason))
 
     async def close(self) -> None:
-        """Record acknowledgements already received, then stop pulling."""
+        """Record acknowledgements already received, mark the room offline (if still its session), stop pulling."""
         try:
             await asyncio.wait_for(self._record_acks(), timeout=5)
         except (TimeoutError, OpsroomError):
             log.warning("session_acks_unrecorded", agency=self.agency_id, count=len(self._to_record))
+        try:
+            await asyncio.wait_for(self._write_record(closed=True), timeout=5)
+        except (TimeoutError, OpsroomError):
+            log.warning("session_close_unrecorded", agency=self.agency_id)
+        self._metrics.online.labels(self.agency_id).set(0)
         for state in self._lanes:
             await state.puller.stop()
             self._js.forget(state.puller)
@@ -145,6 +192,7 @@ class DeliverySession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._heartbeat
         while True:
+            await self._presence()
             for state in self._lanes:
                 await self._top_up(state)
             self._ready.clear()

@@ -275,6 +275,7 @@ class ConnectRequest(_message.Message):
 
     OPEN_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def open(self) -> Global___OpenSession:
         """Opens the session."""
@@ -283,17 +284,24 @@ class ConnectRequest(_message.Message):
     def ack(self) -> Global___AckDeliveries:
         """Acknowledges deliveries."""
 
+    @_builtins.property
+    def keepalive(self) -> Global___KeepAlive:
+        """The room is alive: the answer to each Heartbeat. A room that sends nothing for the hub's
+        presence timeout (60 s by default) is offline and its session ends (ROOM_SILENT).
+        """
+
     def __init__(
         self,
         *,
         open: Global___OpenSession | None = ...,
         ack: Global___AckDeliveries | None = ...,
+        keepalive: Global___KeepAlive | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "open", b"open", "request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "keepalive", b"keepalive", "open", b"open", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "open", b"open", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "keepalive", b"keepalive", "open", b"open", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["open", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["open", "ack", "keepalive"]  # noqa: Y015
     _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
 
@@ -324,6 +332,23 @@ class OpenSession(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenSession: _TypeAlias = OpenSession  # noqa: Y015
+
+@_typing.final
+class KeepAlive(_message.Message):
+    """The room's client is alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepAlive: _TypeAlias = KeepAlive  # noqa: Y015
 
 @_typing.final
 class AckDeliveries(_message.Message):
@@ -612,10 +637,14 @@ class RecipientReceipt(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     DELIVERED_AT_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
     agency_id: _builtins.str
     """The recipient agency."""
     state: Global___DeliveryState.ValueType
     """Technical state."""
+    online: _builtins.bool
+    """Whether the recipient's room is connected now (a session open and not silent)."""
     @_builtins.property
     def delivered_at(self) -> _timestamp_pb2.Timestamp:
         """When its client acknowledged it, if it did."""
@@ -624,6 +653,10 @@ class RecipientReceipt(_message.Message):
     def response(self) -> Global___BusinessResponse:
         """The operator's answer (business acknowledgement), for requests that got one."""
 
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp:
+        """When the hub last heard from the recipient's room (unset if it never connected)."""
+
     def __init__(
         self,
         *,
@@ -631,10 +664,12 @@ class RecipientReceipt(_message.Message):
         state: Global___DeliveryState.ValueType = ...,
         delivered_at: _timestamp_pb2.Timestamp | None = ...,
         response: Global___BusinessResponse | None = ...,
+        online: _builtins.bool = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_at", b"delivered_at", "response", b"response"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivered_at", b"delivered_at", "last_seen", b"last_seen", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "delivered_at", b"delivered_at", "response", b"response", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "delivered_at", b"delivered_at", "last_seen", b"last_seen", "online", b"online", "response", b"response", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

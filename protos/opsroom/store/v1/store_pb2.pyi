@@ -97,8 +97,9 @@ Global___ResponseRecord: _TypeAlias = ResponseRecord  # noqa: Y015
 
 @_typing.final
 class SessionRecord(_message.Message):
-    """Written when a room's delivery session opens, by whichever hub replica serves it: the last
-    one on an agency's subject is the agency's current session; any other session of that
+    """Written when a room's delivery session opens, by whichever hub replica serves it, again
+    while it lives (presence) and when it ends: the last one on an agency's subject is the
+    agency's current session, and says whether the room is online; any other session of that
     agency, on any replica, ends (SESSION_SUPERSEDED).
     """
 
@@ -107,13 +108,21 @@ class SessionRecord(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     REPLICA_FIELD_NUMBER: _builtins.int
     OPENED_AT_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    CLOSED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session's id, as in SessionOpened."""
     replica: _builtins.str
     """The hub replica serving it (host and process)."""
+    closed: _builtins.bool
+    """The session ended: the room is offline."""
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp:
         """When it opened."""
+
+    @_builtins.property
+    def last_seen(self) -> _timestamp_pb2.Timestamp:
+        """When the room was last heard from (refreshed while the session lives)."""
 
     def __init__(
         self,
@@ -121,10 +130,12 @@ class SessionRecord(_message.Message):
         session_id: _builtins.str = ...,
         replica: _builtins.str = ...,
         opened_at: _timestamp_pb2.Timestamp | None = ...,
+        last_seen: _timestamp_pb2.Timestamp | None = ...,
+        closed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen", "opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "replica", b"replica", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "last_seen", b"last_seen", "opened_at", b"opened_at", "replica", b"replica", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

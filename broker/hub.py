@@ -17,6 +17,7 @@ from broker.audit.retention import Retention
 from broker.committer import Committer
 from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
+from broker.escalation import Escalator
 from broker.lanes import LANES, Lane
 from broker.logging import get_logger
 from broker.metrics import Metrics
@@ -66,6 +67,7 @@ class Hub:
         self.audit: AuditLog | None = None
         self._audit_js: JetStream | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._escalator: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         """Start the hub."""
@@ -125,6 +127,8 @@ class Hub:
             default_expiry=cfg.default_expiry,
             presence_timeout=cfg.presence_timeout,
         )
+        escalator = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audit is not None)
+        self._escalator = asyncio.get_running_loop().create_task(escalator.run(), name="escalations")
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -212,11 +216,11 @@ class Hub:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close."""
         grace = self.cfg.grace.total_seconds() if grace is None else grace
-        for task in (self._watch, self._retention_task):
+        for task in (self._watch, self._retention_task, self._escalator):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._watch = self._retention_task = None
+        self._watch = self._retention_task = self._escalator = None
         log.info("hub_draining")
         self.metrics.draining.set(1)
         if self._servicer is not None:

@@ -7,7 +7,9 @@ an urgent delivery without waiting for a bulk batch:
     <prefix>.dlv.<agency>.<lane>.<distribution id> one message per (envelope, recipient)
     <prefix>.ack.<agency>                          one AckRecord per acknowledgement flush of a room
     <prefix>.rsp.<distribution id>.<agency>        the recipient operator's answer to a request
-    <prefix>.ses.<agency>                          one SessionRecord per delivery session opened
+    <prefix>.ses.<agency>                          SessionRecords: a room's current session and presence
+    <prefix>.esc.timer.<distribution id>           a request's EscalationTimer (deadline for an answer)
+    <prefix>.esc.done.<distribution id>            the EscalationRecord of a request that escalated
 
 An envelope costs one write per recipient and nothing else: its deliveries carry, in headers,
 what a retry and a receipt need (sender, acceptance time, digest of the envelope). Each
@@ -48,6 +50,7 @@ class Layout:
             f"{self.prefix}.ack.>",
             f"{self.prefix}.rsp.>",
             f"{self.prefix}.ses.>",
+            f"{self.prefix}.esc.>",
         ]
 
     @property
@@ -75,6 +78,19 @@ class Layout:
     def ack_subject(self, agency_id: str) -> str:
         """Subject of an agency's acknowledgement records."""
         return f"{self.prefix}.ack.{agency_token(agency_id)}"
+
+    def escalation_timer_subject(self, distribution_id: str) -> str:
+        """Subject of a request's escalation timer."""
+        return f"{self.prefix}.esc.timer.{distribution_id}"
+
+    @property
+    def escalation_timers(self) -> str:
+        """Filter of every escalation timer (the escalation worker's consumer)."""
+        return f"{self.prefix}.esc.timer.*"
+
+    def escalation_subject(self, distribution_id: str) -> str:
+        """Subject of the record that a request escalated."""
+        return f"{self.prefix}.esc.done.{distribution_id}"
 
     def session_subject(self, agency_id: str) -> str:
         """Subject of an agency's session records (the last one names its current session)."""

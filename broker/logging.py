@@ -39,6 +39,8 @@ ALLOWED_KEYS = frozenset(
         "listen",
         "messages",
         "outcome",
+        "lane",
+        "delivered",
         "path",
         "pid",
         "reason",

@@ -64,6 +64,12 @@ class Metrics:
             ["agency"],
             registry=r,
         )
+        self.escalations = Counter(
+            "opsroom_escalations",
+            "Requests no recipient answered in time, by alternate room and outcome (delivered, or notified only).",
+            ["agency", "outcome"],
+            registry=r,
+        )
         self.expired = Counter(
             "opsroom_expired",
             "Deliveries dropped undelivered because they expired (the sender is notified), by recipient agency.",

@@ -202,7 +202,7 @@ class Publisher:
         )
         layout = self._layout
         lane = lane_of(env)
-        copies = _Copies(env, data, audited=self._audited)
+        copies = Copies(env, data, audited=self._audited)
         messages = []
         for route in decision.routes:
             headers = receipts.delivery_headers(
@@ -211,6 +211,9 @@ class Publisher:
             headers[RULE_HEADER] = route.rule
             headers[EXPIRES_HEADER] = str(expires)
             messages.append(OutMsg(layout.delivery_subject(route.agency_id, lane, dist), copies.of(route), headers))
+        timer = _escalation_timer(layout, env, decision, now)
+        if timer is not None:
+            messages.append(timer)
         if extra is not None:
             messages.append(extra)  # written once the response itself is delivered
         draft = None
@@ -297,6 +300,9 @@ class Publisher:
         receipt = receipts.build_receipt(
             self._layout, stored, delivered, responses, kind, now_ns=int(now.timestamp() * 1e9)
         )
+        escalated = await self._js.last_by_subject(self._layout.escalation_subject(distribution_id))
+        if escalated is not None:
+            receipt.escalation.CopyFrom(store_pb2.EscalationRecord.FromString(escalated.data).escalation)
         for entry in receipt.recipients:
             last = await self._js.last_by_subject(self._layout.session_subject(entry.agency_id))
             record = store_pb2.SessionRecord.FromString(last.data) if last is not None else None
@@ -330,10 +336,26 @@ class Publisher:
         return True if await self._js.ack_floor(agency_id, lane) >= delivery.seq else None
 
 
-class _Copies:
+_REQUESTS = frozenset({"assistance_request", "handover_request"})
+
+
+def _escalation_timer(layout: Layout, env: envelope_pb2.Envelope, decision: Decision, now: datetime) -> OutMsg | None:
+    """For a request whose rules set a deadline for an answer, the timer of the earliest one."""
+    if env.kind != common_pb2.KIND_REQUEST or env.WhichOneof("payload") not in _REQUESTS:
+        return None
+    deadlines = [r for r in decision.routes if r.escalate_after > 0 and r.escalate_to]
+    if not deadlines:
+        return None
+    first = min(deadlines, key=lambda r: (r.escalate_after, r.rule))
+    due = now + timedelta(seconds=first.escalate_after)
+    return receipts.escalation_timer(layout, env.distribution_id, due, first.escalate_to, first.rule)
+
+
+class Copies:
     """The copies of one envelope, one per distinct mask, and (if audited) what each recipient's copy holds."""
 
     def __init__(self, env: envelope_pb2.Envelope, data: bytes, *, audited: bool) -> None:
+        """The copies of env (serialized as data); audited: also the views the audit log records."""
         self._env = env
         self._data = data
         self._audited = audited

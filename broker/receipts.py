@@ -134,21 +134,34 @@ def expires_ns(delivery: StoredMsg) -> int:
 
 
 def expiry_notice(layout: Layout, sender: str, distribution_id: str, recipient: str, at: datetime) -> OutMsg:
-    """The notice to sender that its envelope expired before recipient took it (kind ERROR, to its urgent lane).
+    """The notice to sender that its envelope expired before recipient took it (kind ERROR, DELIVERY_EXPIRED)."""
+    return hub_notice(
+        layout,
+        sender,
+        distribution_id,
+        at,
+        code="DELIVERY_EXPIRED",
+        description=f"not delivered to {recipient} before it expired; dropped",
+        key=f"expired:{distribution_id}:{recipient}",
+    )
 
-    Its id is derived from the envelope and the recipient, so a notice written twice is stored once.
+
+def hub_notice(
+    layout: Layout, sender: str, distribution_id: str, at: datetime, *, code: str, description: str, key: str
+) -> OutMsg:
+    """A notice from the hub to sender about its envelope (kind ERROR, to the sender's urgent lane).
+
+    Its id is derived from key, so a notice written twice is stored once.
     """
     notice = envelope_pb2.Envelope(
-        distribution_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:opsroom:expired:{distribution_id}:{recipient}")),
+        distribution_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:opsroom:{key}")),
         sender=common_pb2.Sender(agency_id=HUB_AGENCY),
         sent_at=timestamp(at),
         status=common_pb2.STATUS_SYSTEM,
         kind=common_pb2.KIND_ERROR,
         recipients=[sender],
         references=[common_pb2.Reference(distribution_id=distribution_id, sender_agency_id=sender)],
-        acknowledgement=envelope_pb2.Acknowledgement(
-            code="DELIVERY_EXPIRED", description=f"not delivered to {recipient} before it expired; dropped"
-        ),
+        acknowledgement=envelope_pb2.Acknowledgement(code=code, description=description),
     )
     data = notice.SerializeToString()
     headers = delivery_headers(
@@ -160,6 +173,15 @@ def expiry_notice(layout: Layout, sender: str, distribution_id: str, recipient: 
         digest=hashlib.sha256(data).digest(),
     )
     return OutMsg(layout.delivery_subject(sender, Lane.URGENT, notice.distribution_id), data, headers)
+
+
+def escalation_timer(layout: Layout, distribution_id: str, due: datetime, to_agency_id: str, rule: str) -> OutMsg:
+    """The timer written with a request whose agreement sets a deadline for an answer (written once per request)."""
+    timer = store_pb2.EscalationTimer(
+        distribution_id=distribution_id, due_at=timestamp(due), to_agency_id=to_agency_id, rule=rule
+    )
+    headers = {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Msg-Id": f"esc:{distribution_id}"}
+    return OutMsg(layout.escalation_timer_subject(distribution_id), timer.SerializeToString(), headers)
 
 
 def build_receipt(

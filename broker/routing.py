@@ -29,6 +29,9 @@ class Route:
     agency_id: str
     rule: str
     mask: Mask | None = None  # None: the whole envelope
+    # For a request: seconds the recipients have to answer before escalate_to gets it (0: never).
+    escalate_after: int = 0
+    escalate_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)

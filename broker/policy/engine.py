@@ -227,7 +227,7 @@ class Policy:
             named.add(recipient)
             allowing = allowed.get(recipient)
             if allowing is not None:
-                routes.append(Route(recipient, allowing.name, self.mask(allowing.agreement.id, recipient)))
+                routes.append(self._route(recipient, allowing))
             elif recipient in replies and self._reply_ok(sender, recipient, facts.status):
                 routes.append(Route(recipient, REPLY_RULE, self._reply_mask(sender, recipient)))
             else:
@@ -236,8 +236,18 @@ class Policy:
             return Decision((), tuple(refusals))
         for recipient in sorted(selected.keys() - named):
             chosen = selected[recipient]
-            routes.append(Route(recipient, chosen.name, self.mask(chosen.agreement.id, recipient)))
+            routes.append(self._route(recipient, chosen))
         return Decision(tuple(routes))
+
+    def _route(self, recipient: str, compiled: _Compiled) -> Route:
+        rule = compiled.rule
+        return Route(
+            recipient,
+            compiled.name,
+            self.mask(compiled.agreement.id, recipient),
+            escalate_after=rule.escalate_after,
+            escalate_to=rule.escalate_to,
+        )
 
     def _allowed(self, sender: str, facts: Facts) -> tuple[dict[str, _Compiled], dict[str, _Compiled]]:
         """Recipients some applying rule allows, and those its territory rules select; first rule wins."""

@@ -226,6 +226,22 @@ class _Checker:
                 except redact.PathError as exc:
                     self.fail(("roles", role, "hide", j), str(exc))
 
+    def escalation(self, rule: Mapping[str, Any], path: Path_, agencies: set[str]) -> None:
+        escalate = rule.get("escalate")
+        if not escalate:
+            return
+        to = escalate["to"]
+        holders = [p["agency"] for p in self.data["parties"] if p["role"] == to]
+        if "." in to and to not in agencies:
+            self.fail((*path, "escalate", "to"), f"{to} is not a party of this agreement")
+        elif "." not in to and len(holders) != 1:
+            self.fail(
+                (*path, "escalate", "to"), f"the role {to} must be held by exactly one party (it has {len(holders)})"
+            )
+        kinds = set(rule["kinds"])
+        if "REQUEST" not in kinds:
+            self.fail((*path, "escalate"), "only requests escalate: the rule's kinds must include REQUEST")
+
     def rule(self, rule: Mapping[str, Any], path: Path_, roles: set[str], agencies: set[str]) -> None:
         for key in ("from", "to"):
             for j, who in enumerate(rule[key]):
@@ -237,6 +253,7 @@ class _Checker:
             if code not in self.codes.eido_incident_types:
                 self.fail((*path, "incident_types", j), f"{code!r} is not in the EIDO incident-type-common registry")
         self.territory(rule.get("territory"), (*path, "territory"))
+        self.escalation(rule, path, agencies)
         schedule = rule.get("schedule") or {}
         if ("from" in schedule) != ("to" in schedule):
             self.fail((*path, "schedule"), "needs both from and to, or neither")
@@ -290,6 +307,8 @@ def _build(data: Mapping[str, Any], source: str, id_line: int = 1) -> Agreement:
                 territory=_territory(r.get("territory")),
                 schedule=schedule,
                 description=r.get("description", ""),
+                escalate_after=int(r["escalate"]["after_seconds"]) if r.get("escalate") else 0,
+                escalate_to=min(_resolve([r["escalate"]["to"]], parties), default="") if r.get("escalate") else "",
             )
         )
     until = data.get("valid_until")

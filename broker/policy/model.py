@@ -92,6 +92,9 @@ class Rule:
     territory: Territory = field(default_factory=Territory)
     schedule: Schedule | None = None
     description: str = ""
+    # Requests only: if no recipient answers within escalate_after seconds, escalate_to gets it.
+    escalate_after: int = 0
+    escalate_to: str = ""
 
 
 @dataclass(frozen=True, slots=True)

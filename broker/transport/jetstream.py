@@ -504,6 +504,41 @@ class JetStream:
             raise StoreUnavailable(f"cannot reset consumer {name}: {err[1]} ({err[0]})")
         return int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
 
+    async def ensure_work_consumer(self, name: str, subject_filter: str, ack_wait: float = 30.0) -> None:
+        """A durable consumer of the main stream shared by the replicas: each message to one, acked one by one."""
+        config = {
+            "durable_name": name,
+            "filter_subject": subject_filter,
+            "deliver_policy": "all",
+            "ack_policy": "explicit",
+            "ack_wait": int(ack_wait * _NS),
+            "max_ack_pending": self.cfg.max_ack_pending,
+            "max_deliver": -1,
+            "replay_policy": "instant",
+            "num_replicas": 0,
+        }
+        body: dict[str, Any] = {"stream_name": self.cfg.stream, "config": config}
+        reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", body)
+        err = _api_error(reply)
+        if err is not None and err[0] in (ERR_CONSUMER_EXISTS, ERR_CONSUMER_EXISTS_OLD):
+            reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", {**body, "action": "update"})
+            err = _api_error(reply)
+        if err is not None:
+            raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
+
+    def work_puller(self, name: str) -> Puller:
+        """A continuous pull on a work consumer of the main stream."""
+        puller = Puller(self, name, Lane.URGENT)  # the urgent lane's stream is the main stream
+        self._events.pullers.add(puller)
+        return puller
+
+    async def nak(self, reply: str, delay: float) -> None:
+        """Give a message back to its consumer, to be delivered again in delay seconds."""
+        try:
+            await self.nc.publish(reply, b"-NAK " + json.dumps({"delay": int(max(0.0, delay) * _NS)}).encode())
+        except (NatsError, OSError) as exc:
+            raise StoreUnavailable(f"cannot give back: {type(exc).__name__}") from exc
+
     async def ack(self, reply: str) -> None:
         """Acknowledge a delivery and, the policy being ack-all, every one before it."""
         try:

@@ -47,7 +47,9 @@ close_agency_ids = st.builds(
 
 def test_subjects_for_a_dotted_agency_id() -> None:
     """Dots of the agency id become underscores, so the agency is one subject token."""
-    assert ["opsroom.dlv.*.urgent.*", "opsroom.ack.>", "opsroom.rsp.>", "opsroom.ses.>"] == LAYOUT.stream_subjects
+    assert ["opsroom.dlv.*.urgent.*", "opsroom.ack.>", "opsroom.rsp.>", "opsroom.ses.>", "opsroom.esc.>"] == (
+        LAYOUT.stream_subjects
+    )
     assert ["opsroom.dlv.*.bulk.*"] == LAYOUT.bulk_stream_subjects
     assert "opsroom.audit" == LAYOUT.audit_subject
     assert f"opsroom.dlv.it_pl_001272.urgent.{DIST}" == LAYOUT.delivery_subject(f.PL, Lane.URGENT, DIST)
@@ -71,7 +73,9 @@ def test_names_for_a_dotted_agency_id() -> None:
 def test_custom_prefix() -> None:
     """Every subject starts with the configured prefix."""
     layout = Layout("hub-to")
-    assert ["hub-to.dlv.*.urgent.*", "hub-to.ack.>", "hub-to.rsp.>", "hub-to.ses.>"] == layout.stream_subjects
+    assert ["hub-to.dlv.*.urgent.*", "hub-to.ack.>", "hub-to.rsp.>", "hub-to.ses.>", "hub-to.esc.>"] == (
+        layout.stream_subjects
+    )
     assert "hub-to.audit" == layout.audit_subject
     assert f"hub-to.dlv.it_pl_001272.urgent.{DIST}" == layout.delivery_subject(f.PL, Lane.URGENT, DIST)
     assert "hub-to.ack.it_pl_001272" == layout.ack_subject(f.PL)

@@ -596,6 +596,7 @@ class Receipt(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
+    ESCALATION_FIELD_NUMBER: _builtins.int
     distribution_id: _builtins.str
     """The envelope's distribution id."""
     sender_agency_id: _builtins.str
@@ -608,7 +609,11 @@ class Receipt(_message.Message):
 
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientReceipt]:
-        """One entry per recipient."""
+        """One entry per recipient (an alternate room the request escalated to is one of them)."""
+
+    @_builtins.property
+    def escalation(self) -> Global___Escalation:
+        """For a request no recipient answered in time: where the hub sent it (unset otherwise)."""
 
     def __init__(
         self,
@@ -618,14 +623,56 @@ class Receipt(_message.Message):
         kind: _common_pb2.Kind.ValueType = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         recipients: _abc.Iterable[Global___RecipientReceipt] | None = ...,
+        escalation: Global___Escalation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "escalation", b"escalation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "distribution_id", b"distribution_id", "kind", b"kind", "recipients", b"recipients", "sender_agency_id", b"sender_agency_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "distribution_id", b"distribution_id", "escalation", b"escalation", "kind", b"kind", "recipients", b"recipients", "sender_agency_id", b"sender_agency_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class Escalation(_message.Message):
+    """A request escalated by the hub: no recipient's operator answered within the agreement's
+    deadline, so the hub sent it to the alternate room the agreement names and notified the
+    sender (kind ERROR, code REQUEST_ESCALATED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_AGENCY_ID_FIELD_NUMBER: _builtins.int
+    ESCALATED_AT_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    to_agency_id: _builtins.str
+    """The alternate room."""
+    rule: _builtins.str
+    """The "<agreement>/<rule>" that set the deadline and named the alternate."""
+    delivered: _builtins.bool
+    """False when the alternate already had the request (it was a recipient) or no agreement
+    allowed sending it there: the sender was notified all the same.
+    """
+    @_builtins.property
+    def escalated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the hub escalated it."""
+
+    def __init__(
+        self,
+        *,
+        to_agency_id: _builtins.str = ...,
+        escalated_at: _timestamp_pb2.Timestamp | None = ...,
+        rule: _builtins.str = ...,
+        delivered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["escalated_at", b"escalated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered", b"delivered", "escalated_at", b"escalated_at", "rule", b"rule", "to_agency_id", b"to_agency_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Escalation: _TypeAlias = Escalation  # noqa: Y015
 
 @_typing.final
 class RecipientReceipt(_message.Message):

@@ -142,6 +142,69 @@ class SessionRecord(_message.Message):
 Global___SessionRecord: _TypeAlias = SessionRecord  # noqa: Y015
 
 @_typing.final
+class EscalationTimer(_message.Message):
+    """Written with a request whose agreement sets a deadline for an answer: the hub's escalation
+    worker takes it up when it is due (JetStream redelivers it then) and escalates the request
+    unless a recipient answered.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISTRIBUTION_ID_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    TO_AGENCY_ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    distribution_id: _builtins.str
+    """The request."""
+    to_agency_id: _builtins.str
+    """The alternate room."""
+    rule: _builtins.str
+    """The "<agreement>/<rule>" that set it."""
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When the answer is due."""
+
+    def __init__(
+        self,
+        *,
+        distribution_id: _builtins.str = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        to_agency_id: _builtins.str = ...,
+        rule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distribution_id", b"distribution_id", "due_at", b"due_at", "rule", b"rule", "to_agency_id", b"to_agency_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EscalationTimer: _TypeAlias = EscalationTimer  # noqa: Y015
+
+@_typing.final
+class EscalationRecord(_message.Message):
+    """Written once a request escalated: the receipt's Escalation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESCALATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def escalation(self) -> _hub_pb2.Escalation:
+        """As in the receipt."""
+
+    def __init__(
+        self,
+        *,
+        escalation: _hub_pb2.Escalation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["escalation", b"escalation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EscalationRecord: _TypeAlias = EscalationRecord  # noqa: Y015
+
+@_typing.final
 class RawDelivery(_message.Message):
     """Wire-compatible with opsroom.hub.v1.Delivery, with the envelope as stored bytes, so the
     hub forwards stored envelopes without decoding them.

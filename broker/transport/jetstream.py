@@ -473,9 +473,12 @@ class JetStream:
 
     async def ensure_consumer(self, agency_id: str, lane: Lane) -> None:
         """Create the agency's consumer for lane, or update it to the wanted configuration."""
-        name = self.layout.consumer_name(agency_id, lane)
-        stream = self.stream_of(lane)
-        body: dict[str, Any] = {"stream_name": stream, "config": self.consumer_config(agency_id, lane)}
+        await self._create_consumer(self.stream_of(lane), self.consumer_config(agency_id, lane))
+
+    async def _create_consumer(self, stream: str, config: dict[str, Any]) -> None:
+        """Create a durable consumer, or update it to config."""
+        name = config["durable_name"]
+        body: dict[str, Any] = {"stream_name": stream, "config": config}
         reply = await self.api(f"CONSUMER.CREATE.{stream}.{name}", body)
         err = _api_error(reply)
         if err is not None and err[0] in (ERR_CONSUMER_EXISTS, ERR_CONSUMER_EXISTS_OLD):
@@ -517,14 +520,7 @@ class JetStream:
             "replay_policy": "instant",
             "num_replicas": 0,
         }
-        body: dict[str, Any] = {"stream_name": self.cfg.stream, "config": config}
-        reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", body)
-        err = _api_error(reply)
-        if err is not None and err[0] in (ERR_CONSUMER_EXISTS, ERR_CONSUMER_EXISTS_OLD):
-            reply = await self.api(f"CONSUMER.CREATE.{self.cfg.stream}.{name}", {**body, "action": "update"})
-            err = _api_error(reply)
-        if err is not None:
-            raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
+        await self._create_consumer(self.cfg.stream, config)
 
     def work_puller(self, name: str) -> Puller:
         """A continuous pull on a work consumer of the main stream."""

@@ -38,3 +38,20 @@ def test_policy_benchmark_runs() -> None:
     assert 0 == result.returncode, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert ["10", "100", "1000"] == [row[0] for row in rows]
+
+
+def test_lanes_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    """bench/lanes.py measures the urgent lane alone and under a bulk flood in one run, and a backlog replay."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lanes.py"), "--quick", "--runs", "1", "--backlog", "300",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stderr
+    assert "urgent p99 with flood / alone:" in result.stdout
+    assert "backlog replay of 300 reads" in result.stdout
+    [report] = list(tmp_path.glob("lanes-*.json"))
+    data = json.loads(report.read_text())
+    assert 1 == len(data["urgent"]["runs"]["alone"]) == len(data["urgent"]["runs"]["flood"])
+    assert data["urgent"]["runs"]["flood"][0]["bulk_per_s"] > 0
+    assert (300, 1.0, 0.0) == (data["replay"]["events"], data["replay"]["in_order"], data["replay"]["duplicates"])

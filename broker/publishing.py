@@ -375,7 +375,7 @@ class Copies:
             if self._audited:
                 if self._all is None:
                     self._all = frozenset(audit_records.present_fields(self._env))
-                removed = audit_records.under(self._all, hidden)
+                removed = audit_records.withheld(self._env, copy, self._all, hidden)
                 fields = tuple(sorted(self._all - removed))
                 withheld = tuple(sorted(removed))
             made = (data, fields, withheld, hashlib.sha256(data).digest() if self._audited else b"")

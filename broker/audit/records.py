@@ -83,6 +83,34 @@ def under(paths: frozenset[str], hidden: frozenset[str]) -> frozenset[str]:
     return frozenset(out)
 
 
+def withheld(original: Any, redacted: Any, paths: frozenset[str], hidden: frozenset[str]) -> frozenset[str]:
+    """What a redaction withheld: field paths removed whole, and selector paths whose elements it removed.
+
+    A selector path of the mask (like "incident.locations[type=Caller]") is listed when the
+    redacted message has fewer elements there than the original.
+    """
+    out = set(under(paths, hidden))
+    for path in hidden:
+        base, selector, _ = path.partition("[")
+        if selector and _count(original, base.split(".")) > _count(redacted, base.split(".")):
+            out.add(path)
+    return frozenset(out)
+
+
+def _count(message: Any, names: list[str]) -> int:
+    """How many values a dotted path reaches in a message (through repeated fields too)."""
+    field = message.DESCRIPTOR.fields_by_name.get(names[0])
+    if field is None:
+        return 0
+    value = getattr(message, names[0])
+    rest = names[1:]
+    if field.is_repeated:
+        return len(value) if not rest else sum(_count(item, rest) for item in value)
+    if field.type != FieldDescriptor.TYPE_MESSAGE or not message.HasField(names[0]):
+        return 0
+    return _count(value, rest) if rest else 1
+
+
 def _actor(env: envelope_pb2.Envelope, caller: Caller) -> audit_pb2.Actor:
     return audit_pb2.Actor(
         agency_id=caller.agency_id,

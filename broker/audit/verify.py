@@ -183,6 +183,17 @@ class _Walker:
                     self.find(Kind.ALTERED, prev, f"entry {prev.position} (seq {prev.seq}) was altered: entry "
                               f"{e.position} links to different content")  # fmt: skip
                 prev = e
+            elif (
+                e.position > expected
+                and nxt is not None
+                and nxt.position == expected
+                and nxt.entry.prev_sha256 == prev.sha
+                and e.entry.prev_sha256 != nxt.sha
+            ):
+                self.find(Kind.INSERTED, e, f"entry at seq {e.seq} claims position {e.position}, which is not where "
+                          f"it stands (the chain goes on from {prev.position} at seq {nxt.seq})")  # fmt: skip
+                i += 1
+                continue
             elif e.position == expected + 1 and nxt is not None and nxt.position == expected:
                 self.find(Kind.REORDERED, e, f"entries {expected} and {e.position} are in each other's place "
                           f"(seqs {nxt.seq} and {e.seq})")  # fmt: skip

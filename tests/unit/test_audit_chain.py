@@ -404,11 +404,6 @@ def test_inserted_entry_claiming_an_earlier_position() -> None:
     assert "claims position 1, which is not where it stands (after position 3)" in report.findings[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker bug: a foreign entry claiming a far-ahead position is taken as the chain's new head "
-    "(REMOVED 3..98), and every genuine entry after it is then reported INSERTED",
-)
 def test_inserted_entry_claiming_a_later_position_names_only_it() -> None:
     """A foreign entry claiming position 99, stored between genuine 2 and 3: one INSERTED naming it."""
     genuine = build(5)

@@ -61,11 +61,16 @@ class Escalator:
         self._metrics = metrics
         self._clock = clock
         self._audited = audited
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Take up no more timers (the hub cancels run() too)."""
+        self._stopped = True
 
     async def run(self) -> None:
         """Take up timers until cancelled; store errors are logged and the loop goes on."""
         puller: Puller | None = None
-        for _ in range(10**9):  # bounded only by the hub's life: it is cancelled at stop
+        while not self._stopped:
             try:
                 puller = await self._next(puller)
             except OpsroomError as exc:
@@ -83,7 +88,8 @@ class Escalator:
         if puller.outstanding < PULL // 2:
             await puller.request(PULL - puller.outstanding)
         try:
-            item = await asyncio.wait_for(puller.queue.get(), timeout=5)
+            async with asyncio.timeout(5):  # (wait_for of Python 3.11 may swallow a cancellation)
+                item = await puller.queue.get()
         except TimeoutError:
             return puller
         if isinstance(item, ConsumerGone):

@@ -69,6 +69,7 @@ class Hub:
         self._audit_js: JetStream | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._escalator: asyncio.Task[None] | None = None
+        self._escalation: Escalator | None = None
 
     async def __aenter__(self) -> Self:
         """Start the hub."""
@@ -128,8 +129,8 @@ class Hub:
             default_expiry=cfg.default_expiry,
             presence_timeout=cfg.presence_timeout,
         )
-        escalator = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audit is not None)
-        self._escalator = asyncio.get_running_loop().create_task(escalator.run(), name="escalations")
+        self._escalation = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audit is not None)
+        self._escalator = asyncio.get_running_loop().create_task(self._escalation.run(), name="escalations")
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -222,10 +223,14 @@ class Hub:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close."""
         grace = self.cfg.grace.total_seconds() if grace is None else grace
+        if self._escalation is not None:
+            self._escalation.stop()
         for task in (self._watch, self._retention_task, self._escalator):
             if task is not None:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                _done, pending = await asyncio.wait([task], timeout=5)
+                if pending:
+                    log.error("task_did_not_stop", task=task.get_name())
         self._watch = self._retention_task = self._escalator = None
         log.info("hub_draining")
         self.metrics.draining.set(1)

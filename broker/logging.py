@@ -40,6 +40,7 @@ ALLOWED_KEYS = frozenset(
         "messages",
         "outcome",
         "lane",
+        "task",
         "delivered",
         "path",
         "pid",

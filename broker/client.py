@@ -356,6 +356,7 @@ class StreamPublisher:
         self._in_flight: dict[int, list[_Pending]] = {}
         self._next_id = 0
         self._generation = 0  # of the current stream; a request generator of an older one takes nothing
+        self._waiting = 0  # refused envelopes waiting out their retry delay
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -379,7 +380,7 @@ class StreamPublisher:
 
     async def _run(self) -> None:
         delays = iter(self._client.retry.delays())
-        while self._queue or self._in_flight or not self._closed:
+        while self._queue or self._in_flight or self._waiting or not self._closed:
             try:
                 await self._stream()
                 delays = iter(self._client.retry.delays())
@@ -394,7 +395,7 @@ class StreamPublisher:
                     delays = iter(self._client.retry.delays())
                 else:
                     await asyncio.sleep(delay)
-            if self._closed and not self._queue:
+            if self._closed and not self._queue and not self._waiting:
                 return
 
     def _requeue(self, error: HubError) -> None:
@@ -410,6 +411,19 @@ class StreamPublisher:
                 keep.append(pending)
         self._queue[:0] = keep
 
+    def _later(self, pending: _Pending) -> None:
+        """Send pending again after the retry policy's delay for its attempt count."""
+        delay = next(itertools.islice(self._client.retry.delays(), pending.attempts - 1, None), 0.0)
+        self._waiting += 1
+
+        def again() -> None:
+            self._waiting -= 1
+            if not pending.future.done():
+                self._queue.insert(0, pending)
+            self._ready.set()
+
+        asyncio.get_running_loop().call_later(delay, again)
+
     def _fail_all(self, error: HubError) -> None:
         for pending in self._queue:
             if not pending.future.done():
@@ -420,7 +434,7 @@ class StreamPublisher:
         """The requests of one stream; ends as soon as that stream is no longer the current one."""
         while generation == self._generation:
             while not self._queue:
-                if self._closed or generation != self._generation:
+                if (self._closed and not self._waiting) or generation != self._generation:
                     return
                 self._ready.clear()
                 await self._ready.wait()
@@ -461,10 +475,9 @@ class StreamPublisher:
                     retry.append(pending)
                 else:
                     pending.future.set_exception(error)
-            if retry:
-                self._queue[:0] = retry
-                self._ready.set()
-            if self._closed and not self._queue and not self._in_flight:
+            for pending in retry:  # each after its policy delay, at the front of the queue again
+                self._later(pending)
+            if self._closed and not self._queue and not self._in_flight and not self._waiting:
                 call.cancel()
                 return
 

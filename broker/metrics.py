@@ -70,6 +70,12 @@ class Metrics:
             ["agency", "outcome"],
             registry=r,
         )
+        self.session_gaps = Counter(
+            "opsroom_session_gaps",
+            "Delivery sessions ended because a delivery was lost between JetStream and the hub (the room reconnects).",
+            ["agency"],
+            registry=r,
+        )
         self.expired = Counter(
             "opsroom_expired",
             "Deliveries dropped undelivered because they expired (the sender is notified), by recipient agency.",

@@ -60,6 +60,7 @@ class _LaneState:
         self.acked: set[int] = set()  # acknowledged by the client and recorded as receipts
         self.recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
         self.pending = 0  # deliveries the consumer still holds for the room, as of the last one pulled
+        self.consumer_seq = 0  # of the last delivery pulled: the next must be one more
 
 
 class DeliverySession:
@@ -240,6 +241,13 @@ class DeliverySession:
                 raise StoreUnavailable(f"the delivery consumer went away ({item}); reconnect")
             if isinstance(item, BaseException):
                 raise item
+            if state.consumer_seq and item.consumer_seq != state.consumer_seq + 1:
+                # A delivery was lost between the store and this hub (its NATS connection dropped, or
+                # the consumer's leader moved): acknowledging the later ones would acknowledge it too.
+                # End the session: the next one starts again from the ack floor.
+                self._metrics.session_gaps.labels(self.agency_id).inc()
+                raise StoreUnavailable("a delivery was lost on its way from the store; reconnect")
+            state.consumer_seq = item.consumer_seq
             state.unacked[item.stream_seq] = item
             state.pending = item.pending
             expires = int(item.headers.get(EXPIRES_HEADER, "0") or 0)

@@ -96,6 +96,7 @@ class Pulled:
     distribution_id: str
     data: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    consumer_seq: int = 0  # the consumer's delivery count: +1 for every message it sends (a gap: one was lost)
 
 
 class ConsumerGone(Exception):
@@ -109,8 +110,8 @@ def _api_error(reply: dict[str, Any]) -> tuple[int, str] | None:
     return int(err.get("err_code", 0)), str(err.get("description", ""))
 
 
-def _parse_ack_subject(reply: str) -> tuple[int, int, int, int]:
-    """(delivered, stream seq, time ns, pending) from a $JS.ACK subject, old (9 tokens) or new (12) form."""
+def _parse_ack_subject(reply: str) -> tuple[int, int, int, int, int]:
+    """(delivered, stream seq, time ns, pending, consumer seq) of a $JS.ACK subject, old (9 tokens) or new form."""
     tokens = reply.split(".")
     if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
         base = 4
@@ -118,7 +119,7 @@ def _parse_ack_subject(reply: str) -> tuple[int, int, int, int]:
         base = 6
     else:
         raise ValueError("not a JetStream ack subject")
-    return int(tokens[base]), int(tokens[base + 1]), int(tokens[base + 3]), int(tokens[base + 4])
+    return int(tokens[base]), int(tokens[base + 1]), int(tokens[base + 3]), int(tokens[base + 4]), int(tokens[base + 2])
 
 
 def check_sync_always(monitor_url: str, timeout: float = 5.0) -> bool:
@@ -652,13 +653,13 @@ class Puller:
             self._on_status(headers)
             return
         try:
-            delivered, seq, ts, pending = _parse_ack_subject(msg.reply)
+            delivered, seq, ts, pending, consumer_seq = _parse_ack_subject(msg.reply)
         except ValueError:
             log.warning("pull_unexpected_message", consumer=self.consumer)
             return
         self.outstanding = max(0, self.outstanding - 1)
         dist = msg.subject.rpartition(".")[2]
-        self.put(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data, headers or {}))
+        self.put(Pulled(seq, delivered, ts, pending, msg.reply, dist, msg.data, headers or {}, consumer_seq))
 
     def put(self, item: Pulled | BaseException) -> None:
         """Queue item for the owner and wake it."""

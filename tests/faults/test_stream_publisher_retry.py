@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opsroom.hub.v1 import hub_pb2
 
 from broker.certs import make_dev_pki
-from broker.client import HubClient, HubError, RetryPolicy
+from broker.client import HubClient, RetryPolicy
 from broker.testing import credentials
 from tests.faults.load import close_publisher, event, incident_id
 from tests.faults.rig import CUR, QUESTURA
@@ -118,14 +118,6 @@ async def test_publishes_in_flight_when_a_stream_fails_are_retried(flaky: tuple[
     assert hub.calls == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HubError,
-    reason="StreamPublisher sends an envelope refused with a retryable error (UNAVAILABLE STORE_UNAVAILABLE, as "
-    "during a stream leader election) again at once, without the RetryPolicy's delays: the attempts are spent in "
-    "milliseconds and publish() fails although the policy allows about ten seconds (broker/client.py "
-    "StreamPublisher._stream puts retries back at the front of the queue and wakes the sender)",
-)
 async def test_refused_publishes_are_retried_with_the_policys_delays(flaky: tuple[FlakyHub, HubClient]) -> None:
     """The hub refuses every envelope for one second: a policy of ten seconds of retries rides it out."""
     hub, client = flaky

@@ -207,6 +207,7 @@ class Hub:
             writer=audit_cfg.writer,
             atomic_threshold=self.cfg.nats.atomic_threshold,
             checkpoint_every=audit_cfg.checkpoint_every,
+            pipelined=self.cfg.nats.replicas == 1,
         )
         await audit.open()
         self.audit = audit

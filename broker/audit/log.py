@@ -84,8 +84,16 @@ class AuditLog:
         writer: str,
         atomic_threshold: int = 64,
         checkpoint_every: int = 1000,
+        pipelined: bool = True,
     ) -> None:
-        """A writer for js's audit stream, signing with key, trusting entries signed by trusted keys."""
+        """A writer for js's audit stream, signing with key, trusting entries signed by trusted keys.
+
+        pipelined=False (a replicated stream): one write at a time, on a confirmed head, several
+        entries only as an atomic batch, and no entry ever expects its predecessor by message id
+        (nats-server 2.15 replicas may fail to apply such an entry after a node was lost, "last
+        msgid mismatch", which stops the stream).
+        """
+        self._pipelined = pipelined
         self._js = js
         self._stream = js.audit_stream
         self._subject = js.layout.audit_subject
@@ -150,6 +158,10 @@ class AuditLog:
             except AlreadyStored:
                 self._broken = True
                 atomic = False  # a batch repeating an entry: write them one by one to see which
+                if not self._pipelined and len(pending) > 1:
+                    for i in pending:  # unpipelined, one entry per write
+                        results[i] = (await self.write([drafts[i]]))[0]
+                    pending = []
             except WrongLastSequence:
                 self._broken = True
             except _Failed as failed:
@@ -172,12 +184,16 @@ class AuditLog:
                 self._head = self._confirmed
                 await self._resync()
                 self._broken = False
-            if atomic:
+            if atomic or not self._pipelined:
                 await self._settle()  # a batch checks only its first entry: it goes on a confirmed head
+                if not self._pipelined:
+                    self._head = self._confirmed
             if not self._sending and self._confirmed.position == self._head.position:
                 self._head = self._confirmed
             alert = self._take_alert()
             lead = [Draft([alert])] if alert is not None else []
+            if not self._pipelined and len(lead) + len(pending) > 1:
+                atomic = True
             encoded = self._encode([*lead, *(drafts[i] for i in pending)], atomic=atomic)
             msgs = [OutMsg(self._subject, e.data, e.headers) for e in encoded]
             sending: asyncio.Future[Any]

@@ -17,14 +17,6 @@ from tests.faults.rig import ROOMS, Budget, Rig, assert_promises_kept, backgroun
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
 STREAM = "OPSROOM"
-AUDIT_BUG = (
-    "with the audit log on, SIGKILL of one node makes a surviving replica of OPSROOM_AUDIT fail to apply an entry "
-    "('Error applying stream entries ... last msgid mismatch', a critical write error in nats-server 2.15.1); the "
-    "audit stream takes no more writes, the hub acknowledges no publish again, the restarted node never becomes "
-    "healthy. Not only the pipelined Nats-Expected-Last-Msg-Id of broker/audit/log.py: one write at a time, each "
-    "expecting its predecessor by sequence only, hit it too (the audit entries' Nats-Msg-Id env:<id> in atomic "
-    "batches are the next suspect)"
-)
 
 
 async def crash_and_restart(cluster: NatsCluster, node: int, down: float = 1.0) -> bool:
@@ -41,7 +33,7 @@ async def crash_and_restart(cluster: NatsCluster, node: int, down: float = 1.0) 
 @pytest.mark.parametrize(
     "audit",
     [
-        pytest.param(True, id="audit", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=AUDIT_BUG)),
+        pytest.param(True, id="audit"),
         pytest.param(False, id="no-audit"),
     ],
 )

@@ -94,15 +94,18 @@ class Committer:
         max_in_flight: int = 4,
         audit: AuditFn | None = None,
         lane: str = "urgent",
+        linger: float = 0.0,
     ) -> None:
         """A committer writing atomic batches through commit (at most max_messages and max_bytes each).
 
         With publish_each, batches of fewer than atomic_threshold messages are written as plain
         publishes instead. With audit, each batch's audit drafts are written through it first.
-        lane names the lane whose writes this committer makes, in its metrics.
+        lane names the lane whose writes this committer makes, in its metrics; linger (seconds)
+        is how long the loop waits after the first group for others to join its write.
         """
         self._audit = audit
         self._lane = lane
+        self._linger = linger
         self._commit = commit
         self._publish_each = publish_each
         self._atomic_threshold = atomic_threshold if publish_each is not None else 0
@@ -206,6 +209,8 @@ class Committer:
                 break
             except TimeoutError:
                 continue
+        if self._linger:
+            await asyncio.sleep(self._linger)  # let more gather: fewer, larger writes (bulk lane)
         groups = [first]
         count, size = len(first.messages), first.size
         while not self._queue.empty():

@@ -195,11 +195,7 @@ class Publisher:
             distribution_id=dist, accepted_at=receipts.timestamp(now), recipients=decision.recipients
         )
         accepted_ns = acceptance.accepted_at.ToNanoseconds()
-        expires = (
-            env.expires_at.ToNanoseconds()
-            if env.HasField("expires_at")
-            else accepted_ns + int(self._default_expiry.total_seconds() * 1e9)
-        )
+        default_expiry_ns = int(self._default_expiry.total_seconds() * 1e9)
         layout = self._layout
         lane = lane_of(env)
         copies = Copies(env, data, audited=self._audited)
@@ -209,7 +205,7 @@ class Publisher:
                 layout, dist, route.agency_id, sender=agency_id, accepted_ns=accepted_ns, digest=digest
             )
             headers[RULE_HEADER] = route.rule
-            headers[EXPIRES_HEADER] = str(expires)
+            headers[EXPIRES_HEADER] = str(_expiry(env, route, accepted_ns, default_expiry_ns))
             messages.append(OutMsg(layout.delivery_subject(route.agency_id, lane, dist), copies.of(route), headers))
         timer = _escalation_timer(layout, env, decision, now)
         if timer is not None:
@@ -334,6 +330,13 @@ class Publisher:
                 return when
             record = await self._js.next_by_subject(subject, record.seq + 1)
         return True if await self._js.ack_floor(agency_id, lane) >= delivery.seq else None
+
+
+def _expiry(env: envelope_pb2.Envelope, route: Route, accepted_ns: int, default_ns: int) -> int:
+    """When a delivery expires (ns): the sender's expires_at, else its rule's expire_after, else the hub's default."""
+    if env.HasField("expires_at"):
+        return env.expires_at.ToNanoseconds()
+    return accepted_ns + (route.expire_after * 1_000_000_000 if route.expire_after else default_ns)
 
 
 _REQUESTS = frozenset({"assistance_request", "handover_request"})

@@ -32,6 +32,8 @@ class Route:
     # For a request: seconds the recipients have to answer before escalate_to gets it (0: never).
     escalate_after: int = 0
     escalate_to: str = ""
+    # Seconds after acceptance this delivery expires, unless the envelope says (0: the hub's default).
+    expire_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)

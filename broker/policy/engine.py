@@ -247,6 +247,7 @@ class Policy:
             self.mask(compiled.agreement.id, recipient),
             escalate_after=rule.escalate_after,
             escalate_to=rule.escalate_to,
+            expire_after=rule.expire_after,
         )
 
     def _allowed(self, sender: str, facts: Facts) -> tuple[dict[str, _Compiled], dict[str, _Compiled]]:

@@ -309,6 +309,7 @@ def _build(data: Mapping[str, Any], source: str, id_line: int = 1) -> Agreement:
                 description=r.get("description", ""),
                 escalate_after=int(r["escalate"]["after_seconds"]) if r.get("escalate") else 0,
                 escalate_to=min(_resolve([r["escalate"]["to"]], parties), default="") if r.get("escalate") else "",
+                expire_after=int(r.get("expire_after_seconds", 0)),
             )
         )
     until = data.get("valid_until")

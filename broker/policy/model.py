@@ -95,6 +95,8 @@ class Rule:
     # Requests only: if no recipient answers within escalate_after seconds, escalate_to gets it.
     escalate_after: int = 0
     escalate_to: str = ""
+    # Seconds after acceptance a delivery under this rule expires (0: the hub's default).
+    expire_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
 
-from broker.testing import LocalHub
+from broker.testing import LocalHub, local_hub
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
 
@@ -74,3 +75,55 @@ async def test_a_later_session_does_not_see_the_dropped_delivery_again(hub: Loca
     assert later.distribution_id == got.envelope.distribution_id
     await again.close()
     await sender.close()
+
+
+AGREEMENT = f"""
+id: torino-expiry
+title: Torino, short-lived plate reads
+valid_from: 2020-01-01
+legal_basis:
+  law: "d.l. 14/2017 art. 2"
+  purposes: [PUBLIC_SECURITY]
+territory: {{provinces: ["001"]}}
+parties:
+  - {{agency: {f.PL}, role: polizia_locale}}
+  - {{agency: {f.QUESTURA}, role: questura}}
+roles:
+  questura: {{personal_data: [vehicles, free_text, media]}}
+rules:
+  - id: reads
+    from: [polizia_locale]
+    to: [questura]
+    kinds: [REPORT]
+    payloads: [alert]
+    expire_after_seconds: 1
+  - id: incidents
+    from: [polizia_locale]
+    to: [questura]
+    kinds: [REPORT]
+    payloads: [incident]
+"""
+
+
+async def test_the_agreement_sets_the_expiry_when_the_sender_does_not(tmp_path: Path) -> None:
+    """A rule's expire_after_seconds applies to envelopes without expires_at; other rules keep the 24 h default."""
+    folder = tmp_path / "agreements"
+    folder.mkdir()
+    (folder / "torino.yaml").write_text(AGREEMENT)
+    agencies = {f.PL: "PL Torino", f.QUESTURA: "Questura"}
+    async with local_hub(tmp_path / "run", agencies, (), agreements=folder) as env:
+        sender = env.client(f.PL)
+        read = f.envelope(f.PL, (f.QUESTURA,), alert=f.plate_read())
+        read.ClearField("expires_at")
+        report = f.envelope(f.PL, (f.QUESTURA,))
+        report.ClearField("expires_at")
+        await sender.publish(read)
+        await sender.publish(report)
+        await asyncio.sleep(1.3)
+        room = env.client(f.QUESTURA)
+        [got] = await take(room.inbox(), 1)
+        assert report.distribution_id == got.envelope.distribution_id
+        receipt = await sender.receipt(read.distribution_id)
+        assert hub_pb2.DELIVERY_STATE_EXPIRED == receipt.recipients[0].state
+        await room.close()
+        await sender.close()

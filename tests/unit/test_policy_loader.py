@@ -476,3 +476,41 @@ def test_load_dir_ignores_hidden_and_other_files(tmp_path: Path) -> None:
     (tmp_path / ".b.yaml").write_text("broken: [", encoding="utf-8")
     (tmp_path / "README.md").write_text("not yaml: [", encoding="utf-8")
     assert ("test-lodi",) == tuple(a.id for a in load_dir(tmp_path).agreements)
+
+
+# -- escalation and expiry ------------------------------------------------------------------------------------------
+
+REQUESTS = """
+  - id: backup
+    from: [polizia_locale]
+    to: [carabinieri]
+    kinds: [REQUEST, CANCEL]
+    payloads: [assistance_request]
+    expire_after_seconds: 600
+    escalate: {after_seconds: 120, to: questura}
+"""
+
+
+def test_escalation_and_expiry_of_a_rule() -> None:
+    """escalate.to (a role held by one party) resolves to its agency; expire_after_seconds is kept; others default."""
+    agreement = parse(VALID + REQUESTS, "x.yaml")
+    backup = next(r for r in agreement.rules if r.id == "backup")
+    assert (120, "it.ps.questura.lo", 600) == (backup.escalate_after, backup.escalate_to, backup.expire_after)
+    other = agreement.rules[0]
+    assert (0, "", 0) == (other.escalate_after, other.escalate_to, other.expire_after)
+    torino = next(a for a in load_dir(AGREEMENTS).agreements if a.id == "torino-112-sicurezza-integrata")
+    shipped = next(r for r in torino.rules if r.id == "backup-and-hand-over")
+    assert (120, "it.ps.questura.to") == (shipped.escalate_after, shipped.escalate_to)
+
+
+def test_escalation_needs_requests_and_one_alternate() -> None:
+    """Only a rule of requests escalates, to a party (or a role exactly one party holds)."""
+    not_requests = REQUESTS.replace("kinds: [REQUEST, CANCEL]", "kinds: [REPORT]").replace(
+        "payloads: [assistance_request]", "payloads: [incident]"
+    )
+    assert "only requests escalate" in only(VALID + not_requests).message
+    unknown = REQUESTS.replace("to: questura}", "to: it.ps.questura.mi}")
+    assert "is not a party of this agreement" in only(VALID + unknown).message
+    two_holders = mutate("    role: carabinieri\n", "    role: questura\n", VALID + REQUESTS)
+    found = [p.message for p in problems(two_holders)]
+    assert any("must be held by exactly one party (it has 2)" in m for m in found), found

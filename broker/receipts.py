@@ -128,9 +128,9 @@ def acked_at(record: store_pb2.AckRecord, sequence: int) -> Timestamp | Expired 
     return None
 
 
-def expires_ns(delivery: StoredMsg) -> int:
-    """When a stored delivery expires (ns since the epoch); 0 if it carries no expiry."""
-    return int(delivery.headers.get(EXPIRES_HEADER, "0") or 0)
+def expires_ns(headers: Mapping[str, str]) -> int:
+    """When a delivery with these headers expires (ns since the epoch); 0 if it carries no expiry."""
+    return int(headers.get(EXPIRES_HEADER, "0") or 0)
 
 
 def expiry_notice(layout: Layout, sender: str, distribution_id: str, recipient: str, at: datetime) -> OutMsg:
@@ -200,7 +200,7 @@ def build_receipt(
     EXPIRED once past their expiry (now_ns; the hub drops them when it reaches them).
     """
     acceptance, _digest, sender = first_acceptance(layout, deliveries)
-    expiry = {layout.parse_delivery(d.subject)[0]: expires_ns(d) for d in deliveries}
+    expiry = {layout.parse_delivery(d.subject)[0]: expires_ns(d.headers) for d in deliveries}
     by_agency: dict[str, hub_pb2.RecipientReceipt] = {}
     for agency_id in acceptance.recipients:
         entry = hub_pb2.RecipientReceipt(agency_id=agency_id, state=hub_pb2.DELIVERY_STATE_STORED)

@@ -27,7 +27,7 @@ from broker import receipts
 from broker.committer import Committer
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane
-from broker.layout import EXPIRES_HEADER, SENDER_HEADER, Layout
+from broker.layout import SENDER_HEADER, Layout
 from broker.logging import get_logger
 from broker.metrics import Metrics
 from broker.transport.jetstream import ConsumerGone, DuplicateInBatch, JetStream, Pulled, Puller, Wake
@@ -93,6 +93,7 @@ class DeliverySession:
         self._last_seen = time.monotonic()
         self._last_refresh = time.monotonic()
         self._record_seq = 0  # stream sequence of this session's last session record
+        self._opened_at = clock()
         self.max_batch = min(max_batch or DEFAULT_MAX_BATCH, MAX_BATCH)
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._ready = asyncio.Event()
@@ -107,7 +108,8 @@ class DeliverySession:
         The session record is stored first: a session of the same agency on another hub
         replica sees it and ends before this one resets the consumers.
         """
-        record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._clock())
+        self._opened_at = self._clock()
+        record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._opened_at)
         self._record_seq = (await self._committer.submit([record])).last_seq
         backlog = 0
         for state in self._lanes:
@@ -137,14 +139,13 @@ class DeliverySession:
     async def _write_record(self, *, closed: bool) -> bool:
         """Write this session's record again if it is still the agency's last; False if another session wrote since."""
         silent_for = time.monotonic() - self._last_seen
-        now = self._clock()
         record = receipts.session_message(
             self._js.layout,
             self.agency_id,
             self.session_id,
             REPLICA,
-            now,
-            last_seen=now - timedelta(seconds=silent_for),
+            self._opened_at,
+            last_seen=self._clock() - timedelta(seconds=silent_for),
             closed=closed,
         )
         record.headers["Nats-Expected-Last-Subject-Sequence"] = str(self._record_seq)
@@ -250,7 +251,7 @@ class DeliverySession:
             state.consumer_seq = item.consumer_seq
             state.unacked[item.stream_seq] = item
             state.pending = item.pending
-            expires = int(item.headers.get(EXPIRES_HEADER, "0") or 0)
+            expires = receipts.expires_ns(item.headers)
             if 0 < expires < clock_ns:
                 state.recording.add(item.stream_seq)
                 self._expired.append((Layout.delivery_sequence(state.lane, item.stream_seq), item))

@@ -57,12 +57,11 @@ def credentials(pki: DevPki, agency_id: str) -> Credentials:
     return Credentials.from_files(pki.ca, pair.cert, pair.key)
 
 
-@dataclass
-class LocalHub:
-    """A running nats-server and hub, with the PKI to make clients."""
+@dataclass(kw_only=True)
+class _RunningHub:
+    """A running hub, with the PKI to make clients."""
 
     pki: DevPki
-    nats: NatsServer
     hub: Hub
 
     @property
@@ -73,6 +72,24 @@ class LocalHub:
     def client(self, agency_id: str, retry: RetryPolicy | None = None) -> HubClient:
         """A client authenticated as agency_id."""
         return HubClient(self.target, credentials(self.pki, agency_id), server_name="localhost", retry=retry)
+
+
+@dataclass(kw_only=True)
+class LocalHub(_RunningHub):
+    """A running nats-server and hub, with the PKI to make clients."""
+
+    nats: NatsServer
+
+
+@contextlib.asynccontextmanager
+async def _started(cfg: HubConfig) -> AsyncIterator[Hub]:
+    """A hub started with cfg, stopped (with a short grace) on exit."""
+    hub = Hub(cfg)
+    await hub.start()
+    try:
+        yield hub
+    finally:
+        await hub.stop(grace=2)
 
 
 @contextlib.asynccontextmanager
@@ -102,32 +119,17 @@ async def local_hub(
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
         cfg = replace(cfg, **overrides)
-        hub = Hub(cfg)
-        await hub.start()
-        try:
-            yield LocalHub(pki, nats, hub)
-        finally:
-            await hub.stop(grace=2)
+        async with _started(cfg) as hub:
+            yield LocalHub(pki=pki, nats=nats, hub=hub)
     finally:
         nats.stop()
 
 
-@dataclass
-class ClusterHub:
+@dataclass(kw_only=True)
+class ClusterHub(_RunningHub):
     """A running nats-server cluster and a hub whose streams have one replica per node, with the PKI to make clients."""
 
-    pki: DevPki
     cluster: NatsCluster
-    hub: Hub
-
-    @property
-    def target(self) -> str:
-        """The hub's gRPC address."""
-        return f"127.0.0.1:{self.hub.port}"
-
-    def client(self, agency_id: str, retry: RetryPolicy | None = None) -> HubClient:
-        """A client authenticated as agency_id."""
-        return HubClient(self.target, credentials(self.pki, agency_id), server_name="localhost", retry=retry)
 
 
 @contextlib.asynccontextmanager
@@ -164,11 +166,7 @@ async def cluster_hub(
         base = nats_config if nats_config is not None else cfg.nats
         nats = replace(base, servers=cluster.urls, monitor_urls=cluster.monitor_urls, replicas=size)
         cfg = replace(cfg, nats=nats, **overrides)
-        hub = Hub(cfg)
-        await hub.start()
-        try:
-            yield ClusterHub(pki, cluster, hub)
-        finally:
-            await hub.stop(grace=2)
+        async with _started(cfg) as hub:
+            yield ClusterHub(pki=pki, cluster=cluster, hub=hub)
     finally:
         cluster.stop()

@@ -41,6 +41,7 @@ from bench.run import (  # noqa: E402
     PAYLOAD_BYTES,
     RECEIVER,
     SENDER,
+    bench_client,
     bench_envelope,
     breakdown,
     hub_process,
@@ -49,10 +50,9 @@ from bench.run import (  # noqa: E402
     scrape,
     write_hub_config,
 )
-from broker.certs import DevPki, KeyPair, make_dev_pki  # noqa: E402
+from broker.certs import make_dev_pki  # noqa: E402
 from broker.client import HubClient, new_envelope  # noqa: E402
 from broker.embedded import NatsServer, free_port  # noqa: E402
-from broker.testing import credentials  # noqa: E402
 
 BULK_SENDER = "it.pl.001272"
 READS_INCIDENT = "urn:emergency:uid:incidentid:transits-001272:bench"
@@ -102,12 +102,7 @@ class Clients:
 
 def clients(target: str, pki_root: Path) -> Clients:
     """Clients of the 112 room, the Polizia Locale and the Questura."""
-    pki = DevPki(pki_root, pki_root / "ca.pem", KeyPair(pki_root / "hub.pem", pki_root / "hub-key.pem"))
-
-    def one(agency: str) -> HubClient:
-        return HubClient(target, credentials(pki, agency), server_name="localhost")
-
-    return Clients(one(SENDER), one(BULK_SENDER), one(RECEIVER))
+    return Clients(*(bench_client(target, pki_root, agency) for agency in (SENDER, BULK_SENDER, RECEIVER)))
 
 
 async def flood_reads(target: str, pki_root: Path) -> float:

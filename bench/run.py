@@ -193,15 +193,20 @@ def bench_envelope(incident_id: str) -> envelope_pb2.Envelope:
     return env
 
 
+def bench_client(target: str, pki_root: Path, agency: str) -> HubClient:
+    """A client of the hub at target, as agency, with the bench's dev PKI (made by make_dev_pki under pki_root)."""
+    from broker.certs import DevPki, KeyPair  # noqa: PLC0415
+
+    pki = DevPki(pki_root, pki_root / "ca.pem", KeyPair(pki_root / "hub.pem", pki_root / "hub-key.pem"))
+    return HubClient(target, credentials(pki, agency), server_name="localhost")
+
+
 async def run_hub(  # noqa: PLR0917 - the scenario's parameters, as run_raw's
     target: str, pki_root: Path, scenario: str, count: int, rate: float | None, path: str = "hub"
 ) -> Result:
     """Sender -> hub (gRPC, mTLS) -> JetStream -> hub -> receiver (gRPC), acknowledged."""
-    from broker.certs import DevPki, KeyPair  # noqa: PLC0415
-
-    pki = DevPki(pki_root, pki_root / "ca.pem", KeyPair(pki_root / "hub.pem", pki_root / "hub-key.pem"))
-    sender = HubClient(target, credentials(pki, SENDER), server_name="localhost")
-    receiver = HubClient(target, credentials(pki, RECEIVER), server_name="localhost")
+    sender = bench_client(target, pki_root, SENDER)
+    receiver = bench_client(target, pki_root, RECEIVER)
     publisher = sender.stream_publisher(max_batch=200, max_requests_in_flight=16)
     envelopes = [bench_envelope(f"urn:emergency:uid:incidentid:bench-{i % 50}:bench") for i in range(count)]
     sent: dict[str, float] = {}

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from broker.certs import DevPki, make_dev_pki
 from broker.client import HubClient, RetryPolicy
@@ -246,3 +246,55 @@ def assert_promises_kept(counts: Counts, rig: Rig, ledger: Ledger) -> None:
         "due but not delivered": counts.expected - counts.delivered,
     }
     assert dict.fromkeys(harm, 0) == harm, counts
+
+
+class Restartable(Protocol):
+    """A process a fault test kills and starts again: the hub's or a nats-server."""
+
+    def kill(self) -> None:
+        """SIGKILL it, by PID."""
+
+    def start(self) -> None:
+        """Start it again, on the same ports and folder."""
+
+
+async def kill_9_under_load(
+    root: Path,
+    processes: Processes,
+    rigs: list[Rig],
+    record_counts: Callable[[Counts], None],
+    *,
+    stream: bool,
+    name: str,
+    victim: Callable[[Rig, NatsServer], Restartable],
+) -> Rig:
+    """One nats-server and the hub under a load; kill -9 the victim a third of the way in, restart it a second later.
+
+    Asserts every promise (nothing acknowledged lost, order per incident, no duplicate seen) and
+    that the kill hit the load in the middle; returns the rig for the caller's own checks.
+    """
+    started = time.monotonic()
+    nats = await start_nats(root, processes)
+    rig = await make_rig(root, processes, [nats])
+    rigs.append(rig)  # its clients are closed at teardown, whatever fails here
+    for room in ROOMS:
+        await rig.start_room(room)
+    ledger = Ledger()
+    load = Load(ledger, rig.senders(), ROOMS, incidents=4, events=200, rate=300, stream=stream)
+    process = victim(rig, nats)
+    async with Budget(60) as budget, background(load.run()) as sending:
+        await load.until_acked(load.total // 3)
+        killed_at = load.acked
+        process.kill()  # SIGKILL: no flush, no clean shutdown
+        await asyncio.sleep(1.0)  # down for a while: the senders' retries meet a closed port
+        await asyncio.to_thread(process.start)  # same ports, same folder
+        await sending
+        await rig.until_delivered(ledger)
+    counts = await rig.finish(
+        f"{name} kill -9 ({'PublishStream' if stream else 'Publish'})", ledger, started, [load], hurry=budget.expired
+    )
+    record_counts(counts)
+    assert not budget.expired, f"not done within {budget.seconds} s: {counts}"
+    assert_promises_kept(counts, rig, ledger)
+    assert 0 < killed_at < load.total  # the kill hit the load in the middle
+    return rig

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import RecordCounts
-from tests.faults.load import Ledger, Load
 from tests.faults.procs import Processes
-from tests.faults.rig import ROOMS, Budget, Rig, assert_promises_kept, background, make_rig, start_nats
+from tests.faults.rig import Rig, kill_9_under_load
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -20,31 +17,10 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 async def test_nats_kill_9_under_load(
     tmp_path: Path, processes: Processes, rigs: list[Rig], record_counts: RecordCounts, stream: bool
 ) -> None:
-    """Senders retry through the outage over their PublishStreams; every acknowledged event is delivered once, in order."""
-    started = time.monotonic()
-    nats = await start_nats(tmp_path, processes)
-    rig = await make_rig(tmp_path, processes, [nats])
-    rigs.append(rig)
-    for room in ROOMS:
-        await rig.start_room(room)
-    ledger = Ledger()
-    load = Load(ledger, rig.senders(), ROOMS, incidents=4, events=200, rate=300, stream=stream)
-    async with Budget(60) as budget, background(load.run()) as sending:
-        await load.until_acked(load.total // 3)
-        killed_at = load.acked
-        nats.kill()  # SIGKILL: nothing flushed beyond what sync_interval: always already wrote
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(nats.start)  # same ports, same store folder
-        await sending
-        await rig.until_delivered(ledger)
-    counts = await rig.finish(
-        f"nats-server kill -9 ({'PublishStream' if stream else 'Publish'})",
-        ledger,
-        started,
-        [load],
-        hurry=budget.expired,
+    """Senders retry through the outage; every acknowledged event is delivered once, in order.
+
+    Nothing is flushed at the kill beyond what sync_interval: always already wrote.
+    """
+    await kill_9_under_load(
+        tmp_path, processes, rigs, record_counts, stream=stream, name="nats-server", victim=lambda _rig, nats: nats
     )
-    record_counts(counts)
-    assert not budget.expired, f"not done within {budget.seconds} s: {counts}"
-    assert_promises_kept(counts, rig, ledger)
-    assert 0 < killed_at < load.total  # the kill hit the load in the middle

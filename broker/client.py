@@ -534,7 +534,8 @@ class Inbox:
         self._call: Any = None
         self._closed = False
         self.session_id = ""
-        self.backlog = 0
+        self.backlog = 0  # deliveries still waiting at the hub, as of the last frame
+        self.backlog_at_open = 0  # as the hub counted them when the current session opened
         self.reconnects = 0
         self.duplicates_dropped = 0
         self.opened = asyncio.Event()
@@ -645,7 +646,7 @@ class Inbox:
                     self._queue_keepalive()
                 elif which == "opened":
                     self.session_id = response.opened.session_id
-                    self.backlog = response.opened.backlog
+                    self.backlog = self.backlog_at_open = response.opened.backlog
                     self.opened.set()
         except grpc.aio.AioRpcError as exc:
             raise HubError.from_rpc_error(exc) from None

@@ -324,8 +324,20 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def breakdown(before: dict[str, float], after: dict[str, float]) -> str:
-    """Mean durations inside the hub between two scrapes: writes by mode, publish to ack, store to delivery."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used (from /proc; Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def breakdown(
+    before: dict[str, float], after: dict[str, float], events: int = 0, cpu: tuple[float, float] = (0.0, 0.0)
+) -> str:
+    """Mean durations inside the hub between two scrapes: writes by mode, publish to ack, store to delivery.
+
+    With events, also CPU microseconds per event of the hub process and of nats-server (cpu:
+    their CPU seconds over the same run).
+    """
 
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -352,6 +364,8 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> str:
         n = delta(f"{metric}_count")
         if n:
             parts.append(f"{name} {delta(f'{metric}_sum') / n * 1000:.2f} ms")
+    if events:
+        parts.append(f"CPU per event: hub {cpu[0] / events * 1e6:.0f} us, nats-server {cpu[1] / events * 1e6:.0f} us")
     return "; ".join(parts)
 
 
@@ -455,8 +469,10 @@ async def main() -> int:
         try:
             port, metrics_port, bare_port, bare_metrics = free_port(), free_port(), free_port(), free_port()
             with (
-                hub_process(write_hub_config(root, server, port, metrics_port, args.nats), port),
-                hub_process(write_hub_config(root, server, bare_port, bare_metrics, args.nats, audit=False), bare_port),
+                hub_process(write_hub_config(root, server, port, metrics_port, args.nats), port) as hub_proc,
+                hub_process(
+                    write_hub_config(root, server, bare_port, bare_metrics, args.nats, audit=False), bare_port
+                ) as bare_proc,
             ):
                 for name, count, rate in scenarios(quick=args.quick):
                     if args.scenario and name not in args.scenario:
@@ -464,12 +480,16 @@ async def main() -> int:
                     runs: dict[str, list[Result]] = {"raw JetStream": [], "hub": [], NO_AUDIT: []}
                     for _ in range(args.runs):
                         runs["raw JetStream"].append(await run_raw(server, name, count, rate))
-                        for path, target, metrics in (("hub", port, metrics_port), (NO_AUDIT, bare_port, bare_metrics)):
-                            before = scrape(metrics)
-                            runs[path].append(
-                                await run_hub(f"127.0.0.1:{target}", root / "pki", name, count, rate, path)
-                            )
-                            print(f"  {path} internals, {name}: {breakdown(before, scrape(metrics))}", file=sys.stderr)
+                        for path, target, metrics, pid in (
+                            ("hub", port, metrics_port, hub_proc.pid),
+                            (NO_AUDIT, bare_port, bare_metrics, bare_proc.pid),
+                        ):
+                            before, cpu_before = scrape(metrics), (cpu_seconds(pid), cpu_seconds(server.pid))
+                            result = await run_hub(f"127.0.0.1:{target}", root / "pki", name, count, rate, path)
+                            runs[path].append(result)
+                            cpu = (cpu_seconds(pid) - cpu_before[0], cpu_seconds(server.pid) - cpu_before[1])
+                            inside = breakdown(before, scrape(metrics), result.events, cpu)
+                            print(f"  {path} internals, {name}: {inside}", file=sys.stderr)
                     for path, done in runs.items():
                         results.append(functools.reduce(lambda a, b: best(a, b, rate), done))
                         print(f"{name}: {path} {[r.throughput for r in done]} msg/s", file=sys.stderr)

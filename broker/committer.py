@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -180,10 +181,11 @@ class Committer:
         task = asyncio.get_running_loop().create_task(self._audit([g.audit for g in with_draft if g.audit is not None]))
         audits.add(task)
         task.add_done_callback(audits.discard)
-        for index, group in enumerate(with_draft):
-            outer = group.future
-            group.future = asyncio.get_running_loop().create_future()
-            _join(group.future, task, index, outer, self._audit_failed)
+        pairs = []
+        for group in with_draft:
+            pairs.append((asyncio.get_running_loop().create_future(), group.future))
+            group.future = pairs[-1][0]
+        _AuditJoin(task, pairs, self._audit_failed)
 
     def _audit_failed(self, error: BaseException) -> None:
         self._metrics.commit_failures.labels("audit").inc()
@@ -318,18 +320,40 @@ def _is_error(result: int | Exception) -> bool:
     return isinstance(result, Exception) and not isinstance(result, DuplicateInBatch)
 
 
-def _join(
-    stored: asyncio.Future[GroupResult],
-    audit: asyncio.Future[Sequence[OpsroomError | None]],
-    index: int,
-    outer: asyncio.Future[GroupResult],
-    on_audit_failure: Callable[[BaseException], None],
-) -> None:
-    """Resolve outer once both the group's write (stored) and its audit entry (audit[index]) are done."""
+class _AuditJoin:
+    """Resolves each group's outer future once both its write (stored) and the batch's audit write are done.
 
-    def done(_: object) -> None:
-        if not (stored.done() and audit.done()) or outer.done():
+    pairs holds, per group, (stored, outer) in the order of the audit write's results. One
+    callback on the audit write serves the whole batch; each group adds one on its write.
+    """
+
+    def __init__(
+        self,
+        audit: asyncio.Future[Sequence[OpsroomError | None]],
+        pairs: list[tuple[asyncio.Future[GroupResult], asyncio.Future[GroupResult]]],
+        on_audit_failure: Callable[[BaseException], None],
+    ) -> None:
+        self._audit = audit
+        self._pairs = pairs
+        self._on_audit_failure = on_audit_failure
+        audit.add_done_callback(self._audit_done)
+        for index, (stored, _) in enumerate(pairs):
+            stored.add_done_callback(functools.partial(self._stored_done, index))
+
+    def _audit_done(self, _: object) -> None:
+        for index, (stored, _outer) in enumerate(self._pairs):
+            if stored.done():
+                self._finish(index)
+
+    def _stored_done(self, index: int, _: object) -> None:
+        if self._audit.done():
+            self._finish(index)
+
+    def _finish(self, index: int) -> None:
+        stored, outer = self._pairs[index]
+        if outer.done():
             return
+        audit = self._audit
         error: BaseException | None
         if audit.cancelled():
             error = StoreUnavailable("the audit write was interrupted; retry")
@@ -338,7 +362,7 @@ def _join(
             if error is None:
                 error = audit.result()[index]
         if error is not None:
-            on_audit_failure(error)
+            self._on_audit_failure(error)
             if not stored.cancelled():
                 stored.exception()  # retrieved: the audit error is the one reported
             outer.set_exception(error if isinstance(error, OpsroomError) else StoreUnavailable("audit write failed"))
@@ -348,9 +372,6 @@ def _join(
             outer.set_exception(stored.exception())  # type: ignore[arg-type]
         else:
             outer.set_result(stored.result())
-
-    stored.add_done_callback(done)
-    audit.add_done_callback(done)
 
 
 def _resolve(group: WriteGroup, result: GroupResult) -> None:

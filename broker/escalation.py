@@ -14,6 +14,7 @@ timer taken up twice (a replica died half way) escalates once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -164,7 +165,7 @@ class Escalator:
         if route is None:
             return [], None
         layout = self._js.layout
-        copies = Copies(env, first.data, audited=self._audited)
+        copies = Copies(env, first.data, hashlib.sha256(first.data).digest(), audited=self._audited)
         accepted_ns = int(now.timestamp() * 1e9)
         headers = receipts.delivery_headers(
             layout, env.distribution_id, alternate, sender=sender, accepted_ns=accepted_ns, digest=digest
@@ -184,7 +185,7 @@ class Escalator:
         ]
         for disclosure in disclosures:
             disclosure.detail = f"escalated: no answer within the deadline of {rule}"
-        return [message], Draft(disclosures, f"esc:{env.distribution_id}")
+        return [message], Draft.of(disclosures, f"esc:{env.distribution_id}")
 
     def _route(self, env: envelope_pb2.Envelope, sender: str, alternate: str, now: datetime) -> Route | None:
         """The route to the alternate room if an agreement allows the sender to reach it with this request."""

@@ -198,7 +198,7 @@ class Publisher:
         default_expiry_ns = int(self._default_expiry.total_seconds() * 1e9)
         layout = self._layout
         lane = lane_of(env)
-        copies = Copies(env, data, audited=self._audited)
+        copies = Copies(env, data, digest, audited=self._audited)
         messages = []
         for route in decision.routes:
             headers = receipts.delivery_headers(
@@ -214,8 +214,8 @@ class Publisher:
             messages.append(extra)  # written once the response itself is delivered
         draft = None
         if self._audited:
-            records = audit_records.publish_records(env, caller, digest, copies.views, now)
-            draft = Draft(records, f"env:{dist}")
+            entry = audit_records.publish_entry(env, caller, digest, copies.views, acceptance.accepted_at)
+            draft = Draft.of_entry(entry, f"env:{dist}")
         group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft)
         return group, acceptance, decision
 
@@ -357,10 +357,11 @@ def _escalation_timer(layout: Layout, env: envelope_pb2.Envelope, decision: Deci
 class Copies:
     """The copies of one envelope, one per distinct mask, and (if audited) what each recipient's copy holds."""
 
-    def __init__(self, env: envelope_pb2.Envelope, data: bytes, *, audited: bool) -> None:
-        """The copies of env (serialized as data); audited: also the views the audit log records."""
+    def __init__(self, env: envelope_pb2.Envelope, data: bytes, digest: bytes, *, audited: bool) -> None:
+        """The copies of env (serialized as data, hashed as digest); audited: also the views the audit log records."""
         self._env = env
         self._data = data
+        self._digest = digest
         self._audited = audited
         self._by_mask: dict[frozenset[str], tuple[bytes, tuple[str, ...], tuple[str, ...], bytes]] = {}
         self._all: frozenset[str] | None = None
@@ -381,7 +382,8 @@ class Copies:
                 removed = audit_records.withheld(self._env, copy, self._all, hidden)
                 fields = tuple(sorted(self._all - removed))
                 withheld = tuple(sorted(removed))
-            made = (data, fields, withheld, hashlib.sha256(data).digest() if self._audited else b"")
+            sha = (self._digest if data is self._data else hashlib.sha256(data).digest()) if self._audited else b""
+            made = (data, fields, withheld, sha)
             self._by_mask[hidden] = made
         data, fields, withheld, sha = made
         if self._audited:

@@ -144,11 +144,25 @@ def load_keys(
 
 
 def seal(stream: str, entry: audit_pb2.AuditEntry, key: Ed25519PrivateKey, signed_at: Timestamp) -> bytes:
-    """The entry's stored bytes, with a checkpoint signing the entry itself (and so the chain up to it)."""
+    """The entry's stored bytes, with a checkpoint signing the entry itself (and so the chain up to it).
+
+    The checkpoint is set on entry too.
+    """
     entry.ClearField("checkpoint")
-    head = entry_sha256(entry.SerializeToString(deterministic=True))
-    entry.checkpoint.CopyFrom(sign_checkpoint(stream, entry.position, head, signed_at, key))
-    return entry.SerializeToString(deterministic=True)
+    unsigned = entry.SerializeToString(deterministic=True)
+    data = seal_bytes(stream, unsigned, entry.position, key, signed_at)
+    entry.MergeFromString(data[len(unsigned) :])
+    return data
+
+
+def seal_bytes(stream: str, unsigned: bytes, position: int, key: Ed25519PrivateKey, signed_at: Timestamp) -> bytes:
+    """seal() for an entry already serialized without its checkpoint (unsigned), at position.
+
+    The checkpoint is the entry's last field (6), so appending its encoding gives the
+    deterministic serialization of the signed entry.
+    """
+    checkpoint = sign_checkpoint(stream, position, entry_sha256(unsigned), signed_at, key)
+    return unsigned + audit_pb2.AuditEntry(checkpoint=checkpoint).SerializeToString(deterministic=True)
 
 
 def seal_problem(stream: str, entry: audit_pb2.AuditEntry, keys: Mapping[str, Ed25519PublicKey]) -> str:

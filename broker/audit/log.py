@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from opsroom.audit.v1 import audit_pb2
 
 from broker.audit import records as audit_records
-from broker.audit.chain import GENESIS, entry_sha256, seal, seal_problem
+from broker.audit.chain import GENESIS, entry_sha256, seal_bytes, seal_problem
 from broker.audit.verify import Stored, verify
 from broker.errors import OpsroomError, StoreUnavailable
 from broker.logging import get_logger
@@ -35,12 +35,25 @@ log = get_logger(__name__)
 _ATTEMPTS = 8
 
 
-@dataclass
-class Draft:
-    """The records of one entry to write, and its dedup id (an envelope's is "env:<distribution id>")."""
+class Draft(NamedTuple):
+    """The records of one entry to write, serialized, and its dedup id (an envelope's is "env:<distribution id>").
 
-    records: Sequence[audit_pb2.AuditRecord]
+    records holds the entry's field 5 as it is encoded (made by of()): the writer puts the
+    entry's other fields around it without decoding or copying the records again.
+    """
+
+    records: bytes
     msg_id: str = ""
+
+    @classmethod
+    def of(cls, records: Sequence[audit_pb2.AuditRecord], msg_id: str = "") -> Draft:
+        """A draft of these records."""
+        return cls.of_entry(audit_pb2.AuditEntry(records=records), msg_id)
+
+    @classmethod
+    def of_entry(cls, entry: audit_pb2.AuditEntry, msg_id: str = "") -> Draft:
+        """A draft of the records of entry, an entry that holds nothing else."""
+        return cls(entry.SerializeToString(deterministic=True), msg_id)
 
 
 @dataclass
@@ -135,7 +148,7 @@ class AuditLog:
 
     async def append(self, records: Sequence[audit_pb2.AuditRecord], msg_id: str = "") -> None:
         """Write one entry; raises StoreUnavailable if it could not be stored."""
-        [result] = await self.write([Draft(records, msg_id)])
+        [result] = await self.write([Draft.of(records, msg_id)])
         if result is not None:
             raise result
 
@@ -191,7 +204,7 @@ class AuditLog:
             if not self._sending and self._confirmed.position == self._head.position:
                 self._head = self._confirmed
             alert = self._take_alert()
-            lead = [Draft([alert])] if alert is not None else []
+            lead = [Draft.of([alert])] if alert is not None else []
             if not self._pipelined and len(lead) + len(pending) > 1:
                 atomic = True
             encoded = self._encode([*lead, *(drafts[i] for i in pending)], atomic=atomic)
@@ -268,11 +281,11 @@ class AuditLog:
         out: list[_Encoded] = []
         for k, draft in enumerate(batch):
             position += 1
-            entry = audit_pb2.AuditEntry(
-                position=position, prev_sha256=prev, written_at=ts, writer=self._writer, records=draft.records
-            )
+            # Fields 1-4, then the records (5): the entry's deterministic encoding, unsigned.
+            head = audit_pb2.AuditEntry(position=position, prev_sha256=prev, written_at=ts, writer=self._writer)
+            unsigned = head.SerializeToString(deterministic=True) + draft.records
             sign = not atomic or k == len(batch) - 1 or (k + 1) % self._checkpoint_every == 0
-            data = seal(self._stream, entry, self._key, ts) if sign else entry.SerializeToString(deterministic=True)
+            data = seal_bytes(self._stream, unsigned, position, self._key, ts) if sign else unsigned
             headers: dict[str, str] = {}
             sha = entry_sha256(data)
             msg_id = draft.msg_id or f"aud:{self._writer}:{position}:{sha[:8].hex()}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.audit.v1 import audit_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
@@ -34,8 +35,7 @@ class Caller:
     certificate_sha256: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class View:
+class View(NamedTuple):
     """What one recipient received: the copy's SHA-256, the fields present, the fields withheld, the rule."""
 
     recipient: str
@@ -48,24 +48,38 @@ class View:
 def present_fields(message: Any, prefix: str = "", *, skip: frozenset[str] = HEADER_FIELDS) -> list[str]:
     """Paths of the set leaf fields of a message (repeated elements share one path), sorted."""
     out: set[str] = set()
-    _collect(message, prefix, skip, out)
-    return sorted(out)
-
-
-def _collect(message: Any, prefix: str, skip: frozenset[str], out: set[str]) -> None:
     for descriptor, value in message.ListFields():
         if not prefix and descriptor.name in skip:
             continue
-        path = f"{prefix}.{descriptor.name}" if prefix else descriptor.name
-        if descriptor.type != FieldDescriptor.TYPE_MESSAGE or descriptor.message_type.full_name.startswith(
-            "google.protobuf."
-        ):
-            out.add(path)
-        elif descriptor.is_repeated:
-            for item in value:
-                _collect(item, path, frozenset(), out)
+        _collect(descriptor, value, f"{prefix}.{descriptor.name}" if prefix else descriptor.name, out)
+    return sorted(out)
+
+
+_LEAF, _ONE, _MANY = 0, 1, 2
+_SHAPES: dict[FieldDescriptor, int] = {}
+
+
+def _shape(descriptor: FieldDescriptor) -> int:
+    """_LEAF for a scalar or a well-known type (a timestamp is one value), else _ONE or _MANY messages."""
+    shape = _SHAPES.get(descriptor)
+    if shape is None:
+        kind = descriptor.message_type if descriptor.type == FieldDescriptor.TYPE_MESSAGE else None
+        if kind is None or kind.full_name.startswith("google.protobuf."):
+            shape = _LEAF
         else:
-            _collect(value, path, frozenset(), out)
+            shape = _MANY if descriptor.is_repeated else _ONE
+        _SHAPES[descriptor] = shape
+    return shape
+
+
+def _collect(descriptor: FieldDescriptor, value: Any, path: str, out: set[str]) -> None:
+    shape = _shape(descriptor)
+    if shape == _LEAF:
+        out.add(path)
+        return
+    for item in value if shape == _MANY else (value,):
+        for inner, inner_value in item.ListFields():
+            _collect(inner, inner_value, f"{path}.{inner.name}", out)
 
 
 def under(paths: frozenset[str], hidden: frozenset[str]) -> frozenset[str]:
@@ -111,66 +125,65 @@ def _count(message: Any, names: list[str]) -> int:
     return _count(value, rest) if rest else 1
 
 
-def _actor(env: envelope_pb2.Envelope, caller: Caller) -> audit_pb2.Actor:
-    return audit_pb2.Actor(
-        agency_id=caller.agency_id,
-        operator_id=env.sender.operator_id,
-        workstation_id=env.sender.workstation_id,
-        certificate_sha256=caller.certificate_sha256,
-    )
-
-
-def _why(env: envelope_pb2.Envelope, rule: str = "") -> audit_pb2.Justification:
-    purpose = env.legal_basis.purpose
-    agreement = rule.split("/", 1)[0] if "/" in rule else env.legal_basis.agreement_id
-    return audit_pb2.Justification(
-        law=env.legal_basis.law,
-        purpose=common_pb2.Purpose.Name(purpose).removeprefix("PURPOSE_")
-        if purpose in common_pb2.Purpose.values()
-        else "",
-        agreement_id=agreement,
-        rule=rule,
-    )
+# Enum value -> name as recorded ("KIND_REPORT" -> "REPORT"); unknown values record "".
+_KINDS = {v: common_pb2.Kind.Name(v).removeprefix("KIND_") for v in common_pb2.Kind.values()}
+_STATUSES = {v: common_pb2.Status.Name(v).removeprefix("STATUS_") for v in common_pb2.Status.values()}
+_PURPOSES = {v: common_pb2.Purpose.Name(v).removeprefix("PURPOSE_") for v in common_pb2.Purpose.values()}
 
 
 def publish_records(
-    env: envelope_pb2.Envelope, caller: Caller, digest: bytes, views: Sequence[View], at: datetime
+    env: envelope_pb2.Envelope, caller: Caller, digest: bytes, views: Sequence[View], at: datetime | Timestamp
 ) -> list[audit_pb2.AuditRecord]:
     """Every record an accepted envelope makes: collection, disclosures, and alteration or combination if any."""
-    ts = timestamp(at)
-    actor = _actor(env, caller)
-    kind = common_pb2.Kind.Name(env.kind).removeprefix("KIND_") if env.kind in common_pb2.Kind.values() else ""
-    status = (
-        common_pb2.Status.Name(env.status).removeprefix("STATUS_") if env.status in common_pb2.Status.values() else ""
+    return list(publish_entry(env, caller, digest, views, at).records)
+
+
+def publish_entry(
+    env: envelope_pb2.Envelope, caller: Caller, digest: bytes, views: Sequence[View], at: datetime | Timestamp
+) -> audit_pb2.AuditEntry:
+    """publish_records, built in place in an entry holding only them (the writer adds the chain's fields)."""
+    sender, basis = env.sender, env.legal_basis
+    law, purpose, agreement = basis.law, _PURPOSES.get(basis.purpose, ""), basis.agreement_id
+    # What every record of the envelope shares, merged into each.
+    common = audit_pb2.AuditRecord(
+        at=at if isinstance(at, Timestamp) else timestamp(at),
+        actor=audit_pb2.Actor(
+            agency_id=caller.agency_id,
+            operator_id=sender.operator_id,
+            workstation_id=sender.workstation_id,
+            certificate_sha256=caller.certificate_sha256,
+        ),
+        distribution_id=env.distribution_id,
+        incident_ids=env.incident_ids,
+        kind=_KINDS.get(env.kind, ""),
+        status=_STATUSES.get(env.status, ""),
     )
-    common: dict[str, Any] = {
-        "at": ts,
-        "actor": actor,
-        "distribution_id": env.distribution_id,
-        "incident_ids": list(env.incident_ids),
-        "kind": kind,
-        "status": status,
-    }
-    records = [audit_pb2.AuditRecord(action=audit_pb2.ACTION_COLLECTION, why=_why(env), data_sha256=digest, **common)]
+    why = audit_pb2.Justification(law=law, purpose=purpose, agreement_id=agreement)
+    entry = audit_pb2.AuditEntry()
+    add = entry.records.add
+    add(action=audit_pb2.ACTION_COLLECTION, why=why, data_sha256=digest).MergeFrom(common)
+    linked = [r.distribution_id for r in env.references]
     if env.kind in (common_pb2.KIND_UPDATE, common_pb2.KIND_CANCEL):
-        records.append(audit_pb2.AuditRecord(action=audit_pb2.ACTION_ALTERATION, why=_why(env), data_sha256=digest,
-                                             linked=[r.distribution_id for r in env.references], **common))  # fmt: skip
-    elif env.references:
-        records.append(audit_pb2.AuditRecord(action=audit_pb2.ACTION_COMBINATION, why=_why(env), data_sha256=digest,
-                                             linked=[r.distribution_id for r in env.references], **common))  # fmt: skip
-    records.extend(
-        audit_pb2.AuditRecord(
+        add(action=audit_pb2.ACTION_ALTERATION, why=why, data_sha256=digest, linked=linked).MergeFrom(common)
+    elif linked:
+        add(action=audit_pb2.ACTION_COMBINATION, why=why, data_sha256=digest, linked=linked).MergeFrom(common)
+    by_rule: dict[str, audit_pb2.Justification] = {}
+    for view in views:
+        rule_why = by_rule.get(view.rule)
+        if rule_why is None:  # the agreement is the rule's ("<agreement>/<rule>"), else the envelope's
+            rule_agreement = view.rule.split("/", 1)[0] if "/" in view.rule else agreement
+            rule_why = by_rule[view.rule] = audit_pb2.Justification(
+                law=law, purpose=purpose, agreement_id=rule_agreement, rule=view.rule
+            )
+        add(
             action=audit_pb2.ACTION_DISCLOSURE,
-            why=_why(env, view.rule),
+            why=rule_why,
             data_sha256=view.data_sha256,
             recipient=view.recipient,
             fields=view.fields,
             withheld=view.withheld,
-            **common,
-        )
-        for view in views
-    )
-    return records
+        ).MergeFrom(common)
+    return entry
 
 
 def consultation(actor: audit_pb2.Actor, at: datetime, detail: str, why: str = "") -> audit_pb2.AuditRecord:

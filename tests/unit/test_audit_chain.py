@@ -24,6 +24,7 @@ from opsroom.audit.v1 import audit_pb2
 
 from broker.audit import chain
 from broker.audit.chain import GENESIS, entry_sha256, seal
+from broker.audit.log import Draft
 from broker.audit.records import hub_record
 from broker.audit.verify import Head, Kind, Report, Stored, verify
 
@@ -171,6 +172,38 @@ def test_seal_signs_the_entry_without_its_checkpoint() -> None:
     assert stored.checkpoint.key_id == chain.key_id(KEY.public_key())
     assert stored.checkpoint.signed_at == _ts(T0)
     assert chain.seal_problem(STREAM, stored, KEYS) == ""
+
+
+_records = st.lists(
+    st.builds(
+        audit_pb2.AuditRecord,
+        action=st.sampled_from([audit_pb2.ACTION_COLLECTION, audit_pb2.ACTION_DISCLOSURE]),
+        distribution_id=st.text(max_size=40),
+        recipient=st.text(max_size=20),
+        fields=st.lists(st.text(max_size=30), max_size=5),
+        data_sha256=st.binary(max_size=32),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=_records, position=st.integers(1, 2**40), writer=st.text(max_size=12), sign=st.booleans())
+def test_an_entry_put_together_from_drafted_records_is_its_deterministic_encoding(
+    records: list[audit_pb2.AuditRecord], position: int, writer: str, sign: bool
+) -> None:
+    """The writer's byte assembly (header fields + Draft.of's records + checkpoint) is what seal and protobuf make."""
+    head = audit_pb2.AuditEntry(position=position, prev_sha256=b"\x02" * 32, written_at=_ts(T0), writer=writer)
+    unsigned = head.SerializeToString(deterministic=True) + Draft.of(records).records
+    entry = audit_pb2.AuditEntry()
+    entry.CopyFrom(head)
+    entry.records.extend(records)
+    assert unsigned == entry.SerializeToString(deterministic=True)
+    if sign:
+        data = chain.seal_bytes(STREAM, unsigned, position, KEY, _ts(T0))
+        assert data == seal(STREAM, entry, KEY, _ts(T0))
+        assert data == audit_pb2.AuditEntry.FromString(data).SerializeToString(deterministic=True)
+        assert chain.seal_problem(STREAM, audit_pb2.AuditEntry.FromString(data), KEYS) == ""
 
 
 def test_seal_problem_names_each_fault() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -67,13 +67,12 @@ class _Head:
     msg_id: str = ""
 
 
-@dataclass
-class _Encoded:
+class _Encoded(NamedTuple):
     data: bytes
     position: int
     sha: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    msg_id: str = ""
+    headers: dict[str, str]
+    msg_id: str
 
 
 class _Failed(Exception):

@@ -8,12 +8,13 @@ plates never enter a record: fields are named by their paths, data by its SHA-25
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.audit.v1 import audit_pb2
 from opsroom.common.v1 import common_pb2
@@ -48,11 +49,22 @@ class View(NamedTuple):
 def present_fields(message: Any, prefix: str = "", *, skip: frozenset[str] = HEADER_FIELDS) -> list[str]:
     """Paths of the set leaf fields of a message (repeated elements share one path), sorted."""
     out: set[str] = set()
-    for descriptor, value in message.ListFields():
-        if not prefix and descriptor.name in skip:
-            continue
+    oneof = _body_oneof(message.DESCRIPTOR, skip)
+    if oneof is not None:  # an envelope: its body is the one payload set, the rest is header
+        name = message.WhichOneof(oneof)
+        fields = [(message.DESCRIPTOR.fields_by_name[name], getattr(message, name))] if name else []
+    else:
+        fields = [(d, v) for d, v in message.ListFields() if d.name not in skip]
+    for descriptor, value in fields:
         _collect(descriptor, value, f"{prefix}.{descriptor.name}" if prefix else descriptor.name, out)
     return sorted(out)
+
+
+@functools.cache
+def _body_oneof(message: Descriptor, skip: frozenset[str]) -> str | None:
+    """The oneof that holds every field of message not skipped, if there is one."""
+    oneofs = {f.containing_oneof.name if f.containing_oneof else None for f in message.fields if f.name not in skip}
+    return oneofs.pop() if len(oneofs) == 1 else None
 
 
 _LEAF, _ONE, _MANY = 0, 1, 2

@@ -237,9 +237,14 @@ class HubClient:
             await self._inbox.close()
         await self._channel.close()
 
-    async def publish(self, envelope: envelope_pb2.Envelope) -> hub_pb2.Acceptance:
-        """Publish one envelope; transient failures are retried with the same distribution id."""
-        request = hub_pb2.PublishRequest(envelope=envelope)
+    async def publish(self, envelope: envelope_pb2.Envelope, *, resend: bool = False) -> hub_pb2.Acceptance:
+        """Publish one envelope; transient failures are retried with the same distribution id.
+
+        resend: the envelope may have been sent before (an application replaying its outbox
+        after a restart); the hub then answers from its store if it has it, recording nothing
+        new. The retries made here are marked so by themselves.
+        """
+        request = hub_pb2.PublishRequest(envelope=envelope, resend=resend)
         delays = iter(self.retry.delays())
         while True:
             try:
@@ -250,6 +255,7 @@ class HubClient:
                 if delay is None:
                     raise error from None
                 await asyncio.sleep(delay)
+                request.resend = True
                 continue
             return response.acceptance
 
@@ -263,10 +269,11 @@ class HubClient:
         results: list[hub_pb2.Acceptance | HubError | None] = [None] * len(envelopes)
         todo = list(range(len(envelopes)))
         delays = iter(self.retry.delays())
+        resend = False
         while todo:
             retry_next: list[int] = []
             try:
-                await self._stream_batches(envelopes, todo, batch_size, results)
+                await self._stream_batches(envelopes, todo, batch_size, results, resend=resend)
             except grpc.aio.AioRpcError as exc:
                 error = HubError.from_rpc_error(exc)
                 if not error.stream_broken:
@@ -279,6 +286,7 @@ class HubClient:
                 break
             await asyncio.sleep(delay)
             todo = retry_next
+            resend = True
         return [r if r is not None else HubError(grpc.StatusCode.UNAVAILABLE, "", "no answer") for r in results]
 
     async def _stream_batches(
@@ -287,12 +295,17 @@ class HubClient:
         todo: list[int],
         batch_size: int,
         results: list[hub_pb2.Acceptance | HubError | None],
+        *,
+        resend: bool,
     ) -> None:
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
 
         async def requests() -> AsyncIterator[hub_pb2.PublishStreamRequest]:
             for number, batch in enumerate(batches):
-                yield hub_pb2.PublishStreamRequest(request_id=number, envelopes=[envelopes[i] for i in batch])
+                resent = range(len(batch)) if resend else ()
+                yield hub_pb2.PublishStreamRequest(
+                    request_id=number, envelopes=[envelopes[i] for i in batch], resent=resent
+                )
 
         call = self._publish_stream(requests(), timeout=self.retry.timeout * max(1, len(batches)))
         async for response in call:
@@ -445,7 +458,11 @@ class StreamPublisher:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             self._next_id += 1
             self._in_flight[self._next_id] = batch
-            yield hub_pb2.PublishStreamRequest(request_id=self._next_id, envelopes=[p.envelope for p in batch])
+            yield hub_pb2.PublishStreamRequest(
+                request_id=self._next_id,
+                envelopes=[p.envelope for p in batch],
+                resent=[i for i, p in enumerate(batch) if p.attempts],
+            )
 
     async def _stream(self) -> None:
         self._generation += 1

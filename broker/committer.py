@@ -16,17 +16,18 @@ Two ways to write, chosen per batch by its size:
 A group comes back DUPLICATE only if every message of it was stored before; an atomic batch is
 never overtaken by a later write, so the stored order is the arrival order.
 
-With an audit writer, a batch goes through two stages: first the audit entries of its groups
-are written (one chained write for the whole batch), then its deliveries; the next batch's
-audit write overlaps this batch's delivery write. A group whose audit entry could not be
-written is failed without writing its deliveries: nothing is disclosed that is not recorded.
+With an audit writer, a batch goes through two stages: first the audit records of its groups
+are written (a few entries for the whole batch, one chained write), then its deliveries; the
+next batch's records are written while this batch's deliveries are. A group whose records
+could not be stored is failed without writing its deliveries: nothing reaches a room before
+its disclosure is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -140,16 +141,76 @@ class Committer:
 
     async def run(self) -> None:
         """The commit loop; returns after close() once the queue is empty and every write answered."""
+        if self._audit is None:
+            await self._write_batches(self._next_batch)
+            return
+        # Two stages: the records of batch N+1 are written while the deliveries of batch N are.
+        recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(self._max_in_flight)
+        recorder = asyncio.get_running_loop().create_task(self._record_batches(recorded), name="committer-records")
+
+        async def next_recorded() -> list[WriteGroup] | None:
+            task = await recorded.get()
+            return None if task is None else await task
+
+        try:
+            await self._write_batches(next_recorded)
+        finally:
+            if not recorder.done():
+                recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
+            while not recorded.empty():  # only when the writer stopped early (cancelled)
+                task = recorded.get_nowait()
+                if task is not None:
+                    task.cancel()
+
+    async def _record_batches(self, recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None]) -> None:
+        """Take batches and start writing their audit records, in order; None once closed and empty."""
+        while True:
+            groups = await self._next_batch()
+            if groups is None:
+                await recorded.put(None)
+                return
+            task = asyncio.get_running_loop().create_task(self._record(groups))
+            await recorded.put(task)
+
+    async def _record(self, groups: list[WriteGroup]) -> list[WriteGroup]:
+        """Write the audit drafts of groups; returns the groups whose deliveries may now be written.
+
+        A group whose records could not be stored fails here and its deliveries are never
+        written: nothing reaches a room before its disclosure is recorded.
+        """
+        assert self._audit is not None
+        with_draft = [g for g in groups if g.audit is not None]
+        if not with_draft:
+            return groups
+        try:
+            results: Sequence[OpsroomError | None] = await self._audit(
+                [g.audit for g in with_draft if g.audit is not None]
+            )
+        except Exception as exc:
+            if not isinstance(exc, OpsroomError):
+                log.exception("audit_write_crashed", error_type=type(exc).__name__)
+            error = exc if isinstance(exc, OpsroomError) else StoreUnavailable("audit write failed; retry")
+            results = [error] * len(with_draft)
+        failed = set()
+        for group, result in zip(with_draft, results, strict=True):
+            if result is not None:
+                self._audit_failed(result)
+                _fail(group, result)
+                failed.add(group)
+        return [g for g in groups if g not in failed] if failed else groups
+
+    async def _write_batches(self, next_batch: Callable[[], Awaitable[list[WriteGroup] | None]]) -> None:
+        """Write the deliveries of each batch next_batch gives, in order, until it gives None."""
         in_flight: set[asyncio.Task[None]] = set()
-        audits: set[asyncio.Task[Sequence[OpsroomError | None]]] = set()
         try:
             while True:
-                groups = await self._next_batch()
+                groups = await next_batch()
                 if groups is None:
                     return
-                if self._audit is not None:
-                    await self._settle(audits, self._max_in_flight - 1)
-                    self._start_audit(groups, audits)
+                if not groups:
+                    continue
                 count = sum(len(g.messages) for g in groups)
                 if count >= self._atomic_threshold:
                     # An atomic batch may be split and written again: nothing may overtake it.
@@ -165,32 +226,9 @@ class Committer:
                 await self._settle(in_flight, self._max_in_flight - 1)
         finally:
             await self._settle(in_flight, 0)
-            await self._settle(audits, 0)
 
-    def _start_audit(self, groups: list[WriteGroup], audits: set[asyncio.Task[Sequence[OpsroomError | None]]]) -> None:
-        """Start writing the audit drafts of groups; each group's outcome then waits for its draft's too.
-
-        The audit entries and the deliveries of a batch are written at the same time; a group is
-        answered once both are stored, and fails if its audit entry could not be written (the
-        sender's retry then writes it: its id is not in the log yet).
-        """
-        assert self._audit is not None
-        with_draft = [g for g in groups if g.audit is not None]
-        if not with_draft:
-            return
-        task = asyncio.get_running_loop().create_task(self._audit([g.audit for g in with_draft if g.audit is not None]))
-        audits.add(task)
-        task.add_done_callback(audits.discard)
-        pairs = []
-        for group in with_draft:
-            pairs.append((asyncio.get_running_loop().create_future(), group.future))
-            group.future = pairs[-1][0]
-        _AuditJoin(task, pairs, self._audit_failed)
-
-    def _audit_failed(self, error: BaseException) -> None:
+    def _audit_failed(self, _error: OpsroomError) -> None:
         self._metrics.commit_failures.labels("audit").inc()
-        if not isinstance(error, OpsroomError):
-            log.error("audit_write_crashed", error_type=type(error).__name__)
 
     @staticmethod
     async def _settle(tasks: set[asyncio.Task[Any]], keep: int) -> None:
@@ -318,60 +356,6 @@ class Committer:
 
 def _is_error(result: int | Exception) -> bool:
     return isinstance(result, Exception) and not isinstance(result, DuplicateInBatch)
-
-
-class _AuditJoin:
-    """Resolves each group's outer future once both its write (stored) and the batch's audit write are done.
-
-    pairs holds, per group, (stored, outer) in the order of the audit write's results. One
-    callback on the audit write serves the whole batch; each group adds one on its write.
-    """
-
-    def __init__(
-        self,
-        audit: asyncio.Future[Sequence[OpsroomError | None]],
-        pairs: list[tuple[asyncio.Future[GroupResult], asyncio.Future[GroupResult]]],
-        on_audit_failure: Callable[[BaseException], None],
-    ) -> None:
-        self._audit = audit
-        self._pairs = pairs
-        self._on_audit_failure = on_audit_failure
-        audit.add_done_callback(self._audit_done)
-        for index, (stored, _) in enumerate(pairs):
-            stored.add_done_callback(functools.partial(self._stored_done, index))
-
-    def _audit_done(self, _: object) -> None:
-        for index, (stored, _outer) in enumerate(self._pairs):
-            if stored.done():
-                self._finish(index)
-
-    def _stored_done(self, index: int, _: object) -> None:
-        if self._audit.done():
-            self._finish(index)
-
-    def _finish(self, index: int) -> None:
-        stored, outer = self._pairs[index]
-        if outer.done():
-            return
-        audit = self._audit
-        error: BaseException | None
-        if audit.cancelled():
-            error = StoreUnavailable("the audit write was interrupted; retry")
-        else:
-            error = audit.exception()
-            if error is None:
-                error = audit.result()[index]
-        if error is not None:
-            self._on_audit_failure(error)
-            if not stored.cancelled():
-                stored.exception()  # retrieved: the audit error is the one reported
-            outer.set_exception(error if isinstance(error, OpsroomError) else StoreUnavailable("audit write failed"))
-        elif stored.cancelled():
-            outer.set_exception(StoreUnavailable("the write was interrupted; retry"))
-        elif stored.exception() is not None:
-            outer.set_exception(stored.exception())  # type: ignore[arg-type]
-        else:
-            outer.set_result(stored.result())
 
 
 def _resolve(group: WriteGroup, result: GroupResult) -> None:

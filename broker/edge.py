@@ -215,7 +215,7 @@ class HubServicer:
             self._check_draining()
             self._check_size(request.envelope.ByteSize())
             try:
-                accepted = await self._publisher.publish(request.envelope, caller)
+                accepted = await self._publisher.publish(request.envelope, caller, resend=request.resend)
             except OpsroomError:
                 raise
             except Exception as exc:
@@ -292,11 +292,12 @@ class HubServicer:
                     )
                     pending = [(i, err) for i in range(len(request.envelopes))]
                 else:
+                    resent = frozenset(request.resent)
                     for i, env in enumerate(request.envelopes):
                         try:
                             self._check_draining()
                             self._check_size(env.ByteSize())
-                            pending.append((i, await self._publisher.begin(env, caller)))
+                            pending.append((i, await self._publisher.begin(env, caller, resend=i in resent)))
                         except OpsroomError as err:
                             pending.append((i, err))
                         except Exception as exc:

@@ -94,15 +94,19 @@ class Publisher:
         if violations:
             raise InvalidEnvelope(violations)
 
-    async def publish(self, env: envelope_pb2.Envelope, caller: Caller | str) -> Accepted:
+    async def publish(self, env: envelope_pb2.Envelope, caller: Caller | str, *, resend: bool = False) -> Accepted:
         """Check, route and store env for the caller (or agency id); returns the (possibly replayed) acceptance."""
-        return await (await self.begin(env, caller))
+        return await (await self.begin(env, caller, resend=resend))
 
-    async def begin(self, env: envelope_pb2.Envelope, caller: Caller | str) -> asyncio.Future[Accepted]:
+    async def begin(
+        self, env: envelope_pb2.Envelope, caller: Caller | str, *, resend: bool = False
+    ) -> asyncio.Future[Accepted]:
         """Check and route env, and queue its write; returns the future acceptance.
 
         Raises the refusal at once when the envelope is refused before any write. Envelopes
-        queued one after the other by one caller are stored in that order.
+        queued one after the other by one caller are stored in that order. A resend (the
+        sender says it may have sent env before) found in the store is answered from there,
+        writing nothing: no delivery, no audit record.
         """
         caller = caller if isinstance(caller, Caller) else Caller(caller)
         agency_id = caller.agency_id
@@ -125,12 +129,24 @@ class Publisher:
         if lane is Lane.URGENT:
             self._lanes.urgent_started(result)
         try:
+            if resend and await self._answer_from_store(env, digest, lane, result):
+                return result
             group, acceptance, decision = await self._queue_write(env, caller, data, digest)
         except BaseException as exc:
             _settle(result, exc)
             raise
         group.add_done_callback(lambda g: self._on_stored(g, result, acceptance, decision, digest))
         return result
+
+    async def _answer_from_store(
+        self, env: envelope_pb2.Envelope, digest: bytes, lane: Lane, result: asyncio.Future[Accepted]
+    ) -> bool:
+        """Resolve result with the stored first answer if env was stored before; False if it was not."""
+        stored = await self._stored_deliveries(env.distribution_id, lane)
+        if not stored:
+            return False
+        result.set_result(Accepted(self._replay_of(stored, digest), None))
+        return True
 
     def _forget(self, dist: str, result: asyncio.Future[Accepted]) -> None:
         """Drop the in-flight entry; mark an error retrieved (the caller may have gone away)."""
@@ -215,7 +231,7 @@ class Publisher:
         draft = None
         if self._audited:
             entry = audit_records.publish_entry(env, caller, digest, copies.views, acceptance.accepted_at)
-            draft = Draft.of_entry(entry, f"env:{dist}")
+            draft = Draft.of_entry(entry)  # shares an entry with the batch (no message id)
         group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft)
         return group, acceptance, decision
 
@@ -232,6 +248,10 @@ class Publisher:
         stored = await self._stored_deliveries(dist)
         if not stored:
             raise StoreUnavailable("the envelope was stored but its deliveries are not readable yet; retry")
+        return self._replay_of(stored, digest)
+
+    def _replay_of(self, stored: list[StoredMsg], digest: bytes) -> hub_pb2.Acceptance:
+        """The first answer given for the stored deliveries, replayed to a copy hashing to digest."""
         first, first_digest, _sender = receipts.first_acceptance(self._layout, stored)
         return _replayed(first, first_digest, digest)
 

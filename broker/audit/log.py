@@ -7,6 +7,10 @@ after it. An entry written on its own is signed; a batch of entries is written a
 its last entry (and every checkpoint_every-th) is signed, so no unsigned entry of a hub is ever
 visible. Entries found in the log that no trusted key vouches for are kept, and the writer
 records their positions in a TAMPER_DETECTED record that its own signature then covers.
+
+The records of many envelopes written together share entries (up to max_entry_bytes each):
+an entry's cost (a message, a hash, a signature now and then) is paid per batch, not per
+envelope.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from broker.transport.jetstream import AlreadyStored, JetStream, OutMsg, WrongLa
 log = get_logger(__name__)
 
 _ATTEMPTS = 8
+# Records (encoded bytes) that drafts sharing an entry may hold together: well under nats-server's
+# default max_payload (1 MiB), so that a batch of a thousand envelopes makes a few entries.
+ENTRY_MAX_BYTES = 256 * 1024
 
 
 class Draft(NamedTuple):
@@ -54,6 +61,42 @@ class Draft(NamedTuple):
     def of_entry(cls, entry: audit_pb2.AuditEntry, msg_id: str = "") -> Draft:
         """A draft of the records of entry, an entry that holds nothing else."""
         return cls(entry.SerializeToString(deterministic=True), msg_id)
+
+
+def pack(drafts: Sequence[Draft], max_bytes: int) -> tuple[list[Draft], list[list[int]]]:
+    """Entries for drafts, in order, and for each the indices of the drafts it holds.
+
+    Consecutive drafts without a message id are joined (their encoded records concatenated, which
+    is the encoding of all their records) while the entry stays within max_bytes; a draft with a
+    message id, or one larger than max_bytes, is an entry alone.
+    """
+    entries: list[Draft] = []
+    members: list[list[int]] = []
+    parts: list[bytes] = []
+    size = 0
+
+    def close() -> None:
+        nonlocal size
+        if parts:
+            entries.append(Draft(b"".join(parts)))
+            parts.clear()
+            size = 0
+
+    for i, draft in enumerate(drafts):
+        if draft.msg_id:
+            close()
+            entries.append(draft)
+            members.append([i])
+            continue
+        if parts and size + len(draft.records) > max_bytes:
+            close()
+        if not parts:
+            members.append([])
+        parts.append(draft.records)
+        size += len(draft.records)
+        members[-1].append(i)
+    close()
+    return entries, members
 
 
 @dataclass
@@ -97,6 +140,7 @@ class AuditLog:
         atomic_threshold: int = 64,
         checkpoint_every: int = 1000,
         pipelined: bool = True,
+        max_entry_bytes: int = ENTRY_MAX_BYTES,
     ) -> None:
         """A writer for js's audit stream, signing with key, trusting entries signed by trusted keys.
 
@@ -106,6 +150,7 @@ class AuditLog:
         msgid mismatch", which stops the stream).
         """
         self._pipelined = pipelined
+        self._max_entry_bytes = max_entry_bytes
         self._js = js
         self._stream = js.audit_stream
         self._subject = js.layout.audit_subject
@@ -152,7 +197,23 @@ class AuditLog:
             raise result
 
     async def write(self, drafts: Sequence[Draft]) -> list[OpsroomError | None]:
-        """Write entries in order; per draft None (stored now or before) or the error that kept it out.
+        """Write drafts in order; per draft None (stored now or before) or the error that kept it out.
+
+        Consecutive drafts without a message id share entries of at most max_entry_bytes of
+        records (one entry for a batch of envelopes, not one each); a draft with a message id
+        is an entry of its own, which a retry finds stored. A shared entry's outcome is each of
+        its drafts' outcome.
+        """
+        entries, members = pack(drafts, self._max_entry_bytes)
+        stored = await self._write_entries(entries)
+        results: list[OpsroomError | None] = [None] * len(drafts)
+        for result, indices in zip(stored, members, strict=True):
+            for i in indices:
+                results[i] = result
+        return results
+
+    async def _write_entries(self, drafts: Sequence[Draft]) -> list[OpsroomError | None]:
+        """Write each draft as one entry, in order; per entry None (stored now or before) or the error.
 
         Writes are pipelined: the next write is encoded on the predicted head and sent while
         this one is still being stored; the stream's expected-last-sequence check refuses any
@@ -172,7 +233,7 @@ class AuditLog:
                 atomic = False  # a batch repeating an entry: write them one by one to see which
                 if not self._pipelined and len(pending) > 1:
                     for i in pending:  # unpipelined, one entry per write
-                        results[i] = (await self.write([drafts[i]]))[0]
+                        results[i] = (await self._write_entries([drafts[i]]))[0]
                     pending = []
             except WrongLastSequence:
                 self._broken = True

@@ -29,7 +29,7 @@ from broker.metrics import Metrics
 from broker.testing import LocalHub, local_hub
 from broker.transport.jetstream import JetStream
 from tests import factories as f
-from tests.integration.conftest import take
+from tests.integration.conftest import nothing_more, take
 from tests.integration.test_policy import AGENCIES, AGREEMENT, report
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ async def test_traffic_leaves_one_collection_per_publish_and_one_disclosure_per_
         accepted = await asyncio.gather(
             *(cur.publish(e) for e in reports), *(pl.publish(e) for e in alerts), cur.publish(update)
         )
-        again = await rooms[f.CUR].publish(reports[3])  # a retry: replayed, nothing new
+        again = await rooms[f.CUR].publish(reports[3], resend=True)  # a retry: replayed, nothing new
         assert again.replayed
         await cur.close()
         await pl.close()
@@ -171,6 +171,46 @@ async def test_a_refused_publish_leaves_no_record(audited: LocalHub) -> None:
     dists = {r.distribution_id for r in records(await stored(audited.hub.js))}
     assert ok.distribution_id in dists
     assert fire.distribution_id not in dists
+
+
+async def test_a_resend_of_a_stored_envelope_is_answered_from_the_store_and_records_nothing(
+    audited: LocalHub,
+) -> None:
+    """resend: a stored envelope gets its first answer and no new record; a new one is stored and recorded once.
+
+    An unmarked copy of a stored envelope is replayed too (never delivered twice), but its
+    records are written again: the hub cannot know before writing them that it was a copy.
+    """
+    cur = audited.client(f.CUR)
+    try:
+        env = report((f.QUESTURA,))
+        first = await cur.publish(env)
+        before = len(await stored(audited.hub.js))
+        again = await cur.publish(env, resend=True)
+        assert again.replayed
+        assert first.accepted_at == again.accepted_at
+        assert before == len(await stored(audited.hub.js))
+
+        fresh = report((f.QUESTURA,))
+        assert not (await cur.publish(fresh, resend=True)).replayed  # never stored: written as usual
+
+        copy = await cur.publish(env)  # not marked
+        assert copy.replayed
+    finally:
+        await cur.close()
+    collections = Counter(
+        r.distribution_id for r in records(await stored(audited.hub.js)) if r.action == audit_pb2.ACTION_COLLECTION
+    )
+    assert 1 == collections[fresh.distribution_id]
+    assert 2 == collections[env.distribution_id]
+    room = audited.client(f.QUESTURA)
+    try:
+        inbox = room.inbox()
+        got = await take(inbox, 2)
+        assert [env.distribution_id, fresh.distribution_id] == [d.envelope.distribution_id for d in got]
+        await nothing_more(inbox, 0.3)
+    finally:
+        await room.close()
 
 
 # -- tampering ----------------------------------------------------------------------------------

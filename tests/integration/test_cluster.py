@@ -95,6 +95,17 @@ async def audit_report(env: ClusterHub) -> tuple[Counter[str], bool]:
     return collections, report.ok
 
 
+def assert_recorded_at_least_once(sent: list[str], collections: Counter[str]) -> None:
+    """Each delivered envelope has a collection record, and no other envelope has one.
+
+    After a node is lost, a write whose records were stored and whose deliveries were not is
+    retried and recorded again (docs/audit.md, "Retries and the audit log"): more than once is
+    allowed, never less, never for an envelope that was not sent.
+    """
+    assert set(sent) == set(collections)
+    assert all(count >= 1 for count in collections.values())
+
+
 async def stored_deliveries(cluster: NatsCluster) -> Counter[str]:
     """How many delivery messages the stream holds per distribution id (the last token of the subject)."""
     info = await js_api(cluster, f"STREAM.INFO.{STREAM}", {"subjects_filter": "opsroom.dlv.>"})
@@ -209,7 +220,7 @@ async def test_a_follower_node_lost_and_restarted(env: ClusterHub) -> None:
         sent = [*before, *during, *after]
         assert Counter(dict.fromkeys(sent, 1)) == await stored_deliveries(cluster)
         collections, chain_ok = await audit_report(env)
-        assert Counter(dict.fromkeys(sent, 1)) == collections
+        assert_recorded_at_least_once(sent, collections)
         assert chain_ok
     finally:
         await sender.close()
@@ -253,7 +264,7 @@ async def test_the_stream_leader_lost_and_restarted(env: ClusterHub) -> None:
         everything = [*before, *sent, *after]
         assert Counter(dict.fromkeys(everything, 1)) == await stored_deliveries(cluster)
         collections, chain_ok = await audit_report(env)
-        assert Counter(dict.fromkeys(everything, 1)) == collections
+        assert_recorded_at_least_once(everything, collections)
         assert chain_ok
     finally:
         await sender.close()

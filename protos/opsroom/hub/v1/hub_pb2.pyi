@@ -136,6 +136,14 @@ class PublishRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENVELOPE_FIELD_NUMBER: _builtins.int
+    RESEND_FIELD_NUMBER: _builtins.int
+    resend: _builtins.bool
+    """True when this envelope may have been sent before (sent again after a timeout, a broken
+    connection or a retryable error, or replayed from an outbox after a restart). The hub first
+    looks for it among the envelopes it stored, and if found answers from the store (replayed)
+    without recording it again in the audit log. Unmarked, a copy of a stored envelope is still
+    answered as replayed and never delivered twice, but its audit records are written again.
+    """
     @_builtins.property
     def envelope(self) -> _envelope_pb2.Envelope:
         """The envelope."""
@@ -144,10 +152,11 @@ class PublishRequest(_message.Message):
         self,
         *,
         envelope: _envelope_pb2.Envelope | None = ...,
+        resend: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope", b"envelope", "resend", b"resend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,21 +194,27 @@ class PublishStreamRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ENVELOPES_FIELD_NUMBER: _builtins.int
+    RESENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Chosen by the client, echoed in the response."""
     @_builtins.property
     def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]:
         """The envelopes, at most 1000."""
 
+    @_builtins.property
+    def resent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices into envelopes of those that may have been sent before (see PublishRequest.resend)."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.int = ...,
         envelopes: _abc.Iterable[_envelope_pb2.Envelope] | None = ...,
+        resent: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "request_id", b"request_id", "resent", b"resent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -43,7 +43,7 @@ ENTRY_MAX_BYTES = 256 * 1024
 
 
 class Draft(NamedTuple):
-    """The records of one entry to write, serialized, and its dedup id (an envelope's is "env:<distribution id>").
+    """The records of one entry to write, serialized, and its dedup id if it must be written once only ("esc:<id>").
 
     records holds the entry's field 5 as it is encoded (made by of()): the writer puts the
     entry's other fields around it without decoding or copying the records again.

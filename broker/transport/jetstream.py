@@ -44,6 +44,10 @@ ERR_CONSUMER_EXISTS_OLD = 10013
 _FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, max bytes, max msgs
 
 
+class ConnectionLost(OSError):
+    """The connection dropped while a write waited for its answer (it may or may not be stored)."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutMsg:
     """A message to write: subject, payload and JetStream headers (message id, expectations)."""
@@ -311,9 +315,7 @@ class JetStream:
                 "Nats-Batch-Sequence": str(last),
                 "Nats-Batch-Commit": "1",
             }
-            reply = await self.nc.request(
-                tail.subject, tail.payload, timeout=self.cfg.commit_timeout.total_seconds(), headers=headers
-            )
+            reply = await self._write(tail.subject, tail.payload, headers)
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"JetStream did not confirm the batch: {type(exc).__name__}") from exc
         ack = self._pub_ack(reply.data, "the batch")
@@ -327,9 +329,8 @@ class JetStream:
         stored before (repeated message id, or an expected-absent subject that exists), or the
         error.
         """
-        timeout = self.cfg.commit_timeout.total_seconds()
         replies = await asyncio.gather(
-            *(self.nc.request(m.subject, m.payload, timeout=timeout, headers=m.headers) for m in msgs),
+            *(self._write(m.subject, m.payload, m.headers) for m in msgs),
             return_exceptions=True,
         )
         out: list[int | Exception] = []
@@ -344,6 +345,28 @@ class JetStream:
             except (DuplicateInBatch, StoreFull, StoreUnavailable) as exc:
                 out.append(exc)
         return out
+
+    async def _write(self, subject: str, payload: bytes, headers: dict[str, str]) -> Msg:
+        """A write's request, awaited until its answer, the commit timeout, or the loss of the connection.
+
+        A write in flight when the connection drops is never answered (the reply had nowhere to
+        go): it fails at once with ConnectionLost rather than after the commit timeout. It may
+        have been stored; a retry with the same message ids finds out.
+        """
+        request = asyncio.ensure_future(
+            self.nc.request(subject, payload, timeout=self.cfg.commit_timeout.total_seconds(), headers=headers)
+        )
+        writes = self._events.writes
+        writes.add(request)
+        try:
+            return await request
+        except asyncio.CancelledError:
+            if request in self._events.cut:
+                raise ConnectionLost("the connection to nats-server dropped with this write in flight") from None
+            raise
+        finally:
+            writes.discard(request)
+            self._events.cut.discard(request)
 
     def _pub_ack(self, data: bytes, what: str) -> dict[str, Any]:
         ack: dict[str, Any] = json.loads(data) if data else {}
@@ -689,11 +712,13 @@ class Wake(Exception):
 
 
 class _ConnectionEvents:
-    """Connection callbacks: logs (quiet while closing) and wakes the pullers after a reconnect."""
+    """Connection callbacks: logs, ends the writes in flight on a drop, wakes the pullers after a reconnect."""
 
     def __init__(self) -> None:
         self.closing = False
         self.pullers: set[Puller] = set()
+        self.writes: set[asyncio.Future[Any]] = set()  # write requests waiting for their answer
+        self.cut: set[asyncio.Future[Any]] = set()  # those cancelled because the connection dropped
 
     async def on_error(self, exc: Exception) -> None:
         if not self.closing:
@@ -701,7 +726,11 @@ class _ConnectionEvents:
 
     async def on_disconnected(self) -> None:
         if not self.closing:
-            log.warning("nats_disconnected")
+            log.warning("nats_disconnected", writes_in_flight=len(self.writes))
+        for request in list(self.writes):
+            if not request.done():
+                self.cut.add(request)
+                request.cancel()
 
     async def on_reconnected(self) -> None:
         log.info("nats_reconnected")

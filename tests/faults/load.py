@@ -196,6 +196,8 @@ class Counts:
     app_duplicates: int = 0
     out_of_order: int = 0
     not_acked_delivered: int = 0
+    # Deliveries a room got whose disclosure the audit log does not hold ("-": the hub ran without audit).
+    unrecorded: int | str = "-"
     longest_wait: float = 0.0
     seconds: float = 0.0
     nodeid: str = ""
@@ -216,6 +218,7 @@ class Counts:
         ("app_duplicates", "dups seen by app"),
         ("out_of_order", "out of order"),
         ("not_acked_delivered", "delivered, not acked"),
+        ("unrecorded", "delivered, no disclosure record"),
         ("longest_wait", "longest s without acks"),
         ("seconds", "seconds"),
     )

@@ -18,6 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from opsroom.audit.v1 import audit_pb2
+
+from broker.audit import tools
 from broker.certs import DevPki, make_dev_pki
 from broker.client import HubClient, RetryPolicy
 from broker.config import HubConfig
@@ -112,6 +115,21 @@ class Rig:
         finally:
             await js.close()
 
+    async def disclosures(self) -> set[tuple[str, str]]:
+        """(distribution id, recipient) of every disclosure record in the audit log."""
+        js = await JetStream.connect(self.cfg.nats, name="fault-test-audit")
+        try:
+            log = await tools.read_log(js)
+        finally:
+            await js.close()
+        entries = (audit_pb2.AuditEntry.FromString(item.data) for item in log.items)
+        return {
+            (r.distribution_id, r.recipient)
+            for entry in entries
+            for r in entry.records
+            if r.action == audit_pb2.ACTION_DISCLOSURE
+        }
+
     async def _pending(self, js: JetStream) -> int:
         """Pending and unacknowledged messages of every consumer, on any stream, filtering the rooms' deliveries."""
         prefix = self.cfg.nats.subject_prefix
@@ -133,7 +151,14 @@ class Rig:
         stops = [asyncio.to_thread(room.stop) for procs in self.rooms.values() for room in procs]
         await asyncio.gather(*stops)
         unacked = await self.unacked_at_hub(timeout=2.0 if hurry else 10.0)
-        counts = count(test, ledger, self.room_logs(), unacked)
+        logs = self.room_logs()
+        counts = count(test, ledger, logs, unacked)
+        if self.cfg.audit is not None:
+            disclosed = await self.disclosures()
+            got = {
+                (d.distribution_id, agency) for agency, procs in logs.items() for log in procs for d in log.deliveries
+            }
+            counts.unrecorded = len(got - disclosed)
         counts.seconds = time.monotonic() - started
         counts.longest_wait = max((load.longest_wait for load in loads), default=0.0)
         return counts
@@ -244,6 +269,7 @@ def assert_promises_kept(counts: Counts, rig: Rig, ledger: Ledger) -> None:
         "duplicates seen by the application": counts.app_duplicates,
         "unacknowledged at the hub after the rooms closed": counts.unacked_at_hub,
         "due but not delivered": counts.expected - counts.delivered,
+        "delivered without a disclosure record": counts.unrecorded if isinstance(counts.unrecorded, int) else 0,
     }
     assert dict.fromkeys(harm, 0) == harm, counts
 
@@ -267,11 +293,11 @@ async def kill_9_under_load(
     stream: bool,
     name: str,
     victim: Callable[[Rig, NatsServer], Restartable],
-) -> Rig:
+) -> tuple[Rig, Counts]:
     """One nats-server and the hub under a load; kill -9 the victim a third of the way in, restart it a second later.
 
     Asserts every promise (nothing acknowledged lost, order per incident, no duplicate seen) and
-    that the kill hit the load in the middle; returns the rig for the caller's own checks.
+    that the kill hit the load in the middle; returns the rig and counts for the caller's own checks.
     """
     started = time.monotonic()
     nats = await start_nats(root, processes)
@@ -297,4 +323,4 @@ async def kill_9_under_load(
     assert not budget.expired, f"not done within {budget.seconds} s: {counts}"
     assert_promises_kept(counts, rig, ledger)
     assert 0 < killed_at < load.total  # the kill hit the load in the middle
-    return rig
+    return rig, counts

@@ -18,7 +18,7 @@ async def test_hub_kill_9_under_load(
     tmp_path: Path, processes: Processes, rigs: list[Rig], record_counts: RecordCounts, stream: bool
 ) -> None:
     """Senders retry the same envelopes through the outage; rooms reconnect; nothing acknowledged is lost or doubled."""
-    rig = await kill_9_under_load(
+    rig, _counts = await kill_9_under_load(
         tmp_path, processes, rigs, record_counts, stream=stream, name="hub", victim=lambda rig, _nats: rig.hub
     )
     assert all(log.sessions >= 2 for logs in rig.room_logs().values() for log in logs)  # every room reconnected

@@ -144,8 +144,9 @@ class Committer:
         if self._audit is None:
             await self._write_batches(self._next_batch)
             return
-        # Two stages: the records of batch N+1 are written while the deliveries of batch N are.
-        recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(self._max_in_flight)
+        # Two stages: the records of batch N+1 are written while the deliveries of batch N are; the
+        # records run at most a batch ahead, so that batches keep growing with the load.
+        recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(1)
         recorder = asyncio.get_running_loop().create_task(self._record_batches(recorded), name="committer-records")
 
         async def next_recorded() -> list[WriteGroup] | None:

@@ -20,6 +20,7 @@ from opsroom.audit.v1 import audit_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
+from broker import names
 from broker.policy.redact import PROTECTED_HEADER
 from broker.receipts import timestamp
 
@@ -138,9 +139,6 @@ def _count(message: Any, names: list[str]) -> int:
 
 
 # Enum value -> name as recorded ("KIND_REPORT" -> "REPORT"); unknown values record "".
-_KINDS = {v: common_pb2.Kind.Name(v).removeprefix("KIND_") for v in common_pb2.Kind.values()}
-_STATUSES = {v: common_pb2.Status.Name(v).removeprefix("STATUS_") for v in common_pb2.Status.values()}
-_PURPOSES = {v: common_pb2.Purpose.Name(v).removeprefix("PURPOSE_") for v in common_pb2.Purpose.values()}
 
 
 def publish_records(
@@ -155,7 +153,7 @@ def publish_entry(
 ) -> audit_pb2.AuditEntry:
     """publish_records, built in place in an entry holding only them (the writer adds the chain's fields)."""
     sender, basis = env.sender, env.legal_basis
-    law, purpose, agreement = basis.law, _PURPOSES.get(basis.purpose, ""), basis.agreement_id
+    law, purpose, agreement = basis.law, names.purpose(env), basis.agreement_id
     # What every record of the envelope shares, merged into each.
     common = audit_pb2.AuditRecord(
         at=at if isinstance(at, Timestamp) else timestamp(at),
@@ -167,8 +165,8 @@ def publish_entry(
         ),
         distribution_id=env.distribution_id,
         incident_ids=env.incident_ids,
-        kind=_KINDS.get(env.kind, ""),
-        status=_STATUSES.get(env.status, ""),
+        kind=names.kind(env),
+        status=names.status(env),
     )
     why = audit_pb2.Justification(law=law, purpose=purpose, agreement_id=agreement)
     entry = audit_pb2.AuditEntry()

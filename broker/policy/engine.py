@@ -24,6 +24,7 @@ from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
+from broker import names
 from broker.policy.model import PRIORITY_RANK, Agreement, AgreementSet, Rule
 from broker.policy.places import PlaceIndex, event_keys
 from broker.policy.redact import FULL, Mask, mask_for
@@ -76,12 +77,10 @@ def facts_of(env: envelope_pb2.Envelope, places: PlaceIndex, now: datetime) -> F
         rank = min(_URGENCY_RANK.get(info.urgency, 4) for info in env.alert.infos)
     local = now.astimezone(ROME)
     return Facts(
-        kind=common_pb2.Kind.Name(env.kind).removeprefix("KIND_") if env.kind in common_pb2.Kind.values() else "",
+        kind=names.kind(env),
         payload=payload,
         status=env.status,
-        purpose=common_pb2.Purpose.Name(env.legal_basis.purpose).removeprefix("PURPOSE_")
-        if env.legal_basis.purpose in common_pb2.Purpose.values()
-        else "",
+        purpose=names.purpose(env),
         agreement_id=env.legal_basis.agreement_id,
         incident_type=incident_type,
         alert_categories=categories,

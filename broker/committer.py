@@ -197,7 +197,7 @@ class Committer:
         failed = set()
         for group, result in zip(with_draft, results, strict=True):
             if result is not None:
-                self._audit_failed(result)
+                self._metrics.commit_failures.labels("audit").inc()
                 _fail(group, result)
                 failed.add(group)
         return [g for g in groups if g not in failed] if failed else groups
@@ -227,9 +227,6 @@ class Committer:
                 await self._settle(in_flight, self._max_in_flight - 1)
         finally:
             await self._settle(in_flight, 0)
-
-    def _audit_failed(self, _error: OpsroomError) -> None:
-        self._metrics.commit_failures.labels("audit").inc()
 
     @staticmethod
     async def _settle(tasks: set[asyncio.Task[Any]], keep: int) -> None:

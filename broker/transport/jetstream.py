@@ -361,12 +361,13 @@ class JetStream:
         try:
             return await request
         except asyncio.CancelledError:
-            if request in self._events.cut:
-                raise ConnectionLost("the connection to nats-server dropped with this write in flight") from None
-            raise
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller is being cancelled
+            # Only the request was cancelled: the connection dropped (on_disconnected).
+            raise ConnectionLost("the connection to nats-server dropped with this write in flight") from None
         finally:
             writes.discard(request)
-            self._events.cut.discard(request)
 
     def _pub_ack(self, data: bytes, what: str) -> dict[str, Any]:
         ack: dict[str, Any] = json.loads(data) if data else {}
@@ -718,7 +719,6 @@ class _ConnectionEvents:
         self.closing = False
         self.pullers: set[Puller] = set()
         self.writes: set[asyncio.Future[Any]] = set()  # write requests waiting for their answer
-        self.cut: set[asyncio.Future[Any]] = set()  # those cancelled because the connection dropped
 
     async def on_error(self, exc: Exception) -> None:
         if not self.closing:
@@ -728,9 +728,7 @@ class _ConnectionEvents:
         if not self.closing:
             log.warning("nats_disconnected", writes_in_flight=len(self.writes))
         for request in list(self.writes):
-            if not request.done():
-                self.cut.add(request)
-                request.cancel()
+            request.cancel()
 
     async def on_reconnected(self) -> None:
         log.info("nats_reconnected")

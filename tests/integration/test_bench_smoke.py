@@ -14,13 +14,17 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
-    """bench/run.py runs raw JetStream, the hub and the hub without audit in one run, with their ratios."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--runs", "1", "--scenario", "100/s",
-         "--out", str(tmp_path)],
+def bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """bench/<script> with args, in its own process (at most 5 minutes); its output as text."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )  # fmt: skip
+
+
+def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
+    """bench/run.py runs raw JetStream, the hub and the hub without audit in one run, with their ratios."""
+    result = bench("run.py", "--quick", "--runs", "1", "--scenario", "100/s", "--out", str(tmp_path))
     assert 0 == result.returncode, result.stderr
     assert "100/s: hub/raw throughput" in result.stdout
     assert "100/s: audit on/off throughput" in result.stdout
@@ -31,10 +35,7 @@ def test_benchmark_runs_both_paths_and_reports_ratios(tmp_path: Path) -> None:
 
 def test_policy_benchmark_runs() -> None:
     """bench/policy.py times decisions with 10, 100 and 1,000 agreements and prints one row each."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "policy.py"), "--quick"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
-    )  # fmt: skip
+    result = bench("policy.py", "--quick")
     assert 0 == result.returncode, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert ["10", "100", "1000"] == [row[0] for row in rows]
@@ -42,11 +43,7 @@ def test_policy_benchmark_runs() -> None:
 
 def test_lanes_benchmark_runs_and_reports(tmp_path: Path) -> None:
     """bench/lanes.py measures the urgent lane alone and under a bulk flood in one run, and a backlog replay."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "lanes.py"), "--quick", "--runs", "1", "--backlog", "300",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
-    )  # fmt: skip
+    result = bench("lanes.py", "--quick", "--runs", "1", "--backlog", "300", "--out", str(tmp_path))
     assert 0 == result.returncode, result.stderr
     assert "urgent p99 with flood / alone:" in result.stdout
     assert "backlog replay of 300 reads" in result.stdout

@@ -4,17 +4,29 @@ Each caller queues a WriteGroup (all the messages of one envelope, or one receip
 its own outcome. One loop takes whatever queued up while the previous write was being stored
 and writes it next, so batches grow with the load and nothing waits for a timer.
 
+A group may carry a claim: a subject filter that no stored message may match yet (an envelope's
+distribution id). Before anything of a batch is written, its claims are looked up in one read;
+a group whose claim is taken is answered DUPLICATE and nothing of it is written, not even its
+audit records. The claim is also the expectation of the group's first message, so that two
+writers racing for one claim cannot both win.
+
 Two ways to write, chosen per batch by its size:
 - many messages: one JetStream atomic batch, all or nothing. nats-server 2.15 spends a fixed
   four fsyncs on a batch of any size, so under load this costs a few fsyncs per hundred events.
   If the batch is refused because part of it was stored before (a retried envelope), its groups
   are written again message by message, in order.
 - a few messages (below atomic_threshold, at low load): single publishes, pipelined, one fsync
-  each, which answer in a fraction of the batch's latency. Several such writes may be in
-  flight: the connection keeps their order. A group whose last message is a tail (a record
-  about the others) gets it written only after the others are stored.
-A group comes back DUPLICATE only if every message of it was stored before; an atomic batch is
-never overtaken by a later write, so the stored order is the arrival order.
+  each, which answer in a fraction of the batch's latency. A claimed group's first message is
+  written, and stored, before the group's other messages are sent: if the writes are cut half
+  way, what is stored always includes the first message (which carries what the group was meant
+  to be, see broker.plan). A group whose last message is a tail (a record about the others) gets
+  it written only after the others are stored. Per subject (per recipient) the stored order is
+  the arrival order: a batch whose groups would otherwise overtake one another on a subject is
+  written in parts, and a batch written in stages is stored before the next batch is sent.
+  Other batches may be in flight several at a time: the connection keeps their order.
+A group comes back DUPLICATE if its claim was taken, or if every message of it was stored
+before; an atomic batch is never overtaken by a later write, so the stored order is the
+arrival order.
 
 With an audit writer, a batch goes through two stages: first the audit records of its groups
 are written (a few entries for the whole batch, one chained write), then its deliveries; the
@@ -44,6 +56,8 @@ log = get_logger(__name__)
 CommitFn = Callable[[Sequence[OutMsg]], Awaitable[BatchAck]]
 PublishEachFn = Callable[[Sequence[OutMsg]], Awaitable[list[int | Exception]]]
 AuditFn = Callable[[Sequence[Draft]], Coroutine[Any, Any, Sequence[OpsroomError | None]]]
+# Given claim filters, the ones some stored message already matches.
+ClaimedFn = Callable[[Sequence[str]], Awaitable[set[str]]]
 
 
 class Outcome(enum.Enum):
@@ -67,11 +81,14 @@ class WriteGroup:
 
     With tail=True the last message is written only once all the others are stored (it
     records something about them, like an operator's answer about a delivered response).
+    With a claim (a subject filter), nothing is written if a stored message matches it, and
+    the first message, which must expect the claim, is stored before the others are sent.
     """
 
     messages: Sequence[OutMsg]
     tail: bool = False
     audit: Draft | None = None
+    claim: str = ""
     future: asyncio.Future[GroupResult] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -95,6 +112,7 @@ class Committer:
         atomic_threshold: int = 64,
         max_in_flight: int = 4,
         audit: AuditFn | None = None,
+        claimed: ClaimedFn | None = None,
         lane: str = "urgent",
         linger: float = 0.0,
     ) -> None:
@@ -102,10 +120,12 @@ class Committer:
 
         With publish_each, batches of fewer than atomic_threshold messages are written as plain
         publishes instead. With audit, each batch's audit drafts are written through it first.
+        With claimed, each batch's claims are looked up through it before anything is written.
         lane names the lane whose writes this committer makes, in its metrics; linger (seconds)
         is how long the loop waits after the first group for others to join its write.
         """
         self._audit = audit
+        self._claimed = claimed
         self._lane = lane
         self._linger = linger
         self._commit = commit
@@ -120,7 +140,7 @@ class Committer:
         self._closed = False
 
     async def enqueue(
-        self, messages: Sequence[OutMsg], *, tail: bool = False, audit: Draft | None = None
+        self, messages: Sequence[OutMsg], *, tail: bool = False, audit: Draft | None = None, claim: str = ""
     ) -> asyncio.Future[GroupResult]:
         """Queue messages for atomic storage (waiting while the queue is full); returns the future outcome.
 
@@ -131,7 +151,7 @@ class Committer:
             raise StoreUnavailable("the hub is stopping")
         if len(messages) > self._max_messages:
             raise Refused(Reason.ENVELOPE_TOO_LARGE, f"{len(messages)} messages exceed one batch")
-        group = WriteGroup(messages, tail, audit)
+        group = WriteGroup(messages, tail, audit, claim)
         await self._queue.put(group)
         return group.future
 
@@ -141,11 +161,12 @@ class Committer:
 
     async def run(self) -> None:
         """The commit loop; returns after close() once the queue is empty and every write answered."""
-        if self._audit is None:
+        if self._audit is None and self._claimed is None:
             await self._write_batches(self._next_batch)
             return
-        # Two stages: the records of batch N+1 are written while the deliveries of batch N are; the
-        # records run at most a batch ahead, so that batches keep growing with the load.
+        # Two stages: the claims and records of batch N+1 are checked and written while the
+        # deliveries of batch N are; they run at most a batch ahead, so that batches keep growing
+        # with the load.
         recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(1)
         recorder = asyncio.get_running_loop().create_task(self._record_batches(recorded), name="committer-records")
 
@@ -166,14 +187,48 @@ class Committer:
                     task.cancel()
 
     async def _record_batches(self, recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None]) -> None:
-        """Take batches and start writing their audit records, in order; None once closed and empty."""
+        """Take batches and start checking their claims and writing their audit records, in order; None at the end."""
         while True:
             groups = await self._next_batch()
             if groups is None:
                 await recorded.put(None)
                 return
-            task = asyncio.get_running_loop().create_task(self._record(groups))
+            task = asyncio.get_running_loop().create_task(self._prepare(groups))
             await recorded.put(task)
+
+    async def _prepare(self, groups: list[WriteGroup]) -> list[WriteGroup]:
+        """Check the claims of groups, then write their audit drafts; returns the groups to write."""
+        if self._claimed is not None:
+            groups = await self._check_claims(groups)
+        if self._audit is not None:
+            groups = await self._record(groups)
+        return groups
+
+    async def _check_claims(self, groups: list[WriteGroup]) -> list[WriteGroup]:
+        """Answer DUPLICATE, writing nothing, the groups whose claim a stored message matches; the rest go on."""
+        assert self._claimed is not None
+        claims = [g.claim for g in groups if g.claim]
+        if not claims:
+            return groups
+        try:
+            taken = await self._claimed(claims)
+        except Exception as exc:
+            if not isinstance(exc, OpsroomError):
+                log.exception("claim_check_crashed", error_type=type(exc).__name__)
+            error = exc if isinstance(exc, OpsroomError) else StoreUnavailable("the claim check failed; retry")
+            self._metrics.commit_failures.labels("claim_check").inc()
+            for group in groups:
+                if group.claim:
+                    _fail(group, error)
+            return [g for g in groups if not g.claim]
+        out = []
+        for group in groups:
+            if group.claim in taken:
+                self._metrics.commit_failures.labels("duplicate").inc()
+                _resolve(group, GroupResult(Outcome.DUPLICATE))
+            else:
+                out.append(group)
+        return out
 
     async def _record(self, groups: list[WriteGroup]) -> list[WriteGroup]:
         """Write the audit drafts of groups; returns the groups whose deliveries may now be written.
@@ -219,12 +274,14 @@ class Committer:
                     await self._commit_groups(groups)
                     continue
                 # Single publishes keep their order on the connection, so several writes may be
-                # in flight: each group's messages are queued here, before the next batch's.
+                # in flight: each group's messages are queued here, before the next batch's. A batch
+                # written in stages sends messages after its first answers: nothing may overtake it.
+                staged = any(g.claim and len(g.messages) > 1 for g in groups)
                 task = asyncio.get_running_loop().create_task(self._publish_groups(groups, count))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 await asyncio.sleep(0)  # let the task put its first messages on the wire
-                await self._settle(in_flight, self._max_in_flight - 1)
+                await self._settle(in_flight, 0 if staged else self._max_in_flight - 1)
         finally:
             await self._settle(in_flight, 0)
 
@@ -309,23 +366,18 @@ class Committer:
                 await self._commit_groups([group])
 
     async def _publish_groups(self, groups: list[WriteGroup], count: int) -> None:
-        """Single pipelined publishes: each group's messages (a tail after the rest), then one outcome per group.
+        """Single pipelined publishes (claimed firsts, then the rest, then tails), then one outcome per group.
 
-        A group is DUPLICATE when every message of it was stored before, STORED when at least one
-        is new (a retry that completes an interrupted write), failed at the first error.
+        A group is failed at its first error. A claimed group is DUPLICATE when its first message
+        finds the claim taken (nothing else of it is written). Any other group is DUPLICATE when
+        every message of it was stored before, STORED when at least one is new.
         """
         assert self._publish_each is not None
         started = time.perf_counter()
         outcomes: dict[WriteGroup, list[int | Exception]] = {g: [] for g in groups}
         try:
-            heads = [(g, m) for g in groups for m in (g.messages[:-1] if g.tail else g.messages)]
-            if heads:
-                for (group, _), result in zip(heads, await self._publish_each([m for _, m in heads]), strict=True):
-                    outcomes[group].append(result)
-            tails = [g for g in groups if g.tail and not any(_is_error(r) for r in outcomes[g])]
-            if tails:
-                for group, result in zip(tails, await self._publish_each([g.messages[-1] for g in tails]), strict=True):
-                    outcomes[group].append(result)
+            for part in _parts(groups):
+                await self._publish_part(part, outcomes)
         except Exception as exc:
             self._metrics.commit_failures.labels("unexpected").inc()
             log.exception("publish_crashed", messages=count, error_type=type(exc).__name__)
@@ -338,7 +390,7 @@ class Committer:
             if isinstance(error, Exception):
                 self._note_failure(error, count)
                 _fail(group, error)
-            elif stored:
+            elif stored and not (group.claim and not isinstance(results[0], int)):
                 _resolve(group, GroupResult(Outcome.STORED, max(stored)))
             else:
                 self._metrics.commit_failures.labels("duplicate").inc()
@@ -346,10 +398,79 @@ class Committer:
         self._metrics.commit_seconds.labels(self._lane, "single").observe(time.perf_counter() - started)
         self._metrics.commit_messages.labels(self._lane, "single").observe(count)
 
+    async def _publish_part(self, part: list[WriteGroup], outcomes: dict[WriteGroup, list[int | Exception]]) -> None:
+        """Write one part of a batch in up to three stages, recording each message's result in outcomes."""
+        assert self._publish_each is not None
+        firsts = [g for g in part if g.claim]
+        if firsts:
+            results = await self._publish_each([g.messages[0] for g in firsts])
+            for group, result in zip(firsts, results, strict=True):
+                outcomes[group].append(result)
+        heads: list[tuple[WriteGroup, OutMsg]] = []
+        for group in part:
+            if group.claim and not isinstance(outcomes[group][0], int):
+                continue  # claim taken, or the first write failed: nothing more of this group
+            heads.extend((group, m) for m in _middle(group))
+        if heads:
+            results = await self._publish_each([m for _, m in heads])
+            for (group, _), result in zip(heads, results, strict=True):
+                outcomes[group].append(result)
+        tails = [
+            g
+            for g in part
+            if _has_tail(g)
+            and not any(_is_error(r) for r in outcomes[g])
+            and not (g.claim and not isinstance(outcomes[g][0], int))
+        ]
+        if tails:
+            results = await self._publish_each([g.messages[-1] for g in tails])
+            for group, result in zip(tails, results, strict=True):
+                outcomes[group].append(result)
+
     def _note_failure(self, exc: Exception, count: int) -> None:
         reason = exc.reason.name if isinstance(exc, OpsroomError) else type(exc).__name__
         self._metrics.commit_failures.labels(reason.lower()).inc()
         log.warning("commit_failed", reason=reason, messages=count)
+
+
+def _has_tail(group: WriteGroup) -> bool:
+    return group.tail and len(group.messages) > 1
+
+
+def _middle(group: WriteGroup) -> Sequence[OutMsg]:
+    """The messages of a group written in the second stage: after a claimed first, before a tail."""
+    return group.messages[1 if group.claim else 0 : -1 if _has_tail(group) else None]
+
+
+def _order_key(subject: str) -> str:
+    """What the stored order is kept per: a subject without its last token (a recipient's lane, for deliveries)."""
+    return subject.rpartition(".")[0]
+
+
+def _parts(groups: list[WriteGroup]) -> list[list[WriteGroup]]:
+    """Groups split, in order, where writing in stages would let a later message overtake an earlier one.
+
+    Within a part, claimed firsts are stored before every other message, and tails after them:
+    a group's first may not share an order key with an earlier group's later-stage message, nor
+    its second-stage messages with an earlier tail.
+    """
+    parts: list[list[WriteGroup]] = []
+    current: list[WriteGroup] = []
+    second: set[str] = set()
+    third: set[str] = set()
+    for group in groups:
+        first = {_order_key(group.messages[0].subject)} if group.claim else set()
+        middle = {_order_key(m.subject) for m in _middle(group)}
+        if current and (first & (second | third) or middle & third):
+            parts.append(current)
+            current, second, third = [], set(), set()
+        current.append(group)
+        second |= middle
+        if _has_tail(group):
+            third.add(_order_key(group.messages[-1].subject))
+    if current:
+        parts.append(current)
+    return parts
 
 
 def _is_error(result: int | Exception) -> bool:

@@ -174,7 +174,7 @@ class Escalator:
         if EXPIRES_HEADER in first.headers:
             headers[EXPIRES_HEADER] = first.headers[EXPIRES_HEADER]
         subject = layout.delivery_subject(alternate, Lane.URGENT, env.distribution_id)
-        message = OutMsg(subject, copies.of(route), headers)
+        message = OutMsg(subject, copies.of(route)[0], headers)
         if not self._audited:
             return [message], None
         hub = audit_records.Caller(audit_records.HUB)

@@ -113,6 +113,7 @@ class Hub:
                 publish_each=js.publish_each,
                 atomic_threshold=cfg.nats.atomic_threshold if lane is Lane.URGENT else BULK_ATOMIC_THRESHOLD,
                 audit=audit.write if audit is not None else None,
+                claimed=js.claimed,
                 lane=lane.value,
                 linger=0.0 if lane is Lane.URGENT else BULK_LINGER,
             )

@@ -1,10 +1,14 @@
 """The publish path: identity, validation, routing, and the write of one delivery per recipient.
 
 An envelope is acknowledged only after JetStream confirmed, on a server running with
-sync_interval: always, every one of its deliveries. Each delivery's subject is written once
-ever, so a retry finds them stored and gets the first answer back (rebuilt from their headers),
-and a retry of an interrupted write stores only what was missing. The same distribution id
-with other content is refused when it meets a stored delivery (same recipient).
+sync_interval: always, every one of its deliveries. Its first delivery claims the distribution
+id (no other delivery of that id may be stored before it) and carries the plan of the whole
+envelope (broker.plan); the others are written only once it is stored. A distribution id found
+taken is answered from the store, never routed again: by another agency, or with other content,
+it is refused (DISTRIBUTION_ID_REUSED) and nothing is written; by the same sender with the same
+content (a retry), the deliveries the plan names and the store lacks are written first, with
+the first attempt's acceptance time, rules, expiries and views, and the first answer, naming
+every intended recipient, comes back.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.common.v1 import common_pb2
@@ -28,11 +32,15 @@ from broker.audit.records import Caller
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane, LaneGate, lane_of
-from broker.layout import EXPIRES_HEADER, RULE_HEADER, Layout
-from broker.policy.redact import redact
+from broker.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
+from broker.logging import get_logger
+from broker.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
+from broker.policy.redact import compile_mask, redact_reporting
 from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
 from broker.transport.jetstream import JetStream, OutMsg, StoredMsg
 from broker.validate import ValidationContext, validate_envelope
+
+log = get_logger(__name__)
 
 # Acknowledgement records looked at, after a delivery, to find when it was acknowledged.
 ACK_SCAN_LIMIT = 32
@@ -78,7 +86,8 @@ class Publisher:
         self._router = router
         self._validation = validation
         self._clock = clock
-        self._inflight: dict[str, tuple[bytes, asyncio.Future[Accepted]]] = {}
+        # Envelopes being published, by distribution id: their digest, sender and future answer.
+        self._inflight: dict[str, tuple[bytes, str, asyncio.Future[Accepted]]] = {}
         self._lanes = LaneGate(bulk_per_second)
         self._lookups: set[asyncio.Task[None]] = set()
 
@@ -106,7 +115,8 @@ class Publisher:
         Raises the refusal at once when the envelope is refused before any write. Envelopes
         queued one after the other by one caller are stored in that order. A resend (the
         sender says it may have sent env before) found in the store is answered from there,
-        writing nothing: no delivery, no audit record.
+        without routing it again and without new audit records, once every delivery it was
+        meant to have is stored.
         """
         caller = caller if isinstance(caller, Caller) else Caller(caller)
         agency_id = caller.agency_id
@@ -121,36 +131,121 @@ class Publisher:
         result: asyncio.Future[Accepted] = loop.create_future()
         running = self._inflight.get(dist)
         if running is not None:
-            first_digest, first = running
-            first.add_done_callback(lambda f: _chain_replay(f, result, first_digest, digest))
+            first_digest, first_sender, first = running
+            first.add_done_callback(
+                lambda f: _chain_replay(f, result, (first_sender, first_digest), (agency_id, digest))
+            )
             return result
-        self._inflight[dist] = (digest, result)
+        self._inflight[dist] = (digest, agency_id, result)
         result.add_done_callback(lambda f: self._forget(dist, f))
         if lane is Lane.URGENT:
             self._lanes.urgent_started(result)
         try:
-            if resend and await self._answer_from_store(env, digest, lane, result):
+            stored = await self._stored_deliveries(dist) if resend else []
+            if stored:
+                answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
+                if completion is None:
+                    result.set_result(Accepted(answer, None))
+                else:
+                    completion.add_done_callback(lambda g: _on_completed(g, result, answer))
                 return result
             group, acceptance, decision = await self._queue_write(env, caller, data, digest)
         except BaseException as exc:
             _settle(result, exc)
             raise
-        group.add_done_callback(lambda g: self._on_stored(g, result, acceptance, decision, digest))
+        group.add_done_callback(
+            lambda g: self._on_stored(g, result, acceptance, decision, (env, agency_id, data, digest))
+        )
         return result
 
-    async def _answer_from_store(
-        self, env: envelope_pb2.Envelope, digest: bytes, lane: Lane, result: asyncio.Future[Accepted]
-    ) -> bool:
-        """Resolve result with the stored first answer if env was stored before; False if it was not."""
-        stored = await self._stored_deliveries(env.distribution_id, lane)
-        if not stored:
-            return False
-        result.set_result(Accepted(self._replay_of(stored, digest), None))
-        return True
+    async def _answer_from(
+        self, env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes, stored: list[StoredMsg]
+    ) -> tuple[hub_pb2.Acceptance, asyncio.Future[GroupResult] | None]:
+        """The first answer to env, found stored, and the write of what its plan names and the store lacks (if any).
+
+        Raises DISTRIBUTION_ID_REUSED when the stored envelope is another agency's or has other
+        content: then nothing is written.
+        """
+        first, first_digest, sender = receipts.first_acceptance(self._layout, stored)
+        if sender != agency_id or first_digest != digest:
+            raise _reused()
+        try:
+            plan = plan_of([m.headers for m in sorted(stored, key=lambda m: m.seq)])
+        except PlanError:
+            log.warning("plan_unreadable", distribution_id=env.distribution_id)
+            plan = None
+        answer = hub_pb2.Acceptance()
+        answer.CopyFrom(first)
+        answer.replayed = True
+        if plan is None:
+            return answer, None
+        del answer.recipients[:]
+        answer.recipients.extend(plan.agencies)
+        missing, tail = await self._missing(env, agency_id, data, digest, stored, plan)
+        if not missing:
+            return answer, None
+        log.info("envelope_completed", distribution_id=env.distribution_id, count=len(missing))
+        return answer, await self._committers[lane_of(env)].enqueue(missing, tail=tail)
+
+    async def _missing(  # noqa: PLR0917 - the envelope as sent and what is stored of it
+        self,
+        env: envelope_pb2.Envelope,
+        agency_id: str,
+        data: bytes,
+        digest: bytes,
+        stored: list[StoredMsg],
+        plan: Plan,
+    ) -> tuple[list[OutMsg], bool]:
+        """The messages the plan of env names that are not stored, and whether the last is a tail.
+
+        They are deliveries, the escalation timer, and the response record (a tail: written after the rest).
+        """
+        layout = self._layout
+        lane = lane_of(env)
+        dist = env.distribution_id
+        have = set()
+        for message in stored:
+            recipient, stored_lane, _ = layout.parse_delivery(message.subject)
+            if stored_lane is lane:
+                have.add(recipient)
+        accepted_ns = int(min(stored, key=lambda m: m.seq).headers.get(ACCEPTED_AT_HEADER, "0"))
+        out = [self._planned_delivery(env, data, digest, agency_id, p, accepted_ns) for p in plan.missing(have)]
+        timer = plan.timer
+        if timer is not None and await self._js.last_by_subject(layout.escalation_timer_subject(dist)) is None:
+            due = receipts.timestamp_ns(timer.due_ns).ToDatetime(tzinfo=UTC)
+            out.append(receipts.escalation_timer(layout, dist, due, timer.to_agency_id, timer.rule))
+        if plan.response:
+            record = _response_of(layout, env, agency_id)
+            last = await self._js.last_by_subject(record.subject)
+            if last is None or store_pb2.ResponseRecord.FromString(last.data).response.response_distribution_id != dist:
+                out.append(record)
+                return out, len(out) > 1
+        return out, False
+
+    def _planned_delivery(  # noqa: PLR0917 - the envelope as sent and its plan's entry
+        self,
+        env: envelope_pb2.Envelope,
+        data: bytes,
+        digest: bytes,
+        sender: str,
+        planned: Planned,
+        accepted_ns: int,
+    ) -> OutMsg:
+        """The delivery of env to a planned recipient, as it was meant: same view, rule, expiry, acceptance time."""
+        layout = self._layout
+        mask = compile_mask(planned.hidden)
+        payload = data if mask.empty else redact_reporting(env, mask)[0].SerializeToString()
+        dist = env.distribution_id
+        headers = receipts.delivery_headers(
+            layout, dist, planned.agency_id, sender=sender, accepted_ns=accepted_ns, digest=digest
+        )
+        headers[RULE_HEADER] = planned.rule
+        headers[EXPIRES_HEADER] = str(planned.expires_ns)
+        return OutMsg(layout.delivery_subject(planned.agency_id, lane_of(env), dist), payload, headers)
 
     def _forget(self, dist: str, result: asyncio.Future[Accepted]) -> None:
         """Drop the in-flight entry; mark an error retrieved (the caller may have gone away)."""
-        if self._inflight.get(dist, (b"", None))[1] is result:
+        if self._inflight.get(dist, (b"", "", None))[2] is result:
             del self._inflight[dist]
         if not result.cancelled():
             result.exception()
@@ -161,8 +256,12 @@ class Publisher:
         result: asyncio.Future[Accepted],
         acceptance: hub_pb2.Acceptance,
         decision: Decision,
-        digest: bytes,
+        sent: tuple[envelope_pb2.Envelope, str, bytes, bytes],
     ) -> None:
+        """Answer the publish whose write ended: accepted, failed, or (the id was taken) from the store.
+
+        sent is the envelope, its sender, its bytes and their digest.
+        """
         if result.done():
             return
         if group.cancelled():
@@ -173,21 +272,29 @@ class Publisher:
             result.set_exception(exc)
         elif group.result().outcome is Outcome.STORED:
             result.set_result(Accepted(acceptance, decision))
-        else:
-            task = asyncio.get_running_loop().create_task(self._resolve_duplicate(result, acceptance, digest))
+        else:  # the distribution id was taken: answer from the store
+            task = asyncio.get_running_loop().create_task(self._resolve_duplicate(result, *sent))
             self._lookups.add(task)
             task.add_done_callback(self._lookups.discard)
 
     async def _resolve_duplicate(
-        self, result: asyncio.Future[Accepted], acceptance: hub_pb2.Acceptance, digest: bytes
+        self, result: asyncio.Future[Accepted], env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes
     ) -> None:
         try:
-            first = await self._first_answer(acceptance.distribution_id, digest)
+            stored = await self._stored_deliveries(env.distribution_id)
+            if not stored:
+                _settle(
+                    result, StoreUnavailable("the envelope was stored but its deliveries are not readable yet; retry")
+                )
+                return
+            answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
+            if completion is not None:
+                await completion
         except Exception as exc:
             _settle(result, exc)
         else:
             if not result.done():
-                result.set_result(Accepted(first, None))
+                result.set_result(Accepted(answer, None))
 
     async def _queue_write(
         self, env: envelope_pb2.Envelope, caller: Caller, data: bytes, digest: bytes
@@ -216,23 +323,32 @@ class Publisher:
         lane = lane_of(env)
         copies = Copies(env, data, digest, audited=self._audited)
         messages = []
+        planned = []
         for route in decision.routes:
             headers = receipts.delivery_headers(
                 layout, dist, route.agency_id, sender=agency_id, accepted_ns=accepted_ns, digest=digest
             )
+            expires = _expiry(env, route, accepted_ns, default_expiry_ns)
             headers[RULE_HEADER] = route.rule
-            headers[EXPIRES_HEADER] = str(_expiry(env, route, accepted_ns, default_expiry_ns))
-            messages.append(OutMsg(layout.delivery_subject(route.agency_id, lane, dist), copies.of(route), headers))
+            headers[EXPIRES_HEADER] = str(expires)
+            payload, hidden = copies.of(route)
+            messages.append(OutMsg(layout.delivery_subject(route.agency_id, lane, dist), payload, headers))
+            planned.append(Planned(route.agency_id, route.rule, expires, hidden))
         timer = _escalation_timer(layout, env, decision, now)
         if timer is not None:
-            messages.append(timer)
+            messages.append(timer[0])
         if extra is not None:
             messages.append(extra)  # written once the response itself is delivered
+        # The first delivery claims the distribution id and says what the envelope is written as.
+        plan = Plan(tuple(planned), timer[1] if timer is not None else None, response=extra is not None)
+        claim = layout.deliveries_of_envelope(dist)
+        messages[0].headers.update(receipts.claim_headers(claim))
+        messages[0].headers[PLAN_HEADER] = plan.encode()
         draft = None
         if self._audited:
             entry = audit_records.publish_entry(env, caller, digest, copies.views, acceptance.accepted_at)
             draft = Draft.of_entry(entry)  # shares an entry with the batch (no message id)
-        group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft)
+        group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft, claim=claim)
         return group, acceptance, decision
 
     async def _stored_deliveries(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
@@ -243,17 +359,6 @@ class Publisher:
             if found:
                 return found
         return []
-
-    async def _first_answer(self, dist: str, digest: bytes) -> hub_pb2.Acceptance:
-        stored = await self._stored_deliveries(dist)
-        if not stored:
-            raise StoreUnavailable("the envelope was stored but its deliveries are not readable yet; retry")
-        return self._replay_of(stored, digest)
-
-    def _replay_of(self, stored: list[StoredMsg], digest: bytes) -> hub_pb2.Acceptance:
-        """The first answer given for the stored deliveries, replayed to a copy hashing to digest."""
-        first, first_digest, _sender = receipts.first_acceptance(self._layout, stored)
-        return _replayed(first, first_digest, digest)
 
     async def _referenced(self, env: envelope_pb2.Envelope) -> dict[str, Referenced]:
         """What the hub stored of the messages a reply refers to (empty for other kinds)."""
@@ -287,14 +392,7 @@ class Publisher:
                 Reason.RESPONSE_MISMATCH,
                 f"{payload} does not answer the {request.payload or 'message'} in references[0]",
             )
-        answer = env.assistance_response if payload == "assistance_response" else env.handover_response
-        response = hub_pb2.BusinessResponse(
-            outcome=answer.outcome,
-            cause=answer.cause,
-            response_distribution_id=env.distribution_id,
-            responded_at=answer.responded_at,
-        )
-        return receipts.response_message(self._layout, request_id, agency_id, response)
+        return _response_of(self._layout, env, agency_id)
 
     async def receipt(self, distribution_id: str, agency_id: str) -> hub_pb2.Receipt:
         """The receipt of an envelope agency_id sent."""
@@ -362,8 +460,10 @@ def _expiry(env: envelope_pb2.Envelope, route: Route, accepted_ns: int, default_
 _REQUESTS = frozenset({"assistance_request", "handover_request"})
 
 
-def _escalation_timer(layout: Layout, env: envelope_pb2.Envelope, decision: Decision, now: datetime) -> OutMsg | None:
-    """For a request whose rules set a deadline for an answer, the timer of the earliest one."""
+def _escalation_timer(
+    layout: Layout, env: envelope_pb2.Envelope, decision: Decision, now: datetime
+) -> tuple[OutMsg, Timer] | None:
+    """For a request whose rules set a deadline for an answer, the timer of the earliest one (and its plan entry)."""
     if env.kind != common_pb2.KIND_REQUEST or env.WhichOneof("payload") not in _REQUESTS:
         return None
     deadlines = [r for r in decision.routes if r.escalate_after > 0 and r.escalate_to]
@@ -371,7 +471,24 @@ def _escalation_timer(layout: Layout, env: envelope_pb2.Envelope, decision: Deci
         return None
     first = min(deadlines, key=lambda r: (r.escalate_after, r.rule))
     due = now + timedelta(seconds=first.escalate_after)
-    return receipts.escalation_timer(layout, env.distribution_id, due, first.escalate_to, first.rule)
+    message = receipts.escalation_timer(layout, env.distribution_id, due, first.escalate_to, first.rule)
+    return message, Timer(receipts.timestamp(due).ToNanoseconds(), first.escalate_to, first.rule)
+
+
+def _response_of(layout: Layout, env: envelope_pb2.Envelope, agency_id: str) -> OutMsg:
+    """The record of agency_id's operator answering the request a RESPONSE refers to."""
+    answer = env.assistance_response if env.WhichOneof("payload") == "assistance_response" else env.handover_response
+    response = hub_pb2.BusinessResponse(
+        outcome=answer.outcome,
+        cause=answer.cause,
+        response_distribution_id=env.distribution_id,
+        responded_at=answer.responded_at,
+    )
+    return receipts.response_message(layout, env.references[0].distribution_id, agency_id, response)
+
+
+# One copy: its bytes, the fields it holds and withholds (audited), its SHA-256 (audited), the mask paths that hit.
+_Made = tuple[bytes, tuple[str, ...], tuple[str, ...], bytes, tuple[str, ...]]
 
 
 class Copies:
@@ -383,32 +500,36 @@ class Copies:
         self._data = data
         self._digest = digest
         self._audited = audited
-        self._by_mask: dict[frozenset[str], tuple[bytes, tuple[str, ...], tuple[str, ...], bytes]] = {}
+        self._by_mask: dict[frozenset[str], _Made] = {}
         self._all: frozenset[str] | None = None
         self.views: list[audit_records.View] = []
 
-    def of(self, route: Route) -> bytes:
-        """The envelope as route's recipient may see it, serialized (one redaction per distinct mask)."""
+    def of(self, route: Route) -> tuple[bytes, tuple[str, ...]]:
+        """The envelope as route's recipient may see it, serialized, and the mask paths that removed something."""
         hidden = route.mask.hidden if route.mask is not None and not route.mask.empty else frozenset()
         made = self._by_mask.get(hidden)
         if made is None:
-            copy = self._env if not hidden or route.mask is None else redact(self._env, route.mask)
+            removed: tuple[str, ...] = ()
+            if not hidden or route.mask is None:
+                copy = self._env
+            else:
+                copy, removed = redact_reporting(self._env, route.mask)
             data = self._data if copy is self._env else copy.SerializeToString()
             fields: tuple[str, ...] = ()
             withheld: tuple[str, ...] = ()
             if self._audited:
                 if self._all is None:
                     self._all = frozenset(audit_records.present_fields(self._env))
-                removed = audit_records.withheld(self._env, copy, self._all, hidden)
-                fields = tuple(sorted(self._all - removed))
-                withheld = tuple(sorted(removed))
+                lost = audit_records.withheld(self._env, copy, self._all, hidden)
+                fields = tuple(sorted(self._all - lost))
+                withheld = tuple(sorted(lost))
             sha = (self._digest if data is self._data else hashlib.sha256(data).digest()) if self._audited else b""
-            made = (data, fields, withheld, sha)
+            made = (data, fields, withheld, sha, removed)
             self._by_mask[hidden] = made
-        data, fields, withheld, sha = made
+        data, fields, withheld, sha, removed = made
         if self._audited:
             self.views.append(audit_records.View(route.agency_id, route.rule, sha, fields, withheld))
-        return data
+        return data, removed
 
 
 def _settle(result: asyncio.Future[Accepted], exc: BaseException) -> None:
@@ -417,9 +538,15 @@ def _settle(result: asyncio.Future[Accepted], exc: BaseException) -> None:
 
 
 def _chain_replay(
-    first: asyncio.Future[Accepted], result: asyncio.Future[Accepted], first_digest: bytes, digest: bytes
+    first: asyncio.Future[Accepted],
+    result: asyncio.Future[Accepted],
+    first_by: tuple[str, bytes],
+    by: tuple[str, bytes],
 ) -> None:
-    """Resolve a retry that arrived while the first attempt was still being stored."""
+    """Resolve a publish that arrived while the first one of its distribution id was still being stored.
+
+    first_by and by are (sender agency, digest of the envelope) of the two.
+    """
     if result.done():
         return
     if first.cancelled():
@@ -429,22 +556,37 @@ def _chain_replay(
     if exc is not None:
         result.set_exception(exc)
         return
-    try:
-        result.set_result(Accepted(_replayed(first.result().acceptance, first_digest, digest), None))
-    except OpsroomError as refusal:
-        result.set_exception(refusal)
-
-
-def _replayed(first: hub_pb2.Acceptance, first_digest: bytes, digest: bytes) -> hub_pb2.Acceptance:
-    if first_digest != digest:
-        raise Refused(
-            Reason.DISTRIBUTION_ID_REUSED,
-            "this distribution id was accepted with different content: use a new id for a new envelope",
-        )
+    if first_by != by:
+        result.set_exception(_reused())
+        return
     replay = hub_pb2.Acceptance()
-    replay.CopyFrom(first)
+    replay.CopyFrom(first.result().acceptance)
     replay.replayed = True
-    return replay
+    result.set_result(Accepted(replay, None))
+
+
+def _on_completed(
+    group: asyncio.Future[GroupResult], result: asyncio.Future[Accepted], answer: hub_pb2.Acceptance
+) -> None:
+    """Answer a resend once the deliveries its first attempt lacked are stored."""
+    if result.done():
+        return
+    if group.cancelled():
+        result.set_exception(StoreUnavailable("the write was interrupted; retry"))
+        return
+    exc = group.exception()
+    if exc is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(Accepted(answer, None))
+
+
+def _reused() -> Refused:
+    return Refused(
+        Reason.DISTRIBUTION_ID_REUSED,
+        "this distribution id was accepted before, from another sender or with different content: "
+        "use a new id for a new envelope",
+    )
 
 
 def is_refusal(exc: BaseException) -> bool:

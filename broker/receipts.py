@@ -45,6 +45,15 @@ def delivery_headers(
     }
 
 
+def claim_headers(claim: str) -> dict[str, str]:
+    """Expectations of an envelope's first delivery: no message matching claim (its deliveries) is stored yet.
+
+    This claims the distribution id for good in the lane's stream: a second envelope with the
+    same id, to whatever recipient, finds it taken (nats-server 2.11+).
+    """
+    return {"Nats-Expected-Last-Subject-Sequence": "0", "Nats-Expected-Last-Subject-Sequence-Subject": claim}
+
+
 def ack_message(  # noqa: PLR0917 - the record's fields
     layout: Layout,
     agency_id: str,

@@ -162,36 +162,69 @@ FULL = compile_mask(())
 
 def redact(envelope: envelope_pb2.Envelope, mask: Mask) -> envelope_pb2.Envelope:
     """A copy of envelope without the fields the mask hides (the envelope itself is untouched)."""
+    return redact_reporting(envelope, mask)[0]
+
+
+def redact_reporting(envelope: envelope_pb2.Envelope, mask: Mask) -> tuple[envelope_pb2.Envelope, tuple[str, ...]]:
+    """redact, and the mask's paths that removed something from this envelope, sorted.
+
+    Those paths, compiled into a mask of their own, make the same copy of this envelope: the
+    plan of a delivery records them instead of the whole mask (broker.plan).
+    """
     out = envelope_pb2.Envelope()
     out.CopyFrom(envelope)
+    removed: set[str] = set()
     if not mask.empty:
-        _apply(out, mask.tree)
-    return out
+        _apply(out, mask.tree, "", removed)
+    return out, tuple(sorted(removed))
 
 
-def _apply(message: Any, tree: Mapping[str, Any]) -> None:
+def _apply(message: Any, tree: Mapping[str, Any], prefix: str, removed: set[str]) -> None:
     for name, rule in tree.items():
         if name == "[]":
             continue
         field: FieldDescriptor = message.DESCRIPTOR.fields_by_name[name]
+        path = prefix + name
         if rule is True:
-            message.ClearField(name)
+            if _has(message, field):
+                message.ClearField(name)
+                removed.add(path)
             continue
         if field.is_repeated:
             items = getattr(message, name)
             filters = rule.get("[]", ())
             if filters:
-                keep = [item for item in items if not any(str(getattr(item, k)) == v for k, v in filters)]
-                if len(keep) != len(items):
-                    copies = [type(item)() for item in keep]
-                    for copy, item in zip(copies, keep, strict=True):
-                        copy.CopyFrom(item)
-                    del items[:]
-                    items.extend(copies)
+                _filter(items, filters, path, removed)
             for item in items:
-                _apply(item, rule)
+                _apply(item, rule, path + ".", removed)
         elif message.HasField(name):
-            _apply(getattr(message, name), rule)
+            _apply(getattr(message, name), rule, path + ".", removed)
+
+
+def _filter(items: Any, filters: Iterable[tuple[str, str]], path: str, removed: set[str]) -> None:
+    """Remove the elements of a repeated field that a [key=value] selector names; note the selectors that hit."""
+    keep = []
+    for item in items:
+        hit = [(k, v) for k, v in filters if str(getattr(item, k)) == v]
+        if hit:
+            removed.update(f"{path}[{k}={v}]" for k, v in hit)
+        else:
+            keep.append(item)
+    if len(keep) != len(items):
+        copies = [type(item)() for item in keep]
+        for copy, item in zip(copies, keep, strict=True):
+            copy.CopyFrom(item)
+        del items[:]
+        items.extend(copies)
+
+
+def _has(message: Any, field: FieldDescriptor) -> bool:
+    """Whether a field is set (a repeated one: not empty; a scalar without presence: not its default)."""
+    if field.is_repeated:
+        return len(getattr(message, field.name)) > 0
+    if field.has_presence:
+        return bool(message.HasField(field.name))
+    return bool(getattr(message, field.name))
 
 
 def present_hidden(envelope: envelope_pb2.Envelope, mask: Mask) -> list[str]:

@@ -26,7 +26,7 @@ from nats.errors import Error as NatsError
 from broker.config import NatsConfig
 from broker.errors import StoreFull, StoreUnavailable
 from broker.lanes import Lane
-from broker.layout import Layout
+from broker.layout import Layout, subject_matches
 from broker.logging import get_logger
 
 log = get_logger(__name__)
@@ -42,6 +42,10 @@ ERR_STREAM_NAME_IN_USE = 10058
 ERR_CONSUMER_EXISTS = 10148
 ERR_CONSUMER_EXISTS_OLD = 10013
 _FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, max bytes, max msgs
+# A batched direct get of the last message per subject returns at most this many (nats-server 2.15),
+# else status 413.
+MULTI_LAST_LIMIT = 1024
+_TOO_MANY_RESULTS = "413"
 
 
 class ConnectionLost(OSError):
@@ -435,9 +439,16 @@ class JetStream:
         return out
 
     async def _direct_batch(self, body: dict[str, Any], limit: int, stream: str = "") -> list[StoredMsg]:
+        return (await self._direct_batch_status(body, limit, stream))[0]
+
+    async def _direct_batch_status(
+        self, body: dict[str, Any], limit: int, stream: str = ""
+    ) -> tuple[list[StoredMsg], str]:
+        """The messages of a batched direct get and the status that ended it ("204" end of batch, "404", "413"...)."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         out: list[StoredMsg] = []
+        status = ""
         try:
             await self.nc.publish(
                 f"{self._api}.DIRECT.GET.{stream or self.cfg.stream}", json.dumps(body).encode(), reply=inbox
@@ -446,13 +457,37 @@ class JetStream:
                 msg = await sub.next_msg(timeout=5)
                 stored = _stored(msg)
                 if stored is None:
+                    status = (msg.headers or {}).get("Status", "")
                     break
                 out.append(stored)
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
         finally:
             await sub.unsubscribe()
-        return out
+        return out, status
+
+    async def claimed(self, filters: Sequence[str]) -> set[str]:
+        """The subject filters that some stored delivery matches, in either lane's stream (one read per stream).
+
+        The committer asks this of every batch's claims (broker.committer) before writing it.
+        """
+        wanted = list(dict.fromkeys(filters))
+        found = await asyncio.gather(*(self._claimed_in(wanted, self.stream_of(lane)) for lane in Lane))
+        return set().union(*found)
+
+    async def _claimed_in(self, filters: list[str], stream: str, depth: int = 0) -> set[str]:
+        """claimed() in one stream; a read with more results than nats-server returns at once is split in halves."""
+        found, status = await self._direct_batch_status({"multi_last": filters}, MULTI_LAST_LIMIT, stream)
+        if status == _TOO_MANY_RESULTS and depth < 16:  # bounded: 16 halvings split 65,536 filters to one each
+            if len(filters) == 1:
+                return set(filters)  # over a thousand deliveries match it: it is taken
+            half = len(filters) // 2
+            return await self._claimed_in(filters[:half], stream, depth + 1) | await self._claimed_in(
+                filters[half:], stream, depth + 1
+            )
+        if status not in ("", "204", "404"):
+            raise StoreUnavailable(f"claim lookup in {stream} answered status {status}")
+        return {f for f in filters if any(subject_matches(f, m.subject) for m in found)}
 
     async def follow(
         self, subject_filter: str, on_message: Callable[[str, bytes], Awaitable[None]]

@@ -20,8 +20,11 @@ WAIT = 5.0
 
 
 def msg(name: str, size: int = 1) -> OutMsg:
-    """A message whose JetStream message id is its name, with a payload of `size` bytes."""
-    return OutMsg(f"opsroom.test.{name}", b"x" * size, {"Nats-Msg-Id": name})
+    """A message whose JetStream message id is its name, with a payload of `size` bytes.
+
+    "a/0" goes to subject opsroom.test.a.0: the messages of one group share an order key (opsroom.test.a).
+    """
+    return OutMsg(f"opsroom.test.{name.replace('/', '.')}", b"x" * size, {"Nats-Msg-Id": name})
 
 
 def group(prefix: str, count: int = 1, size: int = 1) -> list[OutMsg]:

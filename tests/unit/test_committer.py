@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.audit.log import Draft
 from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import OpsroomError, Reason, Refused, StoreFull, StoreUnavailable
 from broker.metrics import Metrics
@@ -478,3 +479,185 @@ async def test_duplicate_atomic_batch_is_written_again_group_by_group() -> None:
     assert [["a/0", "a/1", "a/2", "b/0", "b/1", "b/2"]] == store.calls
     assert [["a/0", "a/1", "a/2"], ["b/0", "b/1", "b/2"]] == store.each_calls
     assert [GroupResult(Outcome.STORED, 3), GroupResult(Outcome.DUPLICATE)] == results
+
+
+# -- claims and writes in stages -----------------------------------------------------------
+
+
+def delivery(room: str, dist: str, claim: bool = False) -> OutMsg:
+    """A delivery of envelope dist to room; a claimed first delivery expects no delivery of dist stored yet."""
+    headers = {"Nats-Msg-Id": f"{dist}:{room}"}
+    if claim:
+        headers["Claim"] = dist
+    return OutMsg(f"opsroom.dlv.{room}.urgent.{dist}", b"x", headers)
+
+
+def envelope_group(dist: str, rooms: Sequence[str]) -> list[OutMsg]:
+    return [delivery(room, dist, claim=i == 0) for i, room in enumerate(rooms)]
+
+
+class ClaimStore(FakeStore):
+    """A FakeStore whose first deliveries check their claim as nats-server does (expected last subject sequence)."""
+
+    def __init__(self, taken: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.taken: set[str] = set(taken)  # claims a stored message matches
+        self.looked_up: list[list[str]] = []
+        self.lookup_error: Exception | None = None
+
+    async def claimed(self, claims: Sequence[str]) -> set[str]:
+        self.looked_up.append(list(claims))
+        await asyncio.sleep(0)
+        if self.lookup_error is not None:
+            raise self.lookup_error
+        return self.taken.intersection(claims)
+
+    async def publish_each(self, msgs: Sequence[OutMsg]) -> list[int | Exception]:
+        self.each_calls.append(names(msgs))
+        await asyncio.sleep(0)
+        out: list[int | Exception] = []
+        for m in msgs:
+            name, claim = m.headers["Nats-Msg-Id"], m.headers.get("Claim")
+            if claim is not None and claim in self.taken:
+                out.append(DuplicateInBatch("wrong last sequence"))
+            elif name in self.each_errors:
+                out.append(self.each_errors[name])
+            else:
+                self.taken.update([claim] if claim is not None else [])
+                self.stored.append(name)
+                out.append(self.next_seq)
+                self.next_seq += 1
+        return out
+
+
+def claimed_committer(store: ClaimStore, **kwargs: object) -> Committer:
+    return Committer(
+        store.commit,
+        Metrics(),
+        publish_each=store.publish_each,
+        claimed=store.claimed,
+        atomic_threshold=64,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_taken_claim_writes_nothing_not_even_its_audit_records() -> None:
+    """The batch's claims are looked up once; a taken one is DUPLICATE with no record and no delivery written."""
+    store = ClaimStore(taken=["old"])
+    drafts: list[bytes] = []
+
+    async def audit(batch: Sequence[Draft]) -> list[OpsroomError | None]:
+        drafts.extend(d.records for d in batch)
+        return [None] * len(batch)
+
+    committer = claimed_committer(store, audit=audit)
+    futures = [
+        await committer.enqueue(envelope_group("old", ["q"]), claim="old", audit=Draft(b"old")),
+        await committer.enqueue(envelope_group("new", ["q"]), claim="new", audit=Draft(b"new")),
+        await committer.enqueue([msg("ack/0")]),
+    ]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [["old", "new"]] == store.looked_up
+    assert [b"new"] == drafts
+    assert ["new:q", "ack/0"] == store.stored
+    assert [GroupResult(Outcome.DUPLICATE), GroupResult(Outcome.STORED, 1), GroupResult(Outcome.STORED, 2)] == results
+
+
+async def test_a_failed_claim_lookup_fails_only_the_claimed_groups() -> None:
+    """Without the lookup nothing claimed may be written; a receipt record in the same batch is."""
+    store = ClaimStore()
+    store.lookup_error = StoreUnavailable("no answer")
+    committer = claimed_committer(store)
+    futures = [await committer.enqueue(envelope_group("e", ["q"]), claim="e"), await committer.enqueue([msg("ack/0")])]
+    async with running(committer):
+        results = await outcomes(futures)
+    assert [store.lookup_error, GroupResult(Outcome.STORED, 1)] == results
+    assert ["ack/0"] == store.stored
+
+
+async def test_a_claimed_first_delivery_is_stored_before_the_others_are_sent() -> None:
+    """First delivery alone, then the rest: whatever is stored of the envelope holds its first delivery."""
+    store = ClaimStore()
+    committer = claimed_committer(store)
+    future = await committer.enqueue(envelope_group("e", ["q", "cc", "pl"]), claim="e")
+    async with running(committer):
+        [result] = await outcomes([future])
+    assert [["e:q"], ["e:cc", "e:pl"]] == store.each_calls
+    assert GroupResult(Outcome.STORED, 3) == result
+
+
+async def test_a_cut_after_the_first_delivery_stores_only_the_first() -> None:
+    """The connection drops after the first delivery: the group fails, the store holds exactly the first."""
+    store = ClaimStore()
+    cut = StoreUnavailable("connection lost")
+    store.each_errors.update({"e:cc": cut, "e:pl": cut})
+    committer = claimed_committer(store)
+    future = await committer.enqueue(envelope_group("e", ["q", "cc", "pl"]), claim="e")
+    async with running(committer):
+        assert [cut] == await outcomes([future])
+    assert ["e:q"] == store.stored
+
+
+async def test_a_claim_taken_at_the_write_stops_the_rest_of_the_envelope() -> None:
+    """Another writer took the id between lookup and write: DUPLICATE, and nothing after the first is sent."""
+    store = ClaimStore()
+    store.claimed = _nothing  # type: ignore[method-assign]  # the lookup saw nothing
+    committer = claimed_committer(store)
+    store.taken.add("e")  # ... but the write finds it taken
+    future = await committer.enqueue(envelope_group("e", ["q", "cc"]), claim="e")
+    async with running(committer):
+        assert [GroupResult(Outcome.DUPLICATE)] == await outcomes([future])
+    assert [["e:q"]] == store.each_calls
+    assert [] == store.stored
+
+
+async def _nothing(_claims: Sequence[str]) -> set[str]:
+    return set()
+
+
+async def test_staged_writes_never_let_a_later_envelope_overtake_an_earlier_one_at_a_room() -> None:
+    """Two envelopes whose recipients come in opposite orders: each room still stores them in arrival order."""
+    store = ClaimStore()
+    committer = claimed_committer(store)
+    futures = [
+        await committer.enqueue(envelope_group("e1", ["q", "cc"]), claim="e1"),
+        await committer.enqueue(envelope_group("e2", ["cc", "q"]), claim="e2"),
+    ]
+    async with running(committer):
+        await outcomes(futures)
+    assert ["e1:cc", "e2:cc"] == [n for n in store.stored if n.endswith(":cc")]
+    assert ["e1:q", "e2:q"] == [n for n in store.stored if n.endswith(":q")]
+
+
+ROOMS = ("q", "cc", "pl")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    envelopes=st.lists(
+        st.tuples(st.permutations(ROOMS).flatmap(lambda p: st.integers(1, 3).map(lambda n: p[:n])), st.integers(0, 3)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_every_room_stores_envelopes_in_arrival_order(envelopes: list[tuple[Sequence[str], int]]) -> None:
+    """Whatever the recipients' orders and however the envelopes fall into batches, per room the order is kept."""
+
+    async def scenario() -> list[str]:
+        store = ClaimStore()
+        committer = claimed_committer(store, max_in_flight=4)
+        futures = []
+        async with running(committer):
+            for number, (rooms, pause) in enumerate(envelopes):
+                futures.append(await committer.enqueue(envelope_group(f"e{number}", rooms), claim=f"e{number}"))
+                for _ in range(pause):
+                    await asyncio.sleep(0)
+            results = await outcomes(futures)
+        assert all(isinstance(r, GroupResult) and r.outcome is Outcome.STORED for r in results), results
+        return store.stored
+
+    stored = asyncio.run(scenario())
+    for room in ROOMS:
+        expected = [f"e{n}:{room}" for n, (rooms, _) in enumerate(envelopes) if room in rooms]
+        assert expected == [name for name in stored if name.endswith(f":{room}")]

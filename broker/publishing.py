@@ -141,7 +141,7 @@ class Publisher:
         if lane is Lane.URGENT:
             self._lanes.urgent_started(result)
         try:
-            stored = await self._stored_deliveries(dist) if resend else []
+            stored = await self._stored_deliveries(dist, lane) if resend else []
             if stored:
                 answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
                 if completion is None:

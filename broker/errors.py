@@ -35,7 +35,10 @@ class Reason(enum.Enum):
     NOT_A_RECIPIENT = (StatusCode.PERMISSION_DENIED, "answering a message that was not sent to the caller")
     RECEIPT_NOT_YOURS = (StatusCode.PERMISSION_DENIED, "receipt of a message another agency sent")
     NO_RECIPIENTS = (StatusCode.FAILED_PRECONDITION, "routing selected no recipient")
-    DISTRIBUTION_ID_REUSED = (StatusCode.FAILED_PRECONDITION, "same distribution id, different content")
+    DISTRIBUTION_ID_REUSED = (
+        StatusCode.FAILED_PRECONDITION,
+        "the distribution id was accepted before from another agency or with different content",
+    )
     REFERENCE_NOT_FOUND = (StatusCode.FAILED_PRECONDITION, "the answered message is unknown to the hub")
     RESPONSE_MISMATCH = (StatusCode.FAILED_PRECONDITION, "the answer's payload does not fit the request")
     SESSION_NOT_OPENED = (StatusCode.FAILED_PRECONDITION, "a Connect stream did not start with open")

@@ -49,6 +49,7 @@ from bench.run import (  # noqa: E402
     SENDER,
     bench_client,
     bench_envelope,
+    cpu_seconds,
     hub_process,
     percentile,
     scrape,
@@ -117,6 +118,7 @@ async def run_raw(target: str, pki_root: Path, count: int, rate: float) -> dict[
     batch = envelopes(count)
     outcomes: collections.Counter[str] = collections.Counter()
     took: dict[str, list[float]] = collections.defaultdict(list)
+    examples: dict[str, str] = {}
 
     async def send(i: int) -> None:
         started = time.perf_counter()
@@ -125,12 +127,13 @@ async def run_raw(target: str, pki_root: Path, count: int, rate: float) -> dict[
             outcome = ACCEPTED
         except grpc.aio.AioRpcError as exc:
             outcome = outcome_of_error(exc)
+            examples.setdefault(outcome, exc.details() or "")
         outcomes[outcome] += 1
         took["accepted" if outcome == ACCEPTED else "refused"].append((time.perf_counter() - started) * 1000)
 
     seconds = await open_loop(count, rate, send)
     await channel.close()
-    return {"outcomes": dict(outcomes), "seconds": round(seconds, 2), **latencies(took)}
+    return {"outcomes": dict(outcomes), "examples": examples, "seconds": round(seconds, 2), **latencies(took)}
 
 
 async def run_client(target: str, pki_root: Path, count: int, rate: float) -> dict[str, Any]:
@@ -235,13 +238,18 @@ async def main() -> int:
         try:
             port, metrics_port = free_port(), free_port()
             config = write_hub_config(root, server, port, metrics_port, [], hub_extra=args.hub)
-            with hub_process(config, port):
+            with hub_process(config, port) as hub_proc:
                 await metrics_ready(metrics_port)
                 runs = {"raw": run_raw, "client": run_client, "stream": run_stream}
                 for name in args.clients.split(","):
                     before = scrape(metrics_port)
+                    cpu = cpu_seconds(hub_proc.pid), cpu_seconds(os.getpid())
                     result = await runs[name](f"127.0.0.1:{port}", root / "pki", count, rate)
                     after = scrape(metrics_port)
+                    result["cpu_seconds"] = {
+                        "hub": round(cpu_seconds(hub_proc.pid) - cpu[0], 1),
+                        "bench": round(cpu_seconds(os.getpid()) - cpu[1], 1),
+                    }
                     result["hub_refusals"] = delta(before, after, "opsroom_refusals_total")
                     result["hub_publishes"] = delta(before, after, "opsroom_publishes_total")
                     report[name] = result

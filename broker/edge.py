@@ -223,33 +223,30 @@ class HubServicer:
         self._is_registered = is_registered
         self.draining = False
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler to add to the server."""
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Publish": grpc.unary_unary_rpc_method_handler(
-                    self.publish,
-                    request_deserializer=_tolerant(hub_pb2.PublishRequest),
-                    response_serializer=hub_pb2.PublishResponse.SerializeToString,
-                ),
-                "PublishStream": grpc.stream_stream_rpc_method_handler(
-                    self.publish_stream,
-                    request_deserializer=_tolerant(hub_pb2.PublishStreamRequest),
-                    response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
-                ),
-                "Connect": grpc.stream_stream_rpc_method_handler(
-                    self.connect,
-                    request_deserializer=_tolerant(hub_pb2.ConnectRequest),
-                    response_serializer=_identity,
-                ),
-                "GetReceipt": grpc.unary_unary_rpc_method_handler(
-                    self.get_receipt,
-                    request_deserializer=_tolerant(hub_pb2.GetReceiptRequest),
-                    response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
-                ),
-            },
-        )
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The handler of each method, by name (a server registers them: each method then takes its calls apart)."""
+        return {
+            "Publish": grpc.unary_unary_rpc_method_handler(
+                self.publish,
+                request_deserializer=_tolerant(hub_pb2.PublishRequest),
+                response_serializer=hub_pb2.PublishResponse.SerializeToString,
+            ),
+            "PublishStream": grpc.stream_stream_rpc_method_handler(
+                self.publish_stream,
+                request_deserializer=_tolerant(hub_pb2.PublishStreamRequest),
+                response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
+            ),
+            "Connect": grpc.stream_stream_rpc_method_handler(
+                self.connect,
+                request_deserializer=_tolerant(hub_pb2.ConnectRequest),
+                response_serializer=_identity,
+            ),
+            "GetReceipt": grpc.unary_unary_rpc_method_handler(
+                self.get_receipt,
+                request_deserializer=_tolerant(hub_pb2.GetReceiptRequest),
+                response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
+            ),
+        }
 
     # -- common --------------------------------------------------------------------------
 

@@ -184,7 +184,10 @@ class Hub:
                 ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ]
         )
-        server.add_generic_rpc_handlers([self._servicer.handler()])
+        # Registered, not generic: gRPC takes each registered method's calls from the transport on
+        # its own (one at a time per method), so a flood of Publish calls does not hold up the
+        # Connect calls of rooms, or receipts.
+        server.add_registered_method_handlers(SERVICE, self._servicer.method_handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = grpc.ssl_server_credentials(
             [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],

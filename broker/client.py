@@ -206,8 +206,15 @@ class HubClient:
         *,
         server_name: str | None = None,
         retry: RetryPolicy | None = None,
+        max_calls_in_flight: int = 64,
     ) -> None:
-        """Prepare a secure channel to target ("host:port"); server_name overrides the TLS name check."""
+        """Prepare a secure channel to target ("host:port"); server_name overrides the TLS name check.
+
+        At most max_calls_in_flight publish and receipt calls are on the wire at once; more wait
+        here, before their timeout starts (the hub takes at most hub.max_calls_per_connection
+        calls per connection, 100 by default: a call waiting in the transport for a turn would
+        spend its timeout there, then be sent again, adding load to a hub that is already behind).
+        """
         options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -219,6 +226,7 @@ class HubClient:
         creds = grpc.ssl_channel_credentials(credentials.ca, credentials.key, credentials.cert)
         self._channel = grpc.aio.secure_channel(target, creds, options=options)
         self.retry = retry or RetryPolicy()
+        self._calls = asyncio.Semaphore(max_calls_in_flight)
         self._publish = self._channel.unary_unary(
             _SERVICE + "Publish",
             request_serializer=hub_pb2.PublishRequest.SerializeToString,
@@ -266,7 +274,8 @@ class HubClient:
         delays = iter(self.retry.delays())
         while True:
             try:
-                response = await self._publish(request, timeout=self.retry.timeout)
+                async with self._calls:
+                    response = await self._publish(request, timeout=self.retry.timeout)
             except grpc.aio.AioRpcError as exc:
                 error = HubError.from_rpc_error(exc)
                 delay = next(delays, None) if error.retryable else None
@@ -339,9 +348,10 @@ class HubClient:
     async def receipt(self, distribution_id: str) -> hub_pb2.Receipt:
         """Delivery and answer state of an envelope this agency sent."""
         try:
-            response = await self._get_receipt(
-                hub_pb2.GetReceiptRequest(distribution_id=distribution_id), timeout=self.retry.timeout
-            )
+            async with self._calls:
+                response = await self._get_receipt(
+                    hub_pb2.GetReceiptRequest(distribution_id=distribution_id), timeout=self.retry.timeout
+                )
         except grpc.aio.AioRpcError as exc:
             raise HubError.from_rpc_error(exc) from None
         return response.receipt

@@ -63,7 +63,7 @@ ACCEPTED = "OK"
 
 
 def outcome_of_status(status: status_pb2.Status) -> str:
-    """"<CODE> <REASON>" of a google.rpc.Status; the reason is "(no ErrorInfo)" when it carries none."""
+    """ "<CODE> <REASON>" of a google.rpc.Status; the reason is "(no ErrorInfo)" when it carries none."""
     code = grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == status.code)).name
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()

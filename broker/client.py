@@ -309,6 +309,10 @@ class HubClient:
             retry_next = [i for i in todo if results[i] is None or _retry(results[i])]
             if not retry_next:
                 break
+            if len(retry_next) < len(todo):
+                # Progress (an overloaded hub takes part of each round): the attempts count again.
+                # Bounded: every such round settles at least one envelope for good.
+                delays = iter(self.retry.delays())
             delay = next(delays, None)
             if delay is None:
                 break

@@ -187,6 +187,13 @@ class RetryPolicy:
     first_delay: float = 0.1
     max_delay: float = 2.0
     timeout: float = 10.0
+    # Refusals that carry the hub's retry delay (HUB_OVERLOADED: "come back then") are retried
+    # for this long after the first of them, whatever the attempts; then they count like others.
+    patience: float = 120.0
+
+    def patient(self, first_refused: float, now: float) -> bool:
+        """Whether a refusal with a retry delay is still retried without counting an attempt."""
+        return now - first_refused < self.patience
 
     def delays(self) -> Iterable[float]:
         """The waits between attempts."""
@@ -272,12 +279,20 @@ class HubClient:
         """
         request = hub_pb2.PublishRequest(envelope=envelope, resend=resend)
         delays = iter(self.retry.delays())
+        loop = asyncio.get_running_loop()
+        first_refused: float | None = None
         while True:
             try:
                 async with self._calls:
                     response = await self._publish(request, timeout=self.retry.timeout)
             except grpc.aio.AioRpcError as exc:
                 error = HubError.from_rpc_error(exc)
+                if error.retry_after is not None:
+                    first_refused = loop.time() if first_refused is None else first_refused
+                    if self.retry.patient(first_refused, loop.time()):
+                        await asyncio.sleep(error.backoff(0.0))
+                        request.resend = True
+                        continue
                 delay = next(delays, None) if error.retryable else None
                 if delay is None:
                     raise error from None
@@ -297,6 +312,8 @@ class HubClient:
         results: list[hub_pb2.Acceptance | HubError | None] = [None] * len(envelopes)
         todo = list(range(len(envelopes)))
         delays = iter(self.retry.delays())
+        loop = asyncio.get_running_loop()
+        first_refused: float | None = None
         resend = False
         while todo:
             retry_next: list[int] = []
@@ -309,14 +326,20 @@ class HubClient:
             retry_next = [i for i in todo if results[i] is None or _retry(results[i])]
             if not retry_next:
                 break
-            if len(retry_next) < len(todo):
-                # Progress (an overloaded hub takes part of each round): the attempts count again.
-                # Bounded: every such round settles at least one envelope for good.
+            refusals = [r for i in retry_next if isinstance(r := results[i], HubError)]
+            overloaded = len(refusals) == len(retry_next) and all(r.retry_after is not None for r in refusals)
+            if overloaded:
+                first_refused = loop.time() if first_refused is None else first_refused
+            if len(retry_next) < len(todo) or (
+                overloaded and first_refused is not None and self.retry.patient(first_refused, loop.time())
+            ):
+                # Progress (an overloaded hub takes part of each round), or only "come back later"
+                # refusals within the policy's patience: the attempts count again. Bounded: each
+                # progressing round settles an envelope for good, and patience runs out.
                 delays = iter(self.retry.delays())
             delay = next(delays, None)
             if delay is None:
                 break
-            refusals = [r for i in retry_next if isinstance(r := results[i], HubError)]
             await asyncio.sleep(max([delay, *(r.backoff(delay) for r in refusals)]))
             todo = retry_next
             resend = True
@@ -382,6 +405,7 @@ class _Pending:
     envelope: envelope_pb2.Envelope
     future: asyncio.Future[hub_pb2.Acceptance]
     attempts: int = 0
+    first_refused: float = 0.0  # loop time of its first refusal with a retry delay (0: none yet)
 
 
 class StreamPublisher:
@@ -460,7 +484,9 @@ class StreamPublisher:
 
     def _later(self, pending: _Pending, error: HubError) -> None:
         """Send pending again after the retry policy's delay for its attempt count, or the hub's longer one."""
-        delay = error.backoff(next(itertools.islice(self._client.retry.delays(), pending.attempts - 1, None), 0.0))
+        delay = error.backoff(
+            next(itertools.islice(self._client.retry.delays(), max(0, pending.attempts - 1), None), 0.0)
+        )
         self._waiting += 1
 
         def again() -> None:
@@ -522,6 +548,11 @@ class StreamPublisher:
                     continue
                 error = HubError.from_status(result.error)
                 pending.attempts += 1
+                now = asyncio.get_running_loop().time()
+                if error.retry_after is not None:
+                    pending.first_refused = pending.first_refused or now
+                    if self._client.retry.patient(pending.first_refused, now):
+                        pending.attempts -= 1  # "come back later": not an attempt, within the patience
                 if error.retryable and pending.attempts < self._client.retry.attempts:
                     retry.append((pending, error))
                 else:

@@ -376,7 +376,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         max_calls_per_connection=hub.positive("max_calls_per_connection", 100),
         max_inflight_publishes=hub.positive("max_inflight_publishes", 10_000),
         max_inflight_publishes_per_agency=hub.positive("max_inflight_publishes_per_agency", 4_000),
-        overload_retry_after=hub.seconds("overload_retry_seconds", timedelta(seconds=1)),
+        overload_retry_after=hub.seconds("overload_retry_after_seconds", timedelta(seconds=1)),
         tls=_tls(root.sub("tls"), base),
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,

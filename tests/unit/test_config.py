@@ -29,7 +29,7 @@ heartbeat_seconds = 20
 max_calls_per_connection = 50
 max_inflight_publishes = 3000
 max_inflight_publishes_per_agency = 300
-overload_retry_seconds = 0.5
+overload_retry_after_seconds = 0.5
 
 [tls]
 ca_file = "pki/ca.pem"
@@ -337,8 +337,8 @@ ERRORS = [
     ),
     (
         "zero retry delay",
-        {"hub": hub("overload_retry_seconds = 0")},
-        "hub.overload_retry_seconds: must be a positive number of seconds (at most ten years)",
+        {"hub": hub("overload_retry_after_seconds = 0")},
+        "hub.overload_retry_after_seconds: must be a positive number of seconds (at most ten years)",
     ),
     ("seconds as string", {"hub": hub('grace_seconds = "10"')}, "hub.grace_seconds: must be a float"),
     ("seconds as bool", {"hub": hub("heartbeat_seconds = true")}, "hub.heartbeat_seconds: must be a float"),

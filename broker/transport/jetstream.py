@@ -103,6 +103,14 @@ class Pulled:
     consumer_seq: int = 0  # the consumer's delivery count: +1 for every message it sends (a gap: one was lost)
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerReset:
+    """What a consumer reset left: the deliveries waiting, and the consumer sequence the next delivery follows."""
+
+    backlog: int
+    consumer_seq: int
+
+
 class ConsumerGone(Exception):
     """The consumer was deleted or lost its leader: the session must end and the client reconnect."""
 
@@ -523,14 +531,19 @@ class JetStream:
             raise StoreUnavailable(f"cannot read consumer {name}: {err[1]} ({err[0]})")
         return int(reply.get("ack_floor", {}).get("stream_seq", 0))
 
-    async def reset_consumer(self, agency_id: str, lane: Lane) -> int:
-        """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog."""
+    async def reset_consumer(self, agency_id: str, lane: Lane) -> ConsumerReset:
+        """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog.
+
+        Also the consumer sequence the reset left (nats-server 2.15 sets it to 0): the next
+        message the consumer sends has one more, whoever pulled it.
+        """
         name = self.layout.consumer_name(agency_id, lane)
         reply = await self.api(f"CONSUMER.RESET.{self.stream_of(lane)}.{name}")
         err = _api_error(reply)
         if err is not None:
             raise StoreUnavailable(f"cannot reset consumer {name}: {err[1]} ({err[0]})")
-        return int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
+        backlog = int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
+        return ConsumerReset(backlog, int(reply.get("delivered", {}).get("consumer_seq", 0)))
 
     async def ensure_work_consumer(self, name: str, subject_filter: str, ack_wait: float = 30.0) -> None:
         """A durable consumer of the main stream shared by the replicas: each message to one, acked one by one."""

@@ -26,6 +26,7 @@ from broker.committer import Committer
 from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
 from broker.escalation import Escalator
+from broker.expiry import Expirer
 from broker.lanes import LANES, Lane
 from broker.logging import get_logger
 from broker.metrics import Metrics
@@ -143,6 +144,15 @@ class Hub:
         )
         self._escalation = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audit is not None)
         self._supervisor.start(ESCALATIONS, self._escalation.run())
+        expirer = Expirer(
+            js,
+            committer,
+            self.metrics,
+            self.clock,
+            agencies=lambda: cfg.agency_ids | self.router.agencies,
+            presence_timeout=cfg.presence_timeout.total_seconds(),
+        )
+        self._supervisor.start(EXPIRIES, expirer.run())
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -306,6 +316,7 @@ class Hub:
 
 # The names of the hub's background tasks (in background_task_failed and task_did_not_stop log lines).
 ESCALATIONS = "escalations"
+EXPIRIES = "expiries"
 AGREEMENTS_WATCH = "agreements-watch"
 AUDIT_RETENTION = "audit-retention"
 

@@ -28,13 +28,13 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker import receipts
-from broker.committer import Committer
+from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane
 from broker.layout import SENDER_HEADER, Layout
 from broker.logging import get_logger
 from broker.metrics import Metrics
-from broker.transport.jetstream import ConsumerGone, DuplicateInBatch, JetStream, Pulled, Puller, Wake
+from broker.transport.jetstream import ConsumerGone, DuplicateInBatch, JetStream, OutMsg, Pulled, Puller, Wake
 
 log = get_logger(__name__)
 
@@ -342,7 +342,7 @@ class DeliverySession:
             if item.headers.get(SENDER_HEADER)
         ]
         try:
-            await self._committer.submit([record, *notices])
+            noticed = await self._store(record, notices)
         except BaseException:
             self._to_record = seqs + self._to_record
             self._expired = expired + self._expired
@@ -350,7 +350,7 @@ class DeliverySession:
         # Only now, with the receipts stored, do these count as acknowledged.
         self._metrics.acks.labels(self.agency_id).inc(len(seqs))
         if expired:
-            self._metrics.expired.labels(self.agency_id).inc(len(expired))
+            self._metrics.expired.labels(self.agency_id).inc(noticed)
             log.info("deliveries_expired", agency=self.agency_id, count=len(expired))
         by_lane: dict[Lane, set[int]] = {}
         for sequence in [*seqs, *(s for s, _ in expired)]:
@@ -371,6 +371,20 @@ class DeliverySession:
             if highest is not None:
                 await self._js.ack(highest.reply)
                 self._ready.set()  # the window has room again: pull more
+
+    async def _store(self, record: OutMsg, notices: list[OutMsg]) -> int:
+        """Store the notices and the ack record; returns how many notices were new, raises the first failure.
+
+        Each notice goes on its own: the expiry worker may have stored it already, and then it
+        is not counted again.
+        """
+        pending = [await self._committer.enqueue([notice]) for notice in notices]
+        pending.append(await self._committer.enqueue([record]))
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(isinstance(r, GroupResult) and r.outcome is Outcome.STORED for r in results[:-1])
 
 
 async def current_session(js: JetStream, agency_id: str) -> str | None:

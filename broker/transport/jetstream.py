@@ -42,6 +42,7 @@ ERR_STREAM_NAME_IN_USE = 10058
 ERR_CONSUMER_EXISTS = 10148
 ERR_CONSUMER_EXISTS_OLD = 10013
 _FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, max bytes, max msgs
+_MAX_PAGES = 1000  # of a paged JetStream listing (256 items a page)
 
 
 class ConnectionLost(OSError):
@@ -109,6 +110,16 @@ class ConsumerReset:
 
     backlog: int
     consumer_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """A consumer as a listing shows it: its filter, its ack floor (a stream sequence), what it still holds."""
+
+    name: str
+    filter_subject: str
+    ack_floor: int
+    waiting: int  # not yet delivered, or delivered and not acknowledged
 
 
 class ConsumerGone(Exception):
@@ -428,6 +439,11 @@ class JetStream:
         """Up to limit stored messages of a stream from start_seq on, in order (batched direct get)."""
         return await self._direct_batch({"seq": start_seq, "batch": limit}, limit, stream)
 
+    async def read_matching(self, stream: str, subject_filter: str, start_seq: int, limit: int) -> list[StoredMsg]:
+        """Up to limit messages of a stream matching the filter, from start_seq on, in order (batched direct get)."""
+        body = {"seq": start_seq, "next_by_subj": subject_filter, "batch": limit}
+        return await self._direct_batch(body, limit, stream)
+
     async def read_through(
         self, stream: str, start_seq: int, last_seq: int, max_messages: int | None = None
     ) -> list[StoredMsg]:
@@ -530,6 +546,28 @@ class JetStream:
                 return 0
             raise StoreUnavailable(f"cannot read consumer {name}: {err[1]} ({err[0]})")
         return int(reply.get("ack_floor", {}).get("stream_seq", 0))
+
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        """Every consumer of a stream, with its filter, ack floor and the messages it still holds (paged list)."""
+        out: list[ConsumerState] = []
+        for _ in range(_MAX_PAGES):
+            reply = await self.api(f"CONSUMER.LIST.{stream}", {"offset": len(out)})
+            err = _api_error(reply)
+            if err is not None:
+                raise StoreUnavailable(f"cannot list the consumers of {stream}: {err[1]} ({err[0]})")
+            page = reply.get("consumers") or []
+            out.extend(
+                ConsumerState(
+                    name=str(info.get("name", "")),
+                    filter_subject=str(info.get("config", {}).get("filter_subject", "")),
+                    ack_floor=int(info.get("ack_floor", {}).get("stream_seq", 0)),
+                    waiting=int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0)),
+                )
+                for info in page
+            )
+            if not page or len(out) >= int(reply.get("total", 0)):
+                break
+        return out
 
     async def reset_consumer(self, agency_id: str, lane: Lane) -> ConsumerReset:
         """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog.

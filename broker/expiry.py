@@ -1,0 +1,235 @@
+"""The expiry worker: a delivery that expires while its room is away is reported to its sender at its time.
+
+A room's session drops the expired deliveries it pulls (broker.sessions). This worker covers the
+rooms without a session: every hub replica runs it, and every CHECK_INTERVAL it
+
+1. reads the last session record of every agency (one batched read) and leaves out the rooms
+   that are online (their session drops what expires, in stream order, as it reaches it);
+2. lists the delivery consumers of both lanes (one request per lane) for the ack floor and the
+   count of deliveries each still holds (and creates those of registered rooms that never
+   connected, which have none yet: a consumer delivers everything stored for it, whenever made);
+3. for a room away, reads the deliveries above the ack floor it has not read yet (at most
+   SCAN_BATCH per room and lane per pass; nothing when the consumer's count did not change)
+   and keeps, in memory, the stream sequence and expiry of each (Backlog);
+4. for each one whose expiry passed, writes the sender's DELIVERY_EXPIRED notice.
+
+Nothing is added to the publish path: the expiry travels in the delivery's header already. The
+notice is the same message a session writes when it drops the delivery (receipts.expiry_notice:
+its subject is written once, ever), so replicas that run the same check, a restarted replica
+that checks again, and the room's session when it comes back all store it once, and the
+sender hears of it once. The worker never acknowledges anything on a consumer (ack policy
+*all* would acknowledge the undelivered deliveries before it too): the expired delivery stays
+with the consumer until the room's next session drops it and records the drop. Receipts say
+EXPIRED from the expiry on, whether or not that happened yet.
+
+After a restart the worker starts from the ack floors again: what it kept in memory is only a
+cache of what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from opsroom.store.v1 import store_pb2
+
+from broker import receipts
+from broker.committer import Committer, GroupResult, Outcome
+from broker.errors import OpsroomError
+from broker.lanes import LANES, Lane
+from broker.layout import SENDER_HEADER
+from broker.logging import get_logger
+from broker.metrics import Metrics
+from broker.transport.jetstream import JetStream, OutMsg
+
+log = get_logger(__name__)
+
+CHECK_INTERVAL = 1.0  # seconds between passes: an expired delivery of a room away is noticed within about this
+SCAN_BATCH = 1000  # deliveries read per room and lane per pass
+MAX_TRACKED = 100_000  # deliveries whose expiry a replica keeps in memory, over every room away (about 10 MB)
+MAX_AGENCIES = 10_000  # session records read per pass
+
+
+class Backlog:
+    """What the worker knows of one room's consumer on one lane: how far it read, and the expiries not yet due (pure).
+
+    Stream sequences above the ack floor only; entries at or below a new floor are forgotten.
+    """
+
+    def __init__(self) -> None:
+        """Nothing read yet."""
+        self.cursor = 0  # the last stream sequence read (or the ack floor, if higher)
+        self.ack_floor = 0
+        self.waiting = -1  # the consumer's count when reading last reached the end; -1: read again
+        self._due: list[tuple[int, int]] = []  # heap of (expires ns, stream sequence)
+
+    def __len__(self) -> int:
+        """Deliveries whose expiry is kept."""
+        return len(self._due)
+
+    def floor(self, ack_floor: int) -> None:
+        """The consumer's ack floor now: nothing at or below it is waiting any more."""
+        if ack_floor > self.ack_floor:
+            self.ack_floor = ack_floor
+            self.waiting = -1
+            if self._due and self._due[0][1] <= ack_floor:
+                self._due = [entry for entry in self._due if entry[1] > ack_floor]
+                heapq.heapify(self._due)
+        self.cursor = max(self.cursor, ack_floor)
+
+    def needs_reading(self, waiting: int) -> bool:
+        """Whether there may be deliveries not read yet, the consumer now holding waiting of them."""
+        return waiting != self.waiting
+
+    def read(self, seq: int, expires_ns: int) -> None:
+        """A delivery read at seq, expiring at expires_ns (0: never); one at or before the cursor was read already."""
+        if seq <= self.cursor:
+            return
+        self.cursor = seq
+        if expires_ns > 0:
+            heapq.heappush(self._due, (expires_ns, seq))
+
+    def read_to_end(self, waiting: int) -> None:
+        """Reading reached the last delivery stored while the consumer held waiting."""
+        self.waiting = waiting
+
+    def due(self, now_ns: int) -> list[int]:
+        """The stream sequences, in order of expiry, of the deliveries expired at now_ns; forgotten from here on."""
+        out: list[int] = []
+        while self._due and self._due[0][0] < now_ns:
+            _expires, seq = heapq.heappop(self._due)
+            if seq > self.ack_floor:
+                out.append(seq)
+        return out
+
+
+class Expirer:
+    """The expiry worker of one hub replica (run() under the hub's supervisor)."""
+
+    def __init__(
+        self,
+        js: JetStream,
+        committer: Committer,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        *,
+        agencies: Callable[[], Iterable[str]],
+        presence_timeout: float,
+        interval: float = CHECK_INTERVAL,
+    ) -> None:
+        """A worker writing notices through committer, for the rooms agencies() names (those registered now).
+
+        A room silent for presence_timeout seconds is away.
+        """
+        self._agencies = agencies
+        self._js = js
+        self._committer = committer
+        self._metrics = metrics
+        self._clock = clock
+        self._presence_timeout = presence_timeout
+        self._interval = interval
+        self._rooms: dict[tuple[str, Lane], Backlog] = {}
+        self._full_logged = False
+
+    async def run(self) -> None:
+        """A pass every interval, until cancelled; store errors are logged and the next pass tries again."""
+        while True:
+            try:
+                await self.check()
+            except OpsroomError as exc:
+                log.warning("expiry_check_failed", reason=exc.reason.name)
+            await asyncio.sleep(self._interval)
+
+    def tracked(self) -> int:
+        """Deliveries whose expiry this worker keeps in memory."""
+        return sum(len(backlog) for backlog in self._rooms.values())
+
+    async def check(self) -> int:
+        """One pass over the rooms away; returns how many notices it stored (not counting those stored before)."""
+        now = self._clock()
+        now_ns = int(now.timestamp() * 1e9)
+        online = await self._online(now)
+        layout = self._js.layout
+        looked_at: set[tuple[str, Lane]] = set()
+        expired: list[tuple[str, Lane, int]] = []
+        for lane in LANES:
+            consumed: set[str] = set()
+            for consumer in await self._js.consumers(self._js.stream_of(lane)):
+                try:
+                    agency, consumer_lane, _ = layout.parse_delivery(consumer.filter_subject)
+                except ValueError:
+                    continue  # not a room's delivery consumer (the escalation worker's, say)
+                consumed.add(agency)
+                if consumer_lane is not lane or agency in online or consumer.waiting == 0:
+                    continue
+                key = (agency, lane)
+                looked_at.add(key)
+                backlog = self._rooms.setdefault(key, Backlog())
+                backlog.floor(consumer.ack_floor)
+                if backlog.needs_reading(consumer.waiting):
+                    await self._read(agency, lane, backlog, consumer.waiting)
+                expired.extend((agency, lane, seq) for seq in backlog.due(now_ns))
+            for agency in sorted(set(self._agencies()) - consumed):  # looked at from the next pass on
+                await self._js.ensure_consumer(agency, lane)
+        for key in set(self._rooms) - looked_at:  # online again, or nothing waiting: its session's business
+            del self._rooms[key]
+        return await self._notify(expired, now) if expired else 0
+
+    async def _online(self, now: datetime) -> set[str]:
+        """The agencies whose last session record says they are online."""
+        records = await self._js.last_per_subject(self._js.layout.sessions_filter, limit=MAX_AGENCIES)
+        online: set[str] = set()
+        for stored in records:
+            record = store_pb2.SessionRecord.FromString(stored.data)
+            if receipts.presence(record, now, self._presence_timeout)[0]:
+                online.add(self._js.layout.parse_session(stored.subject))
+        return online
+
+    async def _read(self, agency: str, lane: Lane, backlog: Backlog, waiting: int) -> None:
+        """Read the room's deliveries after the cursor (a batch, within the memory bound) and keep their expiries."""
+        room = MAX_TRACKED - self.tracked()
+        if room <= 0:
+            if not self._full_logged:
+                log.warning("expiry_tracking_full", count=MAX_TRACKED)
+                self._full_logged = True
+            return
+        self._full_logged = False
+        limit = min(SCAN_BATCH, room)
+        stream = self._js.stream_of(lane)
+        batch = await self._js.read_matching(
+            stream, self._js.layout.deliveries_of_agency(agency, lane), backlog.cursor + 1, limit
+        )
+        for stored in batch:
+            backlog.read(stored.seq, receipts.expires_ns(stored.headers))
+        if len(batch) < limit:
+            backlog.read_to_end(waiting)
+
+    async def _notify(self, expired: list[tuple[str, Lane, int]], now: datetime) -> int:
+        """Write the notices of these expired deliveries (each once, ever); returns how many were new."""
+        layout = self._js.layout
+        notices: list[tuple[str, Lane, str, OutMsg]] = []
+        for agency, lane, seq in expired:
+            stored = await self._js.next_by_subject(
+                layout.deliveries_of_agency(agency, lane), seq, stream=self._js.stream_of(lane)
+            )
+            sender = stored.headers.get(SENDER_HEADER, "") if stored is not None else ""
+            if stored is None or stored.seq != seq or not sender:
+                continue  # gone meanwhile (the stream's max_age), or not a room's delivery
+            dist = layout.parse_delivery(stored.subject)[2]
+            notices.append((agency, lane, dist, receipts.expiry_notice(layout, sender, dist, agency, now)))
+        pending = [await self._committer.enqueue([notice]) for *_, notice in notices]
+        results: list[GroupResult | BaseException] = await asyncio.gather(*pending, return_exceptions=True)
+        new = 0
+        for (agency, lane, dist, _), result in zip(notices, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, OpsroomError):
+                    raise result
+                log.warning("expiry_notice_failed", agency=agency, reason=result.reason.name)
+                self._rooms.pop((agency, lane), None)  # read again from the ack floor next pass
+            elif result.outcome is Outcome.STORED:
+                new += 1
+                self._metrics.expired.labels(agency).inc()
+                log.info("delivery_expired", agency=agency, distribution_id=dist, lane=lane.value)
+        return new

@@ -8,10 +8,14 @@ rooms without a session: every hub replica runs it, and every CHECK_INTERVAL it
 2. lists the delivery consumers of both lanes (one request per lane) for the ack floor and the
    count of deliveries each still holds (and creates those of registered rooms that never
    connected, which have none yet: a consumer delivers everything stored for it, whenever made);
-3. for a room away, reads the deliveries above the ack floor it has not read yet (at most
-   SCAN_BATCH per room and lane per pass; nothing when the consumer's count did not change)
-   and keeps, in memory, the stream sequence and expiry of each (Backlog);
-4. for each one whose expiry passed, writes the sender's DELIVERY_EXPIRED notice.
+3. for a room away, reads the deliveries above the ack floor it has not read yet (nothing when
+   the consumer's count did not change) and keeps, in memory, the stream sequence and expiry
+   of each (Backlog);
+4. for each one whose expiry passed, writes the sender's DELIVERY_EXPIRED notice, unless it is
+   stored already.
+
+A pass does a bounded amount of work (SCAN_PER_PASS reads, NOTICES_PER_PASS notices); a larger
+backlog is taken up over the following passes.
 
 Nothing is added to the publish path: the expiry travels in the delivery's header already. The
 notice is the same message a session writes when it drops the delivery (receipts.expiry_notice:
@@ -47,9 +51,15 @@ from broker.transport.jetstream import JetStream, OutMsg
 log = get_logger(__name__)
 
 CHECK_INTERVAL = 1.0  # seconds between passes: an expired delivery of a room away is noticed within about this
-SCAN_BATCH = 1000  # deliveries read per room and lane per pass
+# A pass's work is bounded so that it never holds the hub's event loop for long: reading a
+# delivery costs the hub about 0.2 ms of CPU (mostly nats-py parsing its headers), a notice
+# about 0.5 ms (the delivery read back, the notice looked up, then written). See bench/expiry.py.
+SCAN_PER_PASS = 500  # deliveries read per pass, over every room away
+SCAN_PER_ROOM = 250  # deliveries of one room and lane read per pass
+NOTICES_PER_PASS = 250  # expired deliveries dealt with per pass; the others wait for the next
 MAX_TRACKED = 100_000  # deliveries whose expiry a replica keeps in memory, over every room away (about 10 MB)
 MAX_AGENCIES = 10_000  # session records read per pass
+READS_IN_FLIGHT = 64  # expired deliveries read back at once (for their sender and id)
 
 
 class Backlog:
@@ -95,10 +105,10 @@ class Backlog:
         """Reading reached the last delivery stored while the consumer held waiting."""
         self.waiting = waiting
 
-    def due(self, now_ns: int) -> list[int]:
-        """The stream sequences, in order of expiry, of the deliveries expired at now_ns; forgotten from here on."""
+    def due(self, now_ns: int, limit: int) -> list[int]:
+        """Up to limit stream sequences, in order of expiry, of deliveries expired at now_ns; forgotten from here on."""
         out: list[int] = []
-        while self._due and self._due[0][0] < now_ns:
+        while self._due and self._due[0][0] < now_ns and len(out) < limit:
             _expires, seq = heapq.heappop(self._due)
             if seq > self.ack_floor:
                 out.append(seq)
@@ -131,6 +141,7 @@ class Expirer:
         self._presence_timeout = presence_timeout
         self._interval = interval
         self._rooms: dict[tuple[str, Lane], Backlog] = {}
+        self._turn = 0  # where the rooms' turns start this pass
         self._full_logged = False
 
     async def run(self) -> None:
@@ -147,13 +158,36 @@ class Expirer:
         return sum(len(backlog) for backlog in self._rooms.values())
 
     async def check(self) -> int:
-        """One pass over the rooms away; returns how many notices it stored (not counting those stored before)."""
+        """One pass over the rooms away; returns how many notices it stored (not counting those stored before).
+
+        A pass reads at most SCAN_PER_PASS deliveries (SCAN_PER_ROOM of one room and lane; the rooms
+        take turns) and deals with at most NOTICES_PER_PASS expired ones: the rest wait for the next
+        pass, so that a large backlog never holds the hub's event loop for long.
+        """
         now = self._clock()
         now_ns = int(now.timestamp() * 1e9)
+        away = await self._away(now)
+        self._turn = (self._turn + 1) % max(1, len(away))
+        reads = SCAN_PER_PASS
+        expired: list[tuple[str, Lane, int]] = []
+        for key, ack_floor, waiting in away[self._turn :] + away[: self._turn]:
+            backlog = self._rooms.setdefault(key, Backlog())
+            backlog.floor(ack_floor)
+            if reads > 0 and backlog.needs_reading(waiting):
+                reads -= await self._read(key, backlog, waiting, min(reads, SCAN_PER_ROOM))
+            expired.extend((*key, seq) for seq in backlog.due(now_ns, NOTICES_PER_PASS - len(expired)))
+        for key in set(self._rooms) - {key for key, _, _ in away}:  # online again, or nothing waiting
+            del self._rooms[key]
+        return await self._notify(expired, now) if expired else 0
+
+    async def _away(self, now: datetime) -> list[tuple[tuple[str, Lane], int, int]]:
+        """((agency, lane), ack floor, deliveries waiting) of each consumer of a room away that holds any.
+
+        Registered rooms without a consumer (they never connected) get one, looked at from the next pass on.
+        """
         online = await self._online(now)
         layout = self._js.layout
-        looked_at: set[tuple[str, Lane]] = set()
-        expired: list[tuple[str, Lane, int]] = []
+        away: list[tuple[tuple[str, Lane], int, int]] = []
         for lane in LANES:
             consumed: set[str] = set()
             for consumer in await self._js.consumers(self._js.stream_of(lane)):
@@ -162,20 +196,11 @@ class Expirer:
                 except ValueError:
                     continue  # not a room's delivery consumer (the escalation worker's, say)
                 consumed.add(agency)
-                if consumer_lane is not lane or agency in online or consumer.waiting == 0:
-                    continue
-                key = (agency, lane)
-                looked_at.add(key)
-                backlog = self._rooms.setdefault(key, Backlog())
-                backlog.floor(consumer.ack_floor)
-                if backlog.needs_reading(consumer.waiting):
-                    await self._read(agency, lane, backlog, consumer.waiting)
-                expired.extend((agency, lane, seq) for seq in backlog.due(now_ns))
-            for agency in sorted(set(self._agencies()) - consumed):  # looked at from the next pass on
+                if consumer_lane is lane and agency not in online and consumer.waiting > 0:
+                    away.append(((agency, lane), consumer.ack_floor, consumer.waiting))
+            for agency in sorted(set(self._agencies()) - consumed):
                 await self._js.ensure_consumer(agency, lane)
-        for key in set(self._rooms) - looked_at:  # online again, or nothing waiting: its session's business
-            del self._rooms[key]
-        return await self._notify(expired, now) if expired else 0
+        return away
 
     async def _online(self, now: datetime) -> set[str]:
         """The agencies whose last session record says they are online."""
@@ -187,16 +212,16 @@ class Expirer:
                 online.add(self._js.layout.parse_session(stored.subject))
         return online
 
-    async def _read(self, agency: str, lane: Lane, backlog: Backlog, waiting: int) -> None:
-        """Read the room's deliveries after the cursor (a batch, within the memory bound) and keep their expiries."""
-        room = MAX_TRACKED - self.tracked()
-        if room <= 0:
+    async def _read(self, key: tuple[str, Lane], backlog: Backlog, waiting: int, limit: int) -> int:
+        """Read up to limit of the room's deliveries after the cursor (within the memory bound); returns how many."""
+        limit = min(limit, MAX_TRACKED - self.tracked())
+        if limit <= 0:
             if not self._full_logged:
                 log.warning("expiry_tracking_full", count=MAX_TRACKED)
                 self._full_logged = True
-            return
+            return 0
         self._full_logged = False
-        limit = min(SCAN_BATCH, room)
+        agency, lane = key
         stream = self._js.stream_of(lane)
         batch = await self._js.read_matching(
             stream, self._js.layout.deliveries_of_agency(agency, lane), backlog.cursor + 1, limit
@@ -205,20 +230,35 @@ class Expirer:
             backlog.read(stored.seq, receipts.expires_ns(stored.headers))
         if len(batch) < limit:
             backlog.read_to_end(waiting)
+        return len(batch)
 
     async def _notify(self, expired: list[tuple[str, Lane, int]], now: datetime) -> int:
-        """Write the notices of these expired deliveries (each once, ever); returns how many were new."""
+        """Write the notices of these expired deliveries not stored yet; returns how many were new.
+
+        Each delivery is read back (for its sender and id) and its notice looked up first: after
+        a restart, or on a second replica, most were stored already, and a read costs nats-server
+        no fsync where a refused write would (and a batch holding one would be written again
+        message by message).
+        """
         layout = self._js.layout
         notices: list[tuple[str, Lane, str, OutMsg]] = []
-        for agency, lane, seq in expired:
-            stored = await self._js.next_by_subject(
-                layout.deliveries_of_agency(agency, lane), seq, stream=self._js.stream_of(lane)
+        for start in range(0, len(expired), READS_IN_FLIGHT):
+            chunk = expired[start : start + READS_IN_FLIGHT]
+            found = await asyncio.gather(
+                *(
+                    self._js.next_by_subject(layout.deliveries_of_agency(a, lane), seq, stream=self._js.stream_of(lane))
+                    for a, lane, seq in chunk
+                )
             )
-            sender = stored.headers.get(SENDER_HEADER, "") if stored is not None else ""
-            if stored is None or stored.seq != seq or not sender:
-                continue  # gone meanwhile (the stream's max_age), or not a room's delivery
-            dist = layout.parse_delivery(stored.subject)[2]
-            notices.append((agency, lane, dist, receipts.expiry_notice(layout, sender, dist, agency, now)))
+            candidates = []
+            for (agency, lane, seq), stored in zip(chunk, found, strict=True):
+                sender = stored.headers.get(SENDER_HEADER, "") if stored is not None else ""
+                if stored is None or stored.seq != seq or not sender:
+                    continue  # gone meanwhile (the stream's max_age), or not a room's delivery
+                dist = layout.parse_delivery(stored.subject)[2]
+                candidates.append((agency, lane, dist, receipts.expiry_notice(layout, sender, dist, agency, now)))
+            there = await asyncio.gather(*(self._js.last_by_subject(notice.subject) for *_, notice in candidates))
+            notices.extend(c for c, stored in zip(candidates, there, strict=True) if stored is None)
         pending = [await self._committer.enqueue([notice]) for *_, notice in notices]
         results: list[GroupResult | BaseException] = await asyncio.gather(*pending, return_exceptions=True)
         new = 0

@@ -16,10 +16,10 @@ def test_due_gives_the_expired_in_order_of_expiry_once() -> None:
     backlog.read(10, 30 * S)
     backlog.read(11, 10 * S)
     backlog.read(12, 20 * S)
-    assert [] == backlog.due(10 * S)  # expires at 10 s: not before now > 10 s (as a session judges it)
-    assert [11, 12] == backlog.due(25 * S)
-    assert [] == backlog.due(25 * S)
-    assert [10] == backlog.due(31 * S)
+    assert [] == backlog.due(10 * S, 1000)  # expires at 10 s: not before now > 10 s (as a session judges it)
+    assert [11, 12] == backlog.due(25 * S, 1000)
+    assert [] == backlog.due(25 * S, 1000)
+    assert [10] == backlog.due(31 * S, 1000)
     assert 0 == len(backlog)
 
 
@@ -36,11 +36,20 @@ def test_a_new_ack_floor_forgets_what_is_at_or_below_it_and_moves_the_cursor() -
     for seq in (10, 11, 12):
         backlog.read(seq, seq * S)
     backlog.floor(11)
-    assert [12] == backlog.due(100 * S)
+    assert [12] == backlog.due(100 * S, 1000)
     backlog.floor(40)
     assert 40 == backlog.cursor
     backlog.read(3, 1 * S)  # below the floor: never due
-    assert [] == backlog.due(100 * S)
+    assert [] == backlog.due(100 * S, 1000)
+
+
+def test_due_gives_at_most_limit_and_keeps_the_rest() -> None:
+    """A pass deals with a bounded number: the later-expiring wait for the next one."""
+    backlog = Backlog()
+    for seq in (1, 2, 3):
+        backlog.read(seq, seq * S)
+    assert [1, 2] == backlog.due(10 * S, 2)
+    assert [3] == backlog.due(10 * S, 2)
 
 
 def test_a_delivery_read_again_is_kept_once() -> None:
@@ -49,7 +58,7 @@ def test_a_delivery_read_again_is_kept_once() -> None:
     backlog.read(8, 5 * S)
     backlog.read(8, 5 * S)
     backlog.read(7, 5 * S)
-    assert [8] == backlog.due(6 * S)
+    assert [8] == backlog.due(6 * S, 1000)
 
 
 def test_reading_again_is_needed_when_the_consumers_count_changes_or_the_floor_moves() -> None:
@@ -79,4 +88,4 @@ def test_due_is_exactly_the_expired_above_the_floor(expiries: dict[int, int], fl
     for seq in sorted(expiries):
         backlog.read(seq, expiries[seq])
     expected = sorted((e, s) for s, e in expiries.items() if e and s > floor and e < now)
-    assert [s for _, s in expected] == backlog.due(now)
+    assert [s for _, s in expected] == backlog.due(now, 1000)

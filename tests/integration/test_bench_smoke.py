@@ -52,3 +52,12 @@ def test_lanes_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert 1 == len(data["urgent"]["runs"]["alone"]) == len(data["urgent"]["runs"]["flood"])
     assert data["urgent"]["runs"]["flood"][0]["bulk_per_s"] > 0
     assert (300, 1.0, 0.0) == (data["replay"]["events"], data["replay"]["in_order"], data["replay"]["duplicates"])
+
+
+def test_expiry_benchmark_runs_and_reports() -> None:
+    """bench/expiry.py scans rooms away, writes the notices of what expired, and a second worker writes none again."""
+    result = bench("expiry.py", "--quick")
+    assert 0 == result.returncode, result.stderr
+    assert "1. first scan:" in result.stdout
+    assert "4. expiries: 500 notices stored" in result.stdout
+    assert "0 notices new (expected 0)" in result.stdout

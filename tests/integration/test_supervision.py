@@ -20,8 +20,9 @@ from broker.committer import Committer
 from broker.edge import SERVICE
 from broker.embedded import NatsServer, free_port
 from broker.escalation import Escalator
+from broker.expiry import Expirer
 from broker.logging import drop_unlisted_keys, traceback_without_values
-from broker.supervisor import Failure
+from broker.supervisor import RETURNED, Failure
 from broker.testing import local_hub
 from tests import factories as f
 from tests.faults.hubconf import write_hub_toml
@@ -50,6 +51,14 @@ def failing_escalator(go: asyncio.Event) -> Callable[[Escalator], Coroutine[Any,
     return run
 
 
+def failing_expirer(go: asyncio.Event) -> Callable[[Expirer], Coroutine[Any, Any, None]]:
+    async def run(_self: Expirer) -> None:
+        await go.wait()
+        # A worker loop that ends without an error leaves the hub without it just the same.
+
+    return run
+
+
 def failing_bulk_committer(go: asyncio.Event) -> Callable[[Committer], Coroutine[Any, Any, None]]:
     original = Committer.run
 
@@ -68,6 +77,7 @@ def failing_bulk_committer(go: asyncio.Event) -> Callable[[Committer], Coroutine
     [
         pytest.param("escalations", Escalator, failing_escalator, id="escalation-worker"),
         pytest.param("committer-bulk", Committer, failing_bulk_committer, id="bulk-commit-loop"),
+        pytest.param("expiries", Expirer, failing_expirer, id="expiry-worker-returns"),
     ],
 )
 async def test_a_dead_background_task_stops_the_hub(
@@ -77,8 +87,8 @@ async def test_a_dead_background_task_stops_the_hub(
     target: type,
     failing: Callable[[asyncio.Event], Callable[..., Coroutine[Any, Any, None]]],
 ) -> None:
-    """The worker raises while the hub serves: health goes SERVING -> NOT_SERVING, one background_task_failed line
-    names the task and the error type (not its message), and the hub stops by itself (wait() returns).
+    """The worker raises (or returns) while the hub serves: health goes SERVING -> NOT_SERVING, one
+    background_task_failed line names the task and the error type (not its message), and the hub stops by itself.
     """
     go = asyncio.Event()
     monkeypatch.setattr(target, "run", failing(go))
@@ -106,9 +116,10 @@ async def test_a_dead_background_task_stops_the_hub(
 
         serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         assert [serving, not_serving] == statuses
-        assert Failure(task, "RuntimeError") == env.hub.failure
+        error_type = RETURNED if task == "expiries" else "RuntimeError"
+        assert Failure(task, error_type) == env.hub.failure
         failed = [e for e in logs if e["event"] == "background_task_failed"]
-        assert [(task, "RuntimeError")] == [(e["task"], e["error_type"]) for e in failed]
+        assert [(task, error_type)] == [(e["task"], e["error_type"]) for e in failed]
         assert f.CALLER_SURNAME not in rendered(failed[0])
         events = [e["event"] for e in logs]
         assert events.index("background_task_failed") < events.index("hub_draining") < events.index("hub_stopped")

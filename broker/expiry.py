@@ -57,7 +57,7 @@ CHECK_INTERVAL = 1.0  # seconds between passes: an expired delivery of a room aw
 SCAN_PER_PASS = 500  # deliveries read per pass, over every room away
 SCAN_PER_ROOM = 250  # deliveries of one room and lane read per pass
 NOTICES_PER_PASS = 250  # expired deliveries dealt with per pass; the others wait for the next
-MAX_TRACKED = 100_000  # deliveries whose expiry a replica keeps in memory, over every room away (about 10 MB)
+MAX_TRACKED = 100_000  # deliveries whose expiry a replica keeps in memory, over every room away (about 14 MB)
 MAX_AGENCIES = 10_000  # session records read per pass
 READS_IN_FLIGHT = 64  # expired deliveries read back at once (for their sender and id)
 

@@ -3,11 +3,12 @@
 A room's session drops the expired deliveries it pulls (broker.sessions). This worker covers the
 rooms without a session: every hub replica runs it, and every CHECK_INTERVAL it
 
-1. reads the last session record of every agency (one batched read) and leaves out the rooms
-   that are online (their session drops what expires, in stream order, as it reaches it);
-2. lists the delivery consumers of both lanes (one request per lane) for the ack floor and the
+1. lists the delivery consumers of both lanes (one request per lane) for the ack floor and the
    count of deliveries each still holds (and creates those of registered rooms that never
    connected, which have none yet: a consumer delivers everything stored for it, whenever made);
+2. reads the last session record of each room whose consumers hold deliveries (one batched
+   read) and leaves out the rooms that are online (their session drops what expires, in stream
+   order, as it reaches it);
 3. for a room away, reads the deliveries above the ack floor it has not read yet (nothing when
    the consumer's count did not change) and keeps, in memory, the stream sequence and expiry
    of each (Backlog);
@@ -58,7 +59,7 @@ SCAN_PER_PASS = 500  # deliveries read per pass, over every room away
 SCAN_PER_ROOM = 250  # deliveries of one room and lane read per pass
 NOTICES_PER_PASS = 250  # expired deliveries dealt with per pass; the others wait for the next
 MAX_TRACKED = 100_000  # deliveries whose expiry a replica keeps in memory, over every room away (about 14 MB)
-MAX_AGENCIES = 10_000  # session records read per pass
+SESSIONS_PER_READ = 1000  # session records read at once (nats-server answers at most 1,024)
 READS_IN_FLIGHT = 64  # expired deliveries read back at once (for their sender and id)
 
 
@@ -185,9 +186,8 @@ class Expirer:
 
         Registered rooms without a consumer (they never connected) get one, looked at from the next pass on.
         """
-        online = await self._online(now)
         layout = self._js.layout
-        away: list[tuple[tuple[str, Lane], int, int]] = []
+        holding: list[tuple[tuple[str, Lane], int, int]] = []
         for lane in LANES:
             consumed: set[str] = set()
             for consumer in await self._js.consumers(self._js.stream_of(lane)):
@@ -196,20 +196,23 @@ class Expirer:
                 except ValueError:
                     continue  # not a room's delivery consumer (the escalation worker's, say)
                 consumed.add(agency)
-                if consumer_lane is lane and agency not in online and consumer.waiting > 0:
-                    away.append(((agency, lane), consumer.ack_floor, consumer.waiting))
+                if consumer_lane is lane and consumer.waiting > 0:
+                    holding.append(((agency, lane), consumer.ack_floor, consumer.waiting))
             for agency in sorted(set(self._agencies()) - consumed):
                 await self._js.ensure_consumer(agency, lane)
-        return away
+        online = await self._online(sorted({agency for (agency, _), _, _ in holding}), now)
+        return [entry for entry in holding if entry[0][0] not in online]
 
-    async def _online(self, now: datetime) -> set[str]:
-        """The agencies whose last session record says they are online."""
-        records = await self._js.last_per_subject(self._js.layout.sessions_filter, limit=MAX_AGENCIES)
+    async def _online(self, agencies: list[str], now: datetime) -> set[str]:
+        """Those of the agencies whose last session record says they are online (a read per 1,000 agencies)."""
+        layout = self._js.layout
         online: set[str] = set()
-        for stored in records:
-            record = store_pb2.SessionRecord.FromString(stored.data)
-            if receipts.presence(record, now, self._presence_timeout)[0]:
-                online.add(self._js.layout.parse_session(stored.subject))
+        for start in range(0, len(agencies), SESSIONS_PER_READ):
+            chunk = agencies[start : start + SESSIONS_PER_READ]
+            for stored in await self._js.last_of_each([layout.session_subject(a) for a in chunk]):
+                record = store_pb2.SessionRecord.FromString(stored.data)
+                if receipts.presence(record, now, self._presence_timeout)[0]:
+                    online.add(layout.parse_session(stored.subject))
         return online
 
     async def _read(self, key: tuple[str, Lane], backlog: Backlog, waiting: int, limit: int) -> int:

@@ -435,6 +435,14 @@ class JetStream:
         """The last message of every subject matching the filter (batched direct get)."""
         return await self._direct_batch({"multi_last": [subject_filter], "batch": limit}, limit, stream)
 
+    async def last_of_each(self, subjects: Sequence[str], stream: str = "") -> list[StoredMsg]:
+        """The last message of each of these subjects that has one (batched direct get; at most 1,000 subjects)."""
+        if len(subjects) > 1000:
+            raise ValueError("at most 1,000 subjects per read (nats-server answers more results with status 413)")
+        if not subjects:
+            return []
+        return await self._direct_batch({"multi_last": list(subjects), "batch": len(subjects)}, len(subjects), stream)
+
     async def read_range(self, stream: str, start_seq: int, limit: int = 1000) -> list[StoredMsg]:
         """Up to limit stored messages of a stream from start_seq on, in order (batched direct get)."""
         return await self._direct_batch({"seq": start_seq, "batch": limit}, limit, stream)

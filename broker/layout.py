@@ -36,18 +36,6 @@ EXPIRES_HEADER = "Opsroom-Expires"  # nanoseconds since the epoch: not delivered
 HUB_AGENCY = "opsroom.hub"
 
 
-def subject_matches(pattern: str, subject: str) -> bool:
-    """Whether a NATS subject matches a filter ("*" one token, ">" the rest)."""
-    want = pattern.split(".")
-    have = subject.split(".")
-    for i, part in enumerate(want):
-        if part == ">":
-            return len(have) > i
-        if i >= len(have) or (part not in ("*", have[i])):
-            return False
-    return len(want) == len(have)
-
-
 @dataclass(frozen=True)
 class Layout:
     """Subject and name scheme under one prefix."""

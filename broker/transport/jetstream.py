@@ -26,7 +26,7 @@ from nats.errors import Error as NatsError
 from broker.config import NatsConfig
 from broker.errors import StoreFull, StoreUnavailable
 from broker.lanes import Lane
-from broker.layout import Layout, subject_matches
+from broker.layout import Layout
 from broker.logging import get_logger
 
 log = get_logger(__name__)
@@ -42,9 +42,8 @@ ERR_STREAM_NAME_IN_USE = 10058
 ERR_CONSUMER_EXISTS = 10148
 ERR_CONSUMER_EXISTS_OLD = 10013
 _FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, max bytes, max msgs
-# A batched direct get of the last message per subject returns at most this many (nats-server 2.15),
-# else status 413.
-MULTI_LAST_LIMIT = 1024
+# A batched direct get of the last message per subject matching more subjects than nats-server
+# returns at once (1,024 in 2.15) answers status 413.
 _TOO_MANY_RESULTS = "413"
 _MAX_PAGES = 1000  # of a paged JetStream listing (256 items a page)
 
@@ -427,13 +426,18 @@ class JetStream:
         return await self._direct_get(body, stream)
 
     async def _direct_get(self, body: dict[str, Any], stream: str = "") -> StoredMsg | None:
+        return (await self._direct_get_status(body, stream))[0]
+
+    async def _direct_get_status(self, body: dict[str, Any], stream: str = "") -> tuple[StoredMsg | None, str]:
+        """The first message a direct get answers, or None and the status it answered instead ("404": none)."""
         try:
             msg = await self.nc.request(
                 f"{self._api}.DIRECT.GET.{stream or self.cfg.stream}", json.dumps(body).encode(), timeout=5
             )
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
-        return _stored(msg)
+        stored = _stored(msg)
+        return stored, "" if stored is not None else (msg.headers or {}).get("Status", "")
 
     async def last_per_subject(self, subject_filter: str, limit: int = 1000, stream: str = "") -> list[StoredMsg]:
         """The last message of every subject matching the filter (batched direct get)."""
@@ -471,16 +475,9 @@ class JetStream:
         return out
 
     async def _direct_batch(self, body: dict[str, Any], limit: int, stream: str = "") -> list[StoredMsg]:
-        return (await self._direct_batch_status(body, limit, stream))[0]
-
-    async def _direct_batch_status(
-        self, body: dict[str, Any], limit: int, stream: str = ""
-    ) -> tuple[list[StoredMsg], str]:
-        """The messages of a batched direct get and the status that ended it ("204" end of batch, "404", "413"...)."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         out: list[StoredMsg] = []
-        status = ""
         try:
             await self.nc.publish(
                 f"{self._api}.DIRECT.GET.{stream or self.cfg.stream}", json.dumps(body).encode(), reply=inbox
@@ -489,37 +486,36 @@ class JetStream:
                 msg = await sub.next_msg(timeout=5)
                 stored = _stored(msg)
                 if stored is None:
-                    status = (msg.headers or {}).get("Status", "")
                     break
                 out.append(stored)
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
         finally:
             await sub.unsubscribe()
-        return out, status
+        return out
 
     async def claimed(self, filters: Sequence[str]) -> set[str]:
-        """The subject filters that some stored delivery matches, in either lane's stream (one read per stream).
+        """The subject filters that some stored delivery matches, in either lane's stream.
 
-        The committer asks this of every batch's claims (broker.committer) before writing it.
+        The committer asks this of every batch's claims (broker.committer) before writing it: one
+        request per stream says whether any filter matches (the common answer: none); only then
+        is each filter asked about on its own.
         """
         wanted = list(dict.fromkeys(filters))
         found = await asyncio.gather(*(self._claimed_in(wanted, self.stream_of(lane)) for lane in Lane))
         return set().union(*found)
 
-    async def _claimed_in(self, filters: list[str], stream: str, depth: int = 0) -> set[str]:
-        """claimed() in one stream; a read with more results than nats-server returns at once is split in halves."""
-        found, status = await self._direct_batch_status({"multi_last": filters}, MULTI_LAST_LIMIT, stream)
-        if status == _TOO_MANY_RESULTS and depth < 16:  # bounded: 16 halvings split 65,536 filters to one each
-            if len(filters) == 1:
-                return set(filters)  # over a thousand deliveries match it: it is taken
-            half = len(filters) // 2
-            return await self._claimed_in(filters[:half], stream, depth + 1) | await self._claimed_in(
-                filters[half:], stream, depth + 1
-            )
-        if status not in ("", "204", "404"):
+    async def _claimed_in(self, filters: list[str], stream: str) -> set[str]:
+        """claimed() in one stream."""
+        first, status = await self._direct_get_status({"multi_last": filters, "batch": 1}, stream)
+        if first is None and status == "404":
+            return set()
+        if first is None and status != _TOO_MANY_RESULTS:
             raise StoreUnavailable(f"claim lookup in {stream} answered status {status}")
-        return {f for f in filters if any(subject_matches(f, m.subject) for m in found)}
+        if len(filters) == 1:
+            return set(filters)
+        taken = await asyncio.gather(*(self._direct_get({"last_by_subj": f}, stream) for f in filters))
+        return {f for f, message in zip(filters, taken, strict=True) if message is not None}
 
     async def follow(
         self, subject_filter: str, on_message: Callable[[str, bytes], Awaitable[None]]

@@ -12,7 +12,7 @@ from tests.faults.load import PUBLISH, STREAM_LARGE, Load, Mode
 from tests.faults.procs import Processes
 from tests.faults.rig import RecordCounts, Rig, make_rig, under_load
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.soak, pytest.mark.timeout(600)]
 
 STREAM = "OPSROOM"
 # Liveness: a restarted node must have caught up with the cluster within this (generous: the machine may be loaded).

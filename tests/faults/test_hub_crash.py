@@ -10,7 +10,7 @@ from tests.faults.load import MODES, Mode
 from tests.faults.procs import Processes
 from tests.faults.rig import RecordCounts, Rig, kill_9_under_load
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.soak, pytest.mark.timeout(600)]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=str)

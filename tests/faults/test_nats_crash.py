@@ -11,7 +11,7 @@ from tests.faults.load import MODES, Mode
 from tests.faults.procs import Processes
 from tests.faults.rig import RecordCounts, Rig, kill_9_under_load
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.soak, pytest.mark.timeout(600)]
 
 # Far longer than the outage: a write in flight at the kill that waited for this instead of
 # failing at once would leave the senders without an acknowledgement for at least this long.

@@ -24,7 +24,7 @@ from tests.faults.load import MODES, Load, Mode, until
 from tests.faults.procs import Processes
 from tests.faults.rig import RecordCounts, Rig, make_rig, start_nats, under_load
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, pytest.mark.soak, pytest.mark.timeout(600)]
 
 PARTITION = 2.0  # seconds during which the hub cannot reach nats-server at all
 

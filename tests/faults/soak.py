@@ -208,18 +208,30 @@ def run_once(number: int, selection: Sequence[str], out: Path) -> tuple[int, lis
     command += [f"--basetemp={folder / 'tmp'}", f"--junitxml={junit}", *selection]
     env = {**os.environ, "OPSROOM_FAULT_COUNTS": str(counts_file)}
     with (folder / "pytest.out").open("wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # Its own session: a Ctrl-C reaches the soak only, which passes one SIGINT on (see _interrupt).
+        proc = subprocess.Popen(
+            command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             code = proc.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGINT)  # pytest tears down: every test stops its processes by PID
-            try:
-                code = proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                code = proc.wait(timeout=30)
+            code = _interrupt(proc)
+        except BaseException:  # Ctrl-C or SIGTERM of the soak: the run stops its processes before we go
+            _interrupt(proc)
+            raise
     rows: list[dict[str, Any]] = json.loads(counts_file.read_text()) if counts_file.exists() else []
     return code, rows, _failed_without_counts(junit, rows)
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> int:
+    """SIGINT a pytest run (it tears down: every test stops its processes by PID); SIGKILL if it hangs; its exit code."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        return proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=30)
 
 
 def _failed_without_counts(junit: Path, rows: list[dict[str, Any]]) -> list[str]:
@@ -236,6 +248,10 @@ def _failed_without_counts(junit: Path, rows: list[dict[str, Any]]) -> list[str]
     return failed
 
 
+def _terminated(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak; print the table; 0 if nothing failed and nothing was harmed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -245,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / ".opsroom" / "soak", help="where each run's files go")
     parser.add_argument("-k", dest="keyword", default="", help="pytest -k expression to narrow the tests")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # stop as on Ctrl-C: the current run tears down, burners stop
     out = args.out / time.strftime("%Y%m%d-%H%M%S")
     base = [*SCENARIOS, *(["-k", args.keyword] if args.keyword else [])]
     tests = collect(base) if args.rotate else {}

@@ -12,6 +12,7 @@ them leaves a part stored:
 | PL Torino | fraud in Torino | Questura | GdF (category) | 2 |
 | PL Moncalieri | fraud in Moncalieri | Questura | Carabinieri (territory), GdF (category) | 3 |
 | PL Moncalieri | fight in Moncalieri | Questura | Carabinieri (territory) | 2 |
+| PL Torino, PL Moncalieri | plate read (bulk lane) | Questura, Carabinieri | | 2 |
 
 The test knows these only to check the routing; what a room is owed comes from the hub's
 acceptance of each publish (Acceptance.recipients).
@@ -72,6 +73,11 @@ rules:
     kinds: [REPORT, UPDATE]
     payloads: [incident]
     select: territory
+  - id: plate-reads
+    from: [polizia_locale]
+    to: [questura, carabinieri]
+    kinds: [REPORT]
+    payloads: [alert]
   - id: frauds
     from: [cur, polizia_locale]
     to: [guardia_di_finanza]
@@ -82,8 +88,13 @@ rules:
 """
 
 # What each room's copy holds, as the room process writes it (tests/faults/room.py view_of):
-# c caller, n network location, p persons, v vehicle plates, t free text, m media, s staff ids.
+# c caller, n network location, p persons, v vehicle plates, t free text, m media, s staff ids;
+# an alert's view starts with "A:".
 VIEWS = {QUESTURA: "cnpvtms", CC: "cpvt", GDF: "pv"}
+ALERT_VIEWS = {QUESTURA: "A:vms", CC: "A:v"}
+# Plate reads (bulk lane): who sends them, whom they name.
+PLATE_SENDERS = (PL, PL_MONCALIERI)
+PLATE_ROOMS = (QUESTURA, CC)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.faults.agreement import VIEWS
+from tests.faults.agreement import ALERT_VIEWS, VIEWS
 from tests.faults.load import Ledger
 from tests.faults.procs import RoomLog
 
@@ -195,7 +195,8 @@ def _count_room(c: Counts, ledger: Ledger, room: str, logs: Sequence[RoomLog], h
                 c.app_duplicates += 1
                 continue
             this_process.add(d.distribution_id)
-            if d.view != VIEWS.get(room, d.view):
+            views = ALERT_VIEWS if d.view.startswith("A:") else VIEWS
+            if d.view != views.get(room, d.view):
                 wrong.append(f"{d.distribution_id} to {room}: {d.view}")
             if d.seq < last[d.incident]:
                 unordered.append(f"{d.incident} #{d.seq} after #{last[d.incident]} at {room}")

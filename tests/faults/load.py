@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
@@ -27,7 +28,7 @@ from opsroom.hub.v1 import hub_pb2
 from broker.client import HubClient, HubError, RetryPolicy, StreamPublisher, new_envelope
 from broker.ids import agency_token
 from tests import factories
-from tests.faults.agreement import case_of
+from tests.faults.agreement import PLATE_ROOMS, PLATE_SENDERS, case_of
 
 Publish = Callable[[envelope_pb2.Envelope], Awaitable[hub_pb2.Acceptance]]
 
@@ -125,14 +126,31 @@ def event(sender: str, number: int, incident: str, seq: int) -> envelope_pb2.Env
     return env
 
 
+def plates_id(sender: str, tag: str = "f") -> str:
+    """The id of a sender's chain of plate reads (the rooms check their order as an incident's)."""
+    return f"urn:opsroom:fault:plates:{tag}-{agency_token(sender)}"
+
+
+def plate_read(sender: str, chain: str, seq: int) -> envelope_pb2.Envelope:
+    """The seq-th plate read of a sender (bulk lane), naming the Questura and the Carabinieri; chain and seq as CAP parameters."""
+    body = factories.plate_read()
+    body.infos[0].parameters.extend(
+        [alert_pb2.NamedValue(name="fault-chain", value=chain), alert_pb2.NamedValue(name="fault-seq", value=str(seq))]
+    )
+    return new_envelope(
+        sender, kind=common_pb2.KIND_REPORT, recipients=PLATE_ROOMS, operator_id="OP-FAULT-1", alert=body
+    )
+
+
 @dataclass(frozen=True)
 class Sent:
     """One published event, and the rooms the agreement should route it to."""
 
     sender: str
-    incident: str
+    incident: str  # or chain of plate reads
     seq: int
     rooms: frozenset[str]
+    bulk: bool = False  # a plate read, on the bulk lane
 
 
 @dataclass
@@ -172,7 +190,7 @@ class Load:
         senders: Mapping[str, HubClient],
         mode: Mode = PUBLISH,
         *,
-        events: int = 1800,
+        events: int = 1200,
         rate: float = 300.0,
         tag: str = "f",
     ) -> None:
@@ -183,9 +201,12 @@ class Load:
         self.incidents = mode.incidents
         chains = len(self.senders) * self.incidents
         self.events = max(1, events // chains)  # per incident, at least
+        self.plate_senders = [s for s in PLATE_SENDERS if s in self.senders]
+        # Plate reads (bulk lane): a tenth as many as incident events, over the same time.
+        self.plate_events = max(self.events, chains * self.events // 10 // max(1, len(self.plate_senders)))
         self.rate = rate
         self.tag = tag
-        self.planned = chains * self.events
+        self.planned = chains * self.events + len(self.plate_senders) * self.plate_events
         self.published = 0
         self.acked = 0
         self.failed = 0
@@ -224,12 +245,17 @@ class Load:
             publishers = {s: p.publish for s, p in zip(self.senders, streams, strict=True)}
         chains = [(s, i) for s in self.senders for i in range(1, self.incidents + 1)]
         interval = len(chains) / self.rate
+        plate_interval = interval * self.events / self.plate_events
         try:
             async with asyncio.TaskGroup() as group:
                 for offset, (sender, number) in enumerate(chains):
                     spread = 0.0 if self.mode.burst else offset * interval / len(chains)
                     start = time.monotonic() + spread
-                    group.create_task(self._chain(publishers[sender], sender, number, start, interval))
+                    group.create_task(self._chain(publishers[sender], sender, number, start, interval, self.events))
+                for sender in self.plate_senders:
+                    group.create_task(
+                        self._chain(publishers[sender], sender, 0, time.monotonic(), plate_interval, self.plate_events)
+                    )
         finally:
             self.finished = True
             # A load cut short counts the wait since its last acknowledgement too.
@@ -237,19 +263,23 @@ class Load:
             for publisher in streams:
                 await close_publisher(publisher)
 
-    def _more(self, incident: str, k: int) -> bool:
-        return k < self.events or self._holding or k < self._tail_until.get(incident, 0)
+    def _more(self, incident: str, k: int, count: int) -> bool:
+        return k < count or self._holding or k < self._tail_until.get(incident, 0)
 
-    async def _chain(self, publish: Publish, sender: str, number: int, start: float, interval: float) -> None:
-        incident = incident_id(sender, number, self.tag)
-        rooms = case_of(sender, number).rooms
-        for k in range(self.events * 1000):  # bounded: a hold that never ends stops here
-            if not self._more(incident, k):
+    async def _chain(  # noqa: PLR0917 - one chain's whole description
+        self, publish: Publish, sender: str, number: int, start: float, interval: float, count: int
+    ) -> None:
+        """Publish the events of the sender's number-th incident (0: its plate reads), count at least, one after the other."""
+        plates = number == 0
+        incident = plates_id(sender, self.tag) if plates else incident_id(sender, number, self.tag)
+        rooms = frozenset(PLATE_ROOMS) if plates else case_of(sender, number).rooms
+        for k in range(count * 1000):  # bounded: a hold that never ends stops here
+            if not self._more(incident, k, count):
                 break
             await asyncio.sleep(max(0.0, start + k * interval - time.monotonic()))
             seq = self.ledger.next_seq(incident)
-            env = event(sender, number, incident, seq)
-            self.ledger.events[env.distribution_id] = Sent(sender, incident, seq, rooms)
+            env = plate_read(sender, incident, seq) if plates else event(sender, number, incident, seq)
+            self.ledger.events[env.distribution_id] = Sent(sender, incident, seq, rooms, bulk=plates)
             self.published += 1
             self._done[incident] = k + 1
             try:

@@ -93,9 +93,8 @@ class Rig:
         return room
 
     async def start_rooms(self) -> None:
-        """One process for each room."""
-        for room in ROOMS:
-            await self.start_room(room)
+        """One process for each room, started together."""
+        await asyncio.gather(*(self.start_room(room) for room in ROOMS))
 
     def room_logs(self) -> dict[str, list[RoomLog]]:
         """What every room process wrote, by agency, in the order the processes were started."""
@@ -321,7 +320,7 @@ async def under_load(
     name: str,
     mode: Mode,
     fault: Fault,
-    events: int = 1800,
+    events: int = 1200,
     rate: float = 300.0,
 ) -> Outcome:
     """Rooms up, the load running, the fault; then every publish answered and every room served; counted and checked.

@@ -7,6 +7,7 @@ Lines (space-separated, one flushed line each):
     A <distribution id> <attempt> <sequence>           a delivery arrived from the hub, before the client drops copies
     D <distribution id> <incident id> <seq> <attempt> <sequence> <view>
                                                        a delivery handed to the application, then acked
+                                                       (for a plate read: its chain and counter, chain_of)
     S <duplicates dropped> <reconnects> <handed>       the inbox's counters, when they changed
     F <duplicates dropped> <reconnects> <handed>       the same, at exit after a clean close
     E <error>                                          the inbox failed for good
@@ -33,11 +34,29 @@ from broker.client import Credentials, HubClient, Inbox
 REPORT_EVERY = 0.25
 
 
+def chain_of(env: envelope_pb2.Envelope) -> tuple[str, str]:
+    """(incident or chain id, counter) of an event: the incident's id and local reference, or a plate read's parameters."""
+    if env.WhichOneof("payload") == "alert":
+        params = {p.name: p.value for info in env.alert.infos for p in info.parameters}
+        return params.get("fault-chain", "-"), params.get("fault-seq", "0")
+    return env.incident.id, env.incident.local_reference
+
+
 def view_of(env: envelope_pb2.Envelope) -> str:
     """The categories of personal data a copy holds, one letter each (tests/faults/agreement.py VIEWS); "-" for none.
 
-    c caller, n network location, p persons, v vehicle plates, t free text, m media, s staff ids.
+    c caller, n network location, p persons, v vehicle plates, t free text, m media, s staff ids;
+    for an alert "A:" and v plates, t headline or description, m resources, s staff ids.
     """
+    if env.WhichOneof("payload") == "alert":
+        alert = env.alert
+        held = {
+            "v": any(v.plate for v in alert.vehicles),
+            "t": any(i.headline or i.description for i in alert.infos),
+            "m": any(i.resources for i in alert.infos),
+            "s": bool(env.sender.operator_id),
+        }
+        return "A:" + "".join(letter for letter, present in held.items() if present)
     incident = env.incident
     held = {
         "c": incident.call.HasField("caller"),
@@ -74,9 +93,9 @@ class _Room:
     async def receive(self) -> None:
         async for delivery in self.inbox:
             env = delivery.envelope
+            chain, seq = chain_of(env)
             self.out.write(
-                f"D {env.distribution_id} {env.incident.id} {env.incident.local_reference} "
-                f"{delivery.attempt} {delivery.sequence} {view_of(env)}\n"
+                f"D {env.distribution_id} {chain} {seq} {delivery.attempt} {delivery.sequence} {view_of(env)}\n"
             )
             self.inbox.ack(delivery)
             self.handed += 1

@@ -252,10 +252,12 @@ def write_hub_config(
     *,
     audit: bool = True,
     senders: tuple[str, ...] = (SENDER,),
+    hub_extra: list[str] | None = None,
 ) -> Path:
     """A hub config for the bench's nats-server, agencies (senders and the receiver) and dev PKI.
 
     With or without its audit log; the two hubs of a run keep their streams apart (names and subjects).
+    hub_extra: more [hub] settings ("key = value" lines).
     """
     config = root / f"hub-{'audit' if audit else 'noaudit'}.toml"
     stream = [] if audit else ['stream = "OPSROOM_NOAUDIT"', 'subject_prefix = "opsroom-noaudit"']
@@ -265,6 +267,7 @@ def write_hub_config(
 [hub]
 listen = "127.0.0.1:{port}"
 metrics_listen = "127.0.0.1:{metrics_port}"
+{chr(10).join(hub_extra or [])}
 [tls]
 ca_file = "pki/ca.pem"
 cert_file = "pki/hub.pem"

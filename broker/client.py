@@ -8,8 +8,10 @@
             await hub.ack(delivery)                        # technical acknowledgement
 
 Publishing retries transient failures with the same distribution id, so a retried envelope is
-stored and delivered once. The inbox reconnects by itself, and drops a redelivered envelope
-(same distribution id) instead of handing it over twice.
+stored and delivered once; a refusal that carries a retry delay (HUB_OVERLOADED, with
+google.rpc.RetryInfo) is retried no sooner than that delay, with jitter, so that an overloaded
+hub is not hammered. The inbox reconnects by itself, and drops a redelivered envelope (same
+distribution id) instead of handing it over twice.
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
 _SERVICE = "/opsroom.hub.v1.HubService/"
-# CANCELLED reaches a client as an error only when the server cancelled the call (a hub replica
-# stopping); every call the client retries is safe to repeat (the hub stores an envelope once per id).
+# Codes retried without a hint from the hub. CANCELLED stays among them: a hub replica that stops
+# cancels the calls still open past its grace period, and the retry (through another replica)
+# is what the client wants. Other servers also send it when gRPC core's queue of calls overflows
+# (this hub bounds the calls per connection so that it does not: overload is HUB_OVERLOADED with a
+# retry delay). Every call the client retries is safe to repeat: the hub stores an envelope once
+# per distribution id, and the retries are marked resend. Each retry waits its backoff delay.
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
@@ -62,7 +68,7 @@ class FieldProblem:
 
 
 class HubError(Exception):
-    """A refusal by the hub: the gRPC code, the catalogue reason, and for bad fields their paths."""
+    """A refusal by the hub: the gRPC code, the catalogue reason, for bad fields their paths, and the retry delay."""
 
     def __init__(
         self,
@@ -71,19 +77,28 @@ class HubError(Exception):
         message: str,
         fields: Sequence[FieldProblem] = (),
         metadata: dict[str, str] | None = None,
+        *,
+        retry_after: float | None = None,
     ) -> None:
-        """Build from the parts of the status."""
+        """Build from the parts of the status; retry_after (seconds) from its RetryInfo, if it has one."""
         super().__init__(f"{code.name} {reason}: {message}")
         self.code = code
         self.reason = reason
         self.message = message
         self.fields = tuple(fields)
         self.metadata = metadata or {}
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
-        """True when retrying the same request may succeed."""
-        return self.code in _RETRYABLE
+        """True when retrying the same request may succeed: a transient code, or a refusal with a retry delay."""
+        return self.code in _RETRYABLE or self.retry_after is not None
+
+    def backoff(self, delay: float) -> float:
+        """How long to wait before retrying: delay (the policy's), or longer if the hub asked for more (with jitter)."""
+        if self.retry_after is None:
+            return delay
+        return max(delay, self.retry_after * (1.0 + 0.5 * random.random()))  # noqa: S311 - jitter, not security
 
     @property
     def stream_broken(self) -> bool:
@@ -98,15 +113,18 @@ class HubError(Exception):
     @classmethod
     def from_status(cls, status: status_pb2.Status) -> HubError:
         """From a google.rpc.Status (as in a PublishStream result)."""
-        reason, fields, metadata = "", [], {}
+        reason, fields, metadata, retry_after = "", [], {}, None
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             bad = error_details_pb2.BadRequest()
+            retry = error_details_pb2.RetryInfo()
             if detail.Unpack(info):
                 reason, metadata = info.reason, dict(info.metadata)
             elif detail.Unpack(bad):
                 fields = [FieldProblem(v.field, v.reason, v.description) for v in bad.field_violations]
-        return cls(_code(status.code), reason, status.message, fields, metadata)
+            elif detail.Unpack(retry):
+                retry_after = max(0.0, retry.retry_delay.ToNanoseconds() / 1e9)
+        return cls(_code(status.code), reason, status.message, fields, metadata, retry_after=retry_after)
 
     @classmethod
     def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> HubError:
@@ -169,6 +187,13 @@ class RetryPolicy:
     first_delay: float = 0.1
     max_delay: float = 2.0
     timeout: float = 10.0
+    # Refusals that carry the hub's retry delay (HUB_OVERLOADED: "come back then") are retried
+    # for this long after the first of them, whatever the attempts; then they count like others.
+    patience: float = 120.0
+
+    def patient(self, first_refused: float, now: float) -> bool:
+        """Whether a refusal with a retry delay is still retried without counting an attempt."""
+        return now - first_refused < self.patience
 
     def delays(self) -> Iterable[float]:
         """The waits between attempts."""
@@ -188,8 +213,15 @@ class HubClient:
         *,
         server_name: str | None = None,
         retry: RetryPolicy | None = None,
+        max_calls_in_flight: int = 64,
     ) -> None:
-        """Prepare a secure channel to target ("host:port"); server_name overrides the TLS name check."""
+        """Prepare a secure channel to target ("host:port"); server_name overrides the TLS name check.
+
+        At most max_calls_in_flight publish and receipt calls are on the wire at once; more wait
+        here, before their timeout starts (the hub takes at most hub.max_calls_per_connection
+        calls per connection, 100 by default: a call waiting in the transport for a turn would
+        spend its timeout there, then be sent again, adding load to a hub that is already behind).
+        """
         options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -201,6 +233,7 @@ class HubClient:
         creds = grpc.ssl_channel_credentials(credentials.ca, credentials.key, credentials.cert)
         self._channel = grpc.aio.secure_channel(target, creds, options=options)
         self.retry = retry or RetryPolicy()
+        self._calls = asyncio.Semaphore(max_calls_in_flight)
         self._publish = self._channel.unary_unary(
             _SERVICE + "Publish",
             request_serializer=hub_pb2.PublishRequest.SerializeToString,
@@ -246,15 +279,24 @@ class HubClient:
         """
         request = hub_pb2.PublishRequest(envelope=envelope, resend=resend)
         delays = iter(self.retry.delays())
+        loop = asyncio.get_running_loop()
+        first_refused: float | None = None
         while True:
             try:
-                response = await self._publish(request, timeout=self.retry.timeout)
+                async with self._calls:
+                    response = await self._publish(request, timeout=self.retry.timeout)
             except grpc.aio.AioRpcError as exc:
                 error = HubError.from_rpc_error(exc)
+                if error.retry_after is not None:
+                    first_refused = loop.time() if first_refused is None else first_refused
+                    if self.retry.patient(first_refused, loop.time()):
+                        await asyncio.sleep(error.backoff(0.0))
+                        request.resend = True
+                        continue
                 delay = next(delays, None) if error.retryable else None
                 if delay is None:
                     raise error from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(error.backoff(delay))
                 request.resend = True
                 continue
             return response.acceptance
@@ -264,11 +306,14 @@ class HubClient:
     ) -> list[hub_pb2.Acceptance | HubError]:
         """Publish envelopes in batches on one stream; one result per envelope, in order.
 
-        Envelopes whose result is a retryable error are sent again (same ids) on a new stream.
+        Envelopes whose result is a retryable error are sent again (same ids, marked resent) on a
+        new stream, after the policy's delay or the longest retry delay the hub asked for.
         """
         results: list[hub_pb2.Acceptance | HubError | None] = [None] * len(envelopes)
         todo = list(range(len(envelopes)))
         delays = iter(self.retry.delays())
+        loop = asyncio.get_running_loop()
+        first_refused: float | None = None
         resend = False
         while todo:
             retry_next: list[int] = []
@@ -281,10 +326,21 @@ class HubClient:
             retry_next = [i for i in todo if results[i] is None or _retry(results[i])]
             if not retry_next:
                 break
+            refusals = [r for i in retry_next if isinstance(r := results[i], HubError)]
+            overloaded = len(refusals) == len(retry_next) and all(r.retry_after is not None for r in refusals)
+            if overloaded:
+                first_refused = loop.time() if first_refused is None else first_refused
+            if len(retry_next) < len(todo) or (
+                overloaded and first_refused is not None and self.retry.patient(first_refused, loop.time())
+            ):
+                # Progress (an overloaded hub takes part of each round), or only "come back later"
+                # refusals within the policy's patience: the attempts count again. Bounded: each
+                # progressing round settles an envelope for good, and patience runs out.
+                delays = iter(self.retry.delays())
             delay = next(delays, None)
             if delay is None:
                 break
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max([delay, *(r.backoff(delay) for r in refusals)]))
             todo = retry_next
             resend = True
         return [r if r is not None else HubError(grpc.StatusCode.UNAVAILABLE, "", "no answer") for r in results]
@@ -319,9 +375,10 @@ class HubClient:
     async def receipt(self, distribution_id: str) -> hub_pb2.Receipt:
         """Delivery and answer state of an envelope this agency sent."""
         try:
-            response = await self._get_receipt(
-                hub_pb2.GetReceiptRequest(distribution_id=distribution_id), timeout=self.retry.timeout
-            )
+            async with self._calls:
+                response = await self._get_receipt(
+                    hub_pb2.GetReceiptRequest(distribution_id=distribution_id), timeout=self.retry.timeout
+                )
         except grpc.aio.AioRpcError as exc:
             raise HubError.from_rpc_error(exc) from None
         return response.receipt
@@ -348,6 +405,7 @@ class _Pending:
     envelope: envelope_pb2.Envelope
     future: asyncio.Future[hub_pb2.Acceptance]
     attempts: int = 0
+    first_refused: float = 0.0  # loop time of its first refusal with a retry delay (0: none yet)
 
 
 class StreamPublisher:
@@ -407,7 +465,7 @@ class StreamPublisher:
                     self._fail_all(error)
                     delays = iter(self._client.retry.delays())
                 else:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(error.backoff(delay))
             if self._closed and not self._queue and not self._waiting:
                 return
 
@@ -424,9 +482,11 @@ class StreamPublisher:
                 keep.append(pending)
         self._queue[:0] = keep
 
-    def _later(self, pending: _Pending) -> None:
-        """Send pending again after the retry policy's delay for its attempt count."""
-        delay = next(itertools.islice(self._client.retry.delays(), pending.attempts - 1, None), 0.0)
+    def _later(self, pending: _Pending, error: HubError) -> None:
+        """Send pending again after the retry policy's delay for its attempt count, or the hub's longer one."""
+        delay = error.backoff(
+            next(itertools.islice(self._client.retry.delays(), max(0, pending.attempts - 1), None), 0.0)
+        )
         self._waiting += 1
 
         def again() -> None:
@@ -479,7 +539,7 @@ class StreamPublisher:
         async for response in call:
             batch = self._in_flight.pop(response.request_id, [])
             self._slots.release()
-            retry: list[_Pending] = []
+            retry: list[tuple[_Pending, HubError]] = []
             for pending, result in zip(batch, response.results, strict=False):
                 if pending.future.done():
                     continue
@@ -488,12 +548,17 @@ class StreamPublisher:
                     continue
                 error = HubError.from_status(result.error)
                 pending.attempts += 1
+                now = asyncio.get_running_loop().time()
+                if error.retry_after is not None:
+                    pending.first_refused = pending.first_refused or now
+                    if self._client.retry.patient(pending.first_refused, now):
+                        pending.attempts -= 1  # "come back later": not an attempt, within the patience
                 if error.retryable and pending.attempts < self._client.retry.attempts:
-                    retry.append(pending)
+                    retry.append((pending, error))
                 else:
                     pending.future.set_exception(error)
-            for pending in retry:  # each after its policy delay, at the front of the queue again
-                self._later(pending)
+            for pending, error in retry:  # each after its delay, at the front of the queue again
+                self._later(pending, error)
             if self._closed and not self._queue and not self._in_flight and not self._waiting:
                 call.cancel()
                 return

@@ -115,6 +115,14 @@ class HubConfig:
     bulk_max_per_second: int = 1000
     # A room that sends nothing (acknowledgement or keepalive) this long is offline: its session ends.
     presence_timeout: timedelta = timedelta(seconds=60)
+    # Calls one connection may have open at once (HTTP/2 MAX_CONCURRENT_STREAMS); more wait in the client.
+    max_calls_per_connection: int = 100
+    # Envelopes in flight (taken, not yet answered) per lane, for all agencies and for each one;
+    # past either, publishes are refused at once with HUB_OVERLOADED and a retry delay.
+    max_inflight_publishes: int = 10_000
+    max_inflight_publishes_per_agency: int = 4_000
+    # The retry delay a refused sender is asked to wait (bulk lane: at least what the ceiling needs).
+    overload_retry_after: timedelta = timedelta(seconds=1)
     # An envelope without expires_at is dropped, undelivered, this long after its acceptance.
     default_expiry: timedelta = timedelta(hours=24)
     limits: Limits = field(default_factory=Limits)
@@ -365,6 +373,10 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         bulk_max_per_second=hub.at_least_zero("bulk_max_per_second", 1000),
         default_expiry=hub.seconds("default_expiry_seconds", timedelta(hours=24)),
         presence_timeout=hub.seconds("presence_timeout_seconds", timedelta(seconds=60)),
+        max_calls_per_connection=hub.positive("max_calls_per_connection", 100),
+        max_inflight_publishes=hub.positive("max_inflight_publishes", 10_000),
+        max_inflight_publishes_per_agency=hub.positive("max_inflight_publishes_per_agency", 4_000),
+        overload_retry_after=hub.seconds("overload_retry_after_seconds", timedelta(seconds=1)),
         tls=_tls(root.sub("tls"), base),
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,

@@ -9,6 +9,7 @@ bad input ends only its own call, or only its own entry of a batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
@@ -16,13 +17,15 @@ from typing import Any, NoReturn
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
 from broker import ids
+from broker.admission import Admission, Bounds
 from broker.audit import records as audit_records
 from broker.audit.log import AuditLog
 from broker.audit.records import Caller
@@ -30,6 +33,7 @@ from broker.committer import Committer
 from broker.config import HubConfig
 from broker.errors import ERROR_DOMAIN, OpsroomError, Reason, Refused, StoreUnavailable, Violation
 from broker.identity import IdentityResolver
+from broker.lanes import Lane, lane_of
 from broker.logging import get_logger
 from broker.metrics import UNREGISTERED, Metrics
 from broker.publishing import Accepted, Publisher
@@ -48,6 +52,10 @@ def status_of(err: OpsroomError, prefix: str) -> status_pb2.Status:
     """The google.rpc.Status for err, with violation paths under prefix ("envelope", "envelopes[3]")."""
     info = error_details_pb2.ErrorInfo(reason=err.reason.name, domain=ERROR_DOMAIN, metadata=dict(err.metadata))
     details = [_pack(info)]
+    if err.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(err.retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     if err.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
@@ -109,6 +117,78 @@ def _parsed(request: Any) -> Any:
     return request
 
 
+# One envelope of a PublishStream request: its index, and its refusal or its future acceptance.
+_Pending = tuple[int, "OpsroomError | asyncio.Future[Accepted]"]
+
+
+class _BulkLine:
+    """A PublishStream's bulk envelopes, begun one after the other by a task of their own, in the stream's order.
+
+    Each bulk envelope waits its turn at the lane gate (the bulk ceiling, and urgent work first)
+    before the hub works on it. Done inline by the stream's reader, that wait would hold up the
+    urgent envelopes sent after it on the same stream; here the reader goes on while the line
+    begins the bulk envelopes in order.
+    """
+
+    def __init__(self, publisher: Publisher, caller: Caller) -> None:
+        """An idle line; its task starts with the first bulk envelope."""
+        self._publisher = publisher
+        self._caller = caller
+        self._queue: asyncio.Queue[tuple[envelope_pb2.Envelope, bool, asyncio.Future[Accepted]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self, env: envelope_pb2.Envelope, *, resend: bool) -> asyncio.Future[Accepted]:
+        """Queue env; returns its future acceptance (or refusal)."""
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Accepted] = loop.create_future()
+        self._queue.put_nowait((env, resend, result))
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name="publish-stream-bulk")
+        return result
+
+    async def _run(self) -> None:
+        while True:
+            env, resend, result = await self._queue.get()
+            if result.done():
+                continue
+            try:
+                accepted = await self._publisher.begin(env, self._caller, resend=resend)
+            except OpsroomError as err:
+                _settle_refused(result, err)
+            except Exception as exc:
+                _settle_refused(result, _internal(exc))
+            else:
+                accepted.add_done_callback(functools.partial(_copy_outcome, result))
+
+    def close(self) -> None:
+        """Stop the line; envelopes it has not begun are cancelled (the stream is gone)."""
+        if self._task is not None:
+            self._task.cancel()
+        while not self._queue.empty():
+            _env, _resend, result = self._queue.get_nowait()
+            result.cancel()
+
+
+def _settle_refused(result: asyncio.Future[Accepted], err: OpsroomError) -> None:
+    if not result.done():
+        result.set_exception(err)
+
+
+def _copy_outcome(result: asyncio.Future[Accepted], done: asyncio.Future[Accepted]) -> None:
+    """Give result the outcome of done (the publisher's future)."""
+    if done.cancelled():
+        if not result.done():
+            result.cancel()
+        return
+    exc = done.exception()
+    if result.done():
+        return
+    if exc is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(done.result())
+
+
 class HubServicer:
     """The HubService implementation, registered as a generic handler (Connect sends pre-serialized frames)."""
 
@@ -123,9 +203,14 @@ class HubServicer:
         clock: Callable[[], datetime],
         committer: Committer,
         is_registered: Callable[[str], bool],
+        admission: Admission | None = None,
         audit: AuditLog | None = None,
     ) -> None:
-        """Wire the handlers; with audit, each session's backlog read is recorded as a consultation."""
+        """Wire the handlers; with audit, each session's backlog read is recorded as a consultation.
+
+        admission bounds the envelopes in flight (a default one when None).
+        """
+        self._admission = admission if admission is not None else Admission(Bounds())
         self._audit = audit
         self._cfg = cfg
         self._js = js
@@ -138,33 +223,30 @@ class HubServicer:
         self._is_registered = is_registered
         self.draining = False
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        """The generic handler to add to the server."""
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Publish": grpc.unary_unary_rpc_method_handler(
-                    self.publish,
-                    request_deserializer=_tolerant(hub_pb2.PublishRequest),
-                    response_serializer=hub_pb2.PublishResponse.SerializeToString,
-                ),
-                "PublishStream": grpc.stream_stream_rpc_method_handler(
-                    self.publish_stream,
-                    request_deserializer=_tolerant(hub_pb2.PublishStreamRequest),
-                    response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
-                ),
-                "Connect": grpc.stream_stream_rpc_method_handler(
-                    self.connect,
-                    request_deserializer=_tolerant(hub_pb2.ConnectRequest),
-                    response_serializer=_identity,
-                ),
-                "GetReceipt": grpc.unary_unary_rpc_method_handler(
-                    self.get_receipt,
-                    request_deserializer=_tolerant(hub_pb2.GetReceiptRequest),
-                    response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
-                ),
-            },
-        )
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """The handler of each method, by name (a server registers them: each method then takes its calls apart)."""
+        return {
+            "Publish": grpc.unary_unary_rpc_method_handler(
+                self.publish,
+                request_deserializer=_tolerant(hub_pb2.PublishRequest),
+                response_serializer=hub_pb2.PublishResponse.SerializeToString,
+            ),
+            "PublishStream": grpc.stream_stream_rpc_method_handler(
+                self.publish_stream,
+                request_deserializer=_tolerant(hub_pb2.PublishStreamRequest),
+                response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
+            ),
+            "Connect": grpc.stream_stream_rpc_method_handler(
+                self.connect,
+                request_deserializer=_tolerant(hub_pb2.ConnectRequest),
+                response_serializer=_identity,
+            ),
+            "GetReceipt": grpc.unary_unary_rpc_method_handler(
+                self.get_receipt,
+                request_deserializer=_tolerant(hub_pb2.GetReceiptRequest),
+                response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
+            ),
+        }
 
     # -- common --------------------------------------------------------------------------
 
@@ -205,7 +287,11 @@ class HubServicer:
     # -- Publish ---------------------------------------------------------------------------
 
     async def publish(self, request: hub_pb2.PublishRequest, context: Context) -> hub_pb2.PublishResponse:
-        """Publish one envelope."""
+        """Publish one envelope.
+
+        Admission comes first after the caller's identity: an envelope over the bounds of
+        envelopes in flight is refused before it is validated or routed, at the cost of a status.
+        """
         started = time.perf_counter()
         agency = ""
         try:
@@ -213,22 +299,27 @@ class HubServicer:
             agency = caller.agency_id
             request = _parsed(request)
             self._check_draining()
-            self._check_size(request.envelope.ByteSize())
+            lane = lane_of(request.envelope)
+            self._admission.enter(agency, lane)
             try:
+                self._check_size(request.envelope.ByteSize())
                 accepted = await self._publisher.publish(request.envelope, caller, resend=request.resend)
             except OpsroomError:
                 raise
             except Exception as exc:
                 raise _internal(exc) from exc
+            finally:
+                self._admission.leave(agency, lane)
         except OpsroomError as err:
             if self._is_registered(agency):
                 self._metrics.publishes.labels(agency, "refused").inc()
-            log.info(
-                "publish_refused",
-                sender_agency=agency,
-                distribution_id=_safe_id(_distribution_id_of(request)),
-                reason=err.reason.name,
-            )
+            if err.reason is not Reason.HUB_OVERLOADED:  # those are logged once a second, counted
+                log.info(
+                    "publish_refused",
+                    sender_agency=agency,
+                    distribution_id=_safe_id(_distribution_id_of(request)),
+                    reason=err.reason.name,
+                )
             await self._abort(context, agency, err, "envelope")
         self._accepted(agency, accepted, started)
         log.debug(
@@ -252,9 +343,10 @@ class HubServicer:
             await self._abort(context, "", err)
         agency = caller.agency_id
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
-        answers: asyncio.Queue[tuple[int, list[Any], float] | Malformed | None] = asyncio.Queue()
+        answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None] = asyncio.Queue()
         read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
-        reader = asyncio.get_running_loop().create_task(self._read_batches(requests, caller, answers, read_ahead))
+        bulk = _BulkLine(self._publisher, caller)
+        reader = asyncio.get_running_loop().create_task(self._read_batches(requests, caller, bulk, answers, read_ahead))
         try:
             while True:
                 item = await answers.get()
@@ -269,12 +361,14 @@ class HubServicer:
             await reader
         finally:
             reader.cancel()
+            bulk.close()
 
     async def _read_batches(
         self,
         requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed],
         caller: Caller,
-        answers: asyncio.Queue[tuple[int, list[Any], float] | Malformed | None],
+        bulk: _BulkLine,
+        answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None],
         read_ahead: asyncio.Semaphore,
     ) -> None:
         try:
@@ -284,7 +378,7 @@ class HubServicer:
                     return
                 await read_ahead.acquire()
                 started = time.perf_counter()
-                pending: list[Any] = []
+                pending: list[_Pending] = []
                 if len(request.envelopes) > self._cfg.max_batch_envelopes:
                     err = Refused(
                         Reason.BATCH_TOO_LARGE,
@@ -294,19 +388,43 @@ class HubServicer:
                 else:
                     resent = frozenset(request.resent)
                     for i, env in enumerate(request.envelopes):
-                        try:
-                            self._check_draining()
-                            self._check_size(env.ByteSize())
-                            pending.append((i, await self._publisher.begin(env, caller, resend=i in resent)))
-                        except OpsroomError as err:
-                            pending.append((i, err))
-                        except Exception as exc:
-                            pending.append((i, _internal(exc)))
+                        pending.append((i, await self._take(env, caller, bulk, resend=i in resent)))
                 answers.put_nowait((request.request_id, pending, started))
         finally:
             answers.put_nowait(None)
 
-    async def _result(self, agency: str, item: tuple[int, Any], started: float) -> hub_pb2.PublishResult:
+    async def _take(
+        self, env: envelope_pb2.Envelope, caller: Caller, bulk: _BulkLine, *, resend: bool
+    ) -> OpsroomError | asyncio.Future[Accepted]:
+        """One envelope of a PublishStream request: admitted and begun, or its refusal.
+
+        An urgent envelope is begun at once; a bulk one joins the stream's bulk line, so that
+        bulk envelopes waiting their turn at the lane gate do not hold up the urgent envelopes
+        sent after them on the same stream.
+        """
+        agency = caller.agency_id
+        try:
+            self._check_draining()
+            lane = lane_of(env)
+            self._admission.enter(agency, lane)
+        except OpsroomError as err:
+            return err
+        try:
+            self._check_size(env.ByteSize())
+            if lane is Lane.BULK:
+                future = bulk.begin(env, resend=resend)
+            else:
+                future = await self._publisher.begin(env, caller, resend=resend)
+        except OpsroomError as err:
+            self._admission.leave(agency, lane)
+            return err
+        except Exception as exc:
+            self._admission.leave(agency, lane)
+            return _internal(exc)
+        future.add_done_callback(lambda _done: self._admission.leave(agency, lane))
+        return future
+
+    async def _result(self, agency: str, item: _Pending, started: float) -> hub_pb2.PublishResult:
         index, pending = item
         if isinstance(pending, OpsroomError):
             err = pending

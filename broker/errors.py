@@ -35,12 +35,19 @@ class Reason(enum.Enum):
     NOT_A_RECIPIENT = (StatusCode.PERMISSION_DENIED, "answering a message that was not sent to the caller")
     RECEIPT_NOT_YOURS = (StatusCode.PERMISSION_DENIED, "receipt of a message another agency sent")
     NO_RECIPIENTS = (StatusCode.FAILED_PRECONDITION, "routing selected no recipient")
-    DISTRIBUTION_ID_REUSED = (StatusCode.FAILED_PRECONDITION, "same distribution id, different content")
+    DISTRIBUTION_ID_REUSED = (
+        StatusCode.FAILED_PRECONDITION,
+        "the distribution id was accepted before from another agency or with different content",
+    )
     REFERENCE_NOT_FOUND = (StatusCode.FAILED_PRECONDITION, "the answered message is unknown to the hub")
     RESPONSE_MISMATCH = (StatusCode.FAILED_PRECONDITION, "the answer's payload does not fit the request")
     SESSION_NOT_OPENED = (StatusCode.FAILED_PRECONDITION, "a Connect stream did not start with open")
     RECEIPT_NOT_FOUND = (StatusCode.NOT_FOUND, "no receipt for that distribution id")
     SESSION_SUPERSEDED = (StatusCode.ABORTED, "a newer Connect session of the same agency replaced this one")
+    HUB_OVERLOADED = (
+        StatusCode.RESOURCE_EXHAUSTED,
+        "the hub has as many publishes in flight as it takes (in all, or from the caller); retry after RetryInfo",
+    )
     STORE_FULL = (StatusCode.RESOURCE_EXHAUSTED, "the JetStream stream is at its size limit")
     STORE_UNAVAILABLE = (StatusCode.UNAVAILABLE, "JetStream did not confirm the write")
     SHUTTING_DOWN = (StatusCode.UNAVAILABLE, "the hub is draining before it stops")
@@ -74,12 +81,17 @@ class Violation:
 
 @dataclass(eq=False)
 class OpsroomError(Exception):
-    """Base of every error the hub turns into a gRPC status; `reason` decides the code."""
+    """Base of every error the hub turns into a gRPC status; `reason` decides the code.
+
+    retry_after, when set, is the wait (seconds) the status asks of the client before it sends
+    the same request again (a google.rpc.RetryInfo detail).
+    """
 
     reason: Reason
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: Sequence[Violation] = ()
+    retry_after: float | None = None
 
     def __post_init__(self) -> None:
         """Keep `args` meaningful for logging and pickling."""
@@ -140,6 +152,24 @@ class StoreFull(OpsroomError):
     def __init__(self, message: str) -> None:
         """Build with reason STORE_FULL."""
         super().__init__(Reason.STORE_FULL, message)
+
+
+class Overloaded(OpsroomError):
+    """Raised when a publish cannot be taken now (HUB_OVERLOADED); retry_after says when to send it again.
+
+    metadata: `scope` ("hub": the hub's bound of publishes in flight on the lane; "agency": the
+    caller's own bound), `lane`.
+    """
+
+    def __init__(self, scope: str, lane: str, retry_after: float) -> None:
+        """Build with reason HUB_OVERLOADED."""
+        who = "the hub" if scope == "hub" else "this agency"
+        super().__init__(
+            Reason.HUB_OVERLOADED,
+            f"{who} has as many {lane} publishes in flight as the hub takes; retry after {retry_after:.1f} s",
+            {"scope": scope, "lane": lane},
+            retry_after=retry_after,
+        )
 
 
 class ConfigError(Exception):

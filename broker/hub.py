@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from broker import codelists
+from broker.admission import Admission, Bounds
 from broker.audit import chain
 from broker.audit.log import AuditLog
 from broker.audit.retention import Retention
@@ -31,6 +33,11 @@ from broker.validate import ValidationContext
 
 log = get_logger(__name__)
 
+
+# gRPC core's queue of calls received but not yet taken by the event loop: bounded in fact by the
+# calls each connection may open (hub.max_calls_per_connection), so it is set out of the way. At
+# its defaults (1,000, hard limit 3,000) core resets the calls over it with a bare CANCELLED.
+MAX_PENDING_CALLS = 100_000
 
 # The bulk lane trades a little latency for fewer writes (fsyncs) that urgent writes would wait behind.
 BULK_LINGER = 0.01
@@ -75,6 +82,16 @@ class Hub:
         self._retention_task: asyncio.Task[None] | None = None
         self._escalator: asyncio.Task[None] | None = None
         self._escalation: Escalator | None = None
+        self.admission = Admission(
+            Bounds(
+                per_lane=cfg.max_inflight_publishes,
+                per_agency=cfg.max_inflight_publishes_per_agency,
+                retry_after=cfg.overload_retry_after.total_seconds(),
+                bulk_per_second=cfg.bulk_max_per_second,
+            )
+        )
+        for lane in LANES:
+            self.metrics.in_flight.labels(lane.value).set_function(functools.partial(self.admission.in_flight, lane))
 
     async def __aenter__(self) -> Self:
         """Start the hub."""
@@ -147,6 +164,7 @@ class Hub:
             clock=self.clock,
             committer=committer,
             is_registered=self.is_registered,
+            admission=self.admission,
             audit=audit,
         )
         server = grpc.aio.server(
@@ -157,9 +175,20 @@ class Hub:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Overload: a connection opens at most this many calls; the client's transport holds
+                # the others (HTTP/2 flow control) instead of the hub, and core never resets a call
+                # for want of room. Without "overload protection", which refuses streams (REFUSED_STREAM,
+                # seen by clients as UNAVAILABLE) while the application still holds finished calls.
+                ("grpc.max_concurrent_streams", cfg.max_calls_per_connection),
+                ("grpc.http.overload_protection", 0),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
             ]
         )
-        server.add_generic_rpc_handlers([self._servicer.handler()])
+        # Registered, not generic: gRPC takes each registered method's calls from the transport on
+        # its own (one at a time per method), so a flood of Publish calls does not hold up the
+        # Connect calls of rooms, or receipts.
+        server.add_registered_method_handlers(SERVICE, self._servicer.method_handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = grpc.ssl_server_credentials(
             [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
@@ -257,6 +286,7 @@ class Hub:
         if self._audit_js is not None:
             await self._audit_js.close()
             self._audit_js = None
+        self.admission.close()
         self.metrics.close()
         log.info("hub_stopped")
 

@@ -139,6 +139,12 @@ class Metrics:
             ["agency"],
             registry=r,
         )
+        self.in_flight = Gauge(
+            "opsroom_publishes_in_flight",
+            "Envelopes taken and not yet answered, by lane (bounded by hub.max_inflight_publishes).",
+            ["lane"],
+            registry=r,
+        )
         self.draining = Gauge("opsroom_draining", "1 while the hub drains before stopping.", registry=r)
         self.agreements_loaded = Gauge(
             "opsroom_agreements_loaded", "Agreements in force (0 when routing by allow-list).", registry=r

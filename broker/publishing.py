@@ -141,7 +141,7 @@ class Publisher:
         if lane is Lane.URGENT:
             self._lanes.urgent_started(result)
         try:
-            stored = await self._stored_deliveries(dist) if resend else []
+            stored = await self._stored_deliveries(dist, lane) if resend else []
             if stored:
                 answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
                 if completion is None:
@@ -208,16 +208,19 @@ class Publisher:
             recipient, stored_lane, _ = layout.parse_delivery(message.subject)
             if stored_lane is lane:
                 have.add(recipient)
-        accepted_ns = int(min(stored, key=lambda m: m.seq).headers.get(ACCEPTED_AT_HEADER, "0"))
+        first = min(stored, key=lambda m: m.seq)
+        accepted_ns = int(first.headers.get(ACCEPTED_AT_HEADER, "0"))
         out = [self._planned_delivery(env, data, digest, agency_id, p, accepted_ns) for p in plan.missing(have)]
         timer = plan.timer
         if timer is not None and await self._js.last_by_subject(layout.escalation_timer_subject(dist)) is None:
             due = receipts.timestamp_ns(timer.due_ns).ToDatetime(tzinfo=UTC)
             out.append(receipts.escalation_timer(layout, dist, due, timer.to_agency_id, timer.rule))
         if plan.response:
+            # Written after this answer's deliveries: missing if the last answer recorded came before them.
+            # A later answer's record must stay the last one: then this one is not written any more.
             record = _response_of(layout, env, agency_id)
             last = await self._js.last_by_subject(record.subject)
-            if last is None or store_pb2.ResponseRecord.FromString(last.data).response.response_distribution_id != dist:
+            if last is None or last.seq < first.seq:
                 out.append(record)
                 return out, len(out) > 1
         return out, False

@@ -52,3 +52,12 @@ def test_lanes_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert 1 == len(data["urgent"]["runs"]["alone"]) == len(data["urgent"]["runs"]["flood"])
     assert data["urgent"]["runs"]["flood"][0]["bulk_per_s"] > 0
     assert (300, 1.0, 0.0) == (data["replay"]["events"], data["replay"]["in_order"], data["replay"]["duplicates"])
+
+
+def test_write_modes_benchmark_runs_every_mode(tmp_path: Path) -> None:
+    """bench/write_modes.py writes envelopes pipelined, staged and as atomic batches on one server, in one run."""
+    result = bench("write_modes.py", "--runs", "1", "--events", "5", "--k", "2", "--json", str(tmp_path / "m.json"))
+    assert 0 == result.returncode, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"]]
+    assert [["2", "pipelined"], ["2", "staged"], ["2", "atomic"]] == [row[:2] for row in rows]
+    assert {"pipelined/2", "staged/2", "atomic/2"} == set(json.loads((tmp_path / "m.json").read_text()))

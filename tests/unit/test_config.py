@@ -26,6 +26,10 @@ max_batch_envelopes = 500
 max_request_bytes = 1048576
 grace_seconds = 2.5
 heartbeat_seconds = 20
+max_calls_per_connection = 50
+max_inflight_publishes = 3000
+max_inflight_publishes_per_agency = 300
+overload_retry_after_seconds = 0.5
 
 [tls]
 ca_file = "pki/ca.pem"
@@ -139,6 +143,10 @@ def test_full_config_parses_every_setting() -> None:
         max_request_bytes=1048576,
         grace=timedelta(seconds=2.5),
         heartbeat=timedelta(seconds=20),
+        max_calls_per_connection=50,
+        max_inflight_publishes=3000,
+        max_inflight_publishes_per_agency=300,
+        overload_retry_after=timedelta(milliseconds=500),
         tls=TlsConfig(BASE / "pki/ca.pem", Path("/srv/pki/hub.pem"), BASE / "pki/hub-key.pem"),
         nats=NatsConfig(
             servers=("nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"),
@@ -239,6 +247,17 @@ def test_bulk_ceiling_default_and_none() -> None:
     assert 0 == parse(doc(hub=hub("bulk_max_per_second = 0")), "hub.toml", BASE).bulk_max_per_second
 
 
+def test_overload_bounds_defaults() -> None:
+    """Calls per connection, envelopes in flight per lane (all, each agency) and the retry delay have defaults."""
+    cfg = parse(doc(), "hub.toml", BASE)
+    assert (100, 10_000, 4_000, timedelta(seconds=1)) == (
+        cfg.max_calls_per_connection,
+        cfg.max_inflight_publishes,
+        cfg.max_inflight_publishes_per_agency,
+        cfg.overload_retry_after,
+    )
+
+
 def test_deploy_hub_toml_loads() -> None:
     """The shipped deploy/hub.toml is a valid config, its paths resolved against deploy/."""
     path = REPO / "deploy" / "hub.toml"
@@ -306,6 +325,21 @@ ERRORS = [
         "hub.bulk_max_per_second: must be 0 (none) or a positive integer",
     ),
     ("metrics not a string", {"hub": hub("metrics_listen = 9464")}, "hub.metrics_listen: must be a str"),
+    (
+        "zero calls per connection",
+        {"hub": hub("max_calls_per_connection = 0")},
+        "hub.max_calls_per_connection: must be a positive integer",
+    ),
+    (
+        "zero in flight",
+        {"hub": hub("max_inflight_publishes_per_agency = 0")},
+        "hub.max_inflight_publishes_per_agency: must be a positive integer",
+    ),
+    (
+        "zero retry delay",
+        {"hub": hub("overload_retry_after_seconds = 0")},
+        "hub.overload_retry_after_seconds: must be a positive number of seconds (at most ten years)",
+    ),
     ("seconds as string", {"hub": hub('grace_seconds = "10"')}, "hub.grace_seconds: must be a float"),
     ("seconds as bool", {"hub": hub("heartbeat_seconds = true")}, "hub.heartbeat_seconds: must be a float"),
     (

@@ -24,6 +24,7 @@ from broker.errors import (
     InvalidEnvelope,
     NotPermitted,
     OpsroomError,
+    Overloaded,
     Reason,
     Refused,
     StoreFull,
@@ -235,6 +236,39 @@ def test_rpc_error_without_details() -> None:
         hub_error.message,
         hub_error.retryable,
     )
+
+
+def test_overloaded_carries_error_info_and_retry_info_read_back_by_the_client() -> None:
+    """HUB_OVERLOADED: RESOURCE_EXHAUSTED with ErrorInfo (scope, lane) and RetryInfo; the client reads the delay."""
+    status = status_of(Overloaded("agency", "bulk", 2.5), "envelopes[3]")
+    retry = error_details_pb2.RetryInfo()
+    assert status.details[1].Unpack(retry)
+    assert 2.5 == retry.retry_delay.ToNanoseconds() / 1e9
+    hub_error = HubError.from_status(status)
+    assert (grpc.StatusCode.RESOURCE_EXHAUSTED, "HUB_OVERLOADED", {"scope": "agency", "lane": "bulk"}, 2.5) == (
+        hub_error.code,
+        hub_error.reason,
+        hub_error.metadata,
+        hub_error.retry_after,
+    )
+    assert hub_error.retryable
+
+
+def test_backoff_waits_at_least_the_hub_s_delay_with_jitter_and_never_less_than_the_policy() -> None:
+    """backoff(d) is d without a RetryInfo; with one, between its delay and 1.5 times it, or d if longer."""
+    plain = HubError(grpc.StatusCode.UNAVAILABLE, "", "down")
+    assert 0.3 == plain.backoff(0.3)
+    overloaded = HubError(grpc.StatusCode.RESOURCE_EXHAUSTED, "HUB_OVERLOADED", "busy", retry_after=2.0)
+    waits = [overloaded.backoff(0.1) for _ in range(200)]
+    assert all(2.0 <= w <= 3.0 for w in waits)
+    assert len(set(waits)) > 1  # jittered
+    assert 5.0 == overloaded.backoff(5.0)
+
+
+def test_a_refusal_without_retry_info_is_not_retried() -> None:
+    """STORE_FULL (RESOURCE_EXHAUSTED, no RetryInfo) stays a final answer for the client."""
+    hub_error = HubError.from_status(status_of(StoreFull("full"), "envelope"))
+    assert (None, False) == (hub_error.retry_after, hub_error.retryable)
 
 
 def test_from_status_with_unknown_code() -> None:

@@ -1,0 +1,130 @@
+"""Admission of publishes: the bounds on envelopes in flight, checked before any other work, and the refusals' log.
+
+An envelope is in flight from the moment the hub takes it (once the caller's identity is known,
+before validation and routing) until it is answered. Each lane has a bound for all agencies
+together and one for each agency, so that bulk traffic waiting at the lane gate never crowds
+out urgent traffic, and one agency cannot take the whole hub. An envelope over a bound is
+refused at once with HUB_OVERLOADED and a retry delay: nothing queues in the hub beyond the
+bounds. The refusal costs a few counters and a status; it is logged once a second per agency
+and lane with the count, never once per envelope (a flood would flood the log).
+
+Bounds on calls (as opposed to envelopes) are the transport's: each connection may have at most
+`hub.max_calls_per_connection` calls open (HTTP/2 MAX_CONCURRENT_STREAMS); further calls wait in
+the client's transport instead of in the hub (see broker/hub.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from broker.errors import Overloaded
+from broker.lanes import Lane
+from broker.logging import get_logger
+
+log = get_logger(__name__)
+
+# The longest retry delay the hub asks for.
+MAX_RETRY_AFTER = 30.0
+# How often refusals are logged (one event per agency, lane and scope with the count).
+LOG_INTERVAL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How many envelopes may be in flight per lane (all agencies, and each agency), and the retry delay.
+
+    retry_after is the delay asked of a refused sender; on the bulk lane with a ceiling
+    (bulk_per_second) it is at least the time the lane gate needs to let through the bulk
+    envelopes already in flight.
+    """
+
+    per_lane: int = 10_000
+    per_agency: int = 4_000
+    retry_after: float = 1.0
+    bulk_per_second: float = 0.0
+
+
+class Admission:
+    """Counts envelopes in flight per lane and per agency; refuses those over a bound (HUB_OVERLOADED)."""
+
+    def __init__(self, bounds: Bounds, clock: Callable[[], float] = time.monotonic) -> None:
+        """Nothing in flight yet."""
+        self.bounds = bounds
+        self._clock = clock
+        self._lane: dict[Lane, int] = collections.Counter()
+        self._agency: dict[tuple[str, Lane], int] = collections.Counter()
+        self._refusals: collections.Counter[tuple[str, Lane, str]] = collections.Counter()
+        self._flush: asyncio.TimerHandle | None = None
+
+    def in_flight(self, lane: Lane | None = None) -> int:
+        """Envelopes in flight on lane (on both when None)."""
+        return sum(self._lane.values()) if lane is None else self._lane[lane]
+
+    def in_flight_of(self, agency: str, lane: Lane) -> int:
+        """Envelopes of agency in flight on lane."""
+        return self._agency[agency, lane]
+
+    def enter(self, agency: str, lane: Lane) -> None:
+        """Take one envelope of agency on lane; raises Overloaded (counted for the log) if over a bound."""
+        key = (agency, lane)
+        scope = ""
+        if self._lane[lane] >= self.bounds.per_lane:
+            scope = "hub"
+        elif self._agency[key] >= self.bounds.per_agency:
+            scope = "agency"
+        if scope:
+            self._note_refusal(agency, lane, scope)
+            raise Overloaded(scope, lane.value, self.retry_after(lane))
+        self._lane[lane] += 1
+        self._agency[key] += 1
+
+    def leave(self, agency: str, lane: Lane) -> None:
+        """One envelope of agency on lane was answered (accepted or refused after it was taken)."""
+        key = (agency, lane)
+        self._lane[lane] -= 1
+        left = self._agency[key] - 1
+        if left > 0:
+            self._agency[key] = left
+        else:
+            self._agency.pop(key, None)  # keeps the table to the agencies with envelopes in flight
+
+    def retry_after(self, lane: Lane) -> float:
+        """The delay to ask of a sender refused on lane (seconds)."""
+        delay = self.bounds.retry_after
+        if lane is Lane.BULK and self.bounds.bulk_per_second > 0:
+            delay = max(delay, self._lane[lane] / self.bounds.bulk_per_second)
+        return min(delay, MAX_RETRY_AFTER)
+
+    def _note_refusal(self, agency: str, lane: Lane, scope: str) -> None:
+        self._refusals[agency, lane, scope] += 1
+        if self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a unit test): flush_log() is called by hand
+                return
+            self._flush = loop.call_later(LOG_INTERVAL, self.flush_log)
+
+    def flush_log(self) -> None:
+        """Log the refusals counted since the last flush: one event per agency, lane and scope."""
+        self._flush = None
+        refusals, self._refusals = self._refusals, collections.Counter()
+        for (agency, lane, scope), count in sorted(refusals.items(), key=lambda item: (item[0][0], item[0][1].value)):
+            log.warning(
+                "publishes_refused_overloaded",
+                agency=agency,
+                lane=lane.value,
+                scope=scope,
+                count=count,
+                in_flight=self._agency[agency, lane],
+                reason="HUB_OVERLOADED",
+            )
+
+    def close(self) -> None:
+        """Log what is still counted and stop the timer."""
+        if self._flush is not None:
+            self._flush.cancel()
+        self.flush_log()

@@ -40,14 +40,27 @@ async def _until_signal(stop: asyncio.Event) -> None:
 
 
 async def serve(config_path: Path) -> int:
-    """Run the hub with a config file until SIGINT or SIGTERM, then drain and stop."""
+    """Run the hub with a config file until SIGINT or SIGTERM, then drain and stop.
+
+    Returns 1 if the hub stopped by itself because a background task failed (systemd restarts it).
+    """
     cfg = load(config_path)
     hub = Hub(cfg)
     await hub.start()
     _print(f"opsroom hub listening on {cfg.listen} (port {hub.port}); metrics on {cfg.metrics_listen or 'off'}")
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload_agreements)
-    await _until_signal(asyncio.Event())
+    signalled = asyncio.get_running_loop().create_task(_until_signal(asyncio.Event()), name="signals")
+    stopped = asyncio.get_running_loop().create_task(hub.wait(), name="hub-stopped")
+    try:
+        await asyncio.wait([signalled, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (signalled, stopped):
+            task.cancel()
+        await asyncio.gather(signalled, stopped, return_exceptions=True)
     await hub.stop()
+    if hub.failure is not None:
+        print(f"opsroom: the hub stopped because its task {hub.failure.task} failed", file=sys.stderr)  # noqa: T201
+        return 1
     return 0
 
 

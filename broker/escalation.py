@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from google.protobuf.message import DecodeError
 from opsroom.audit.v1 import audit_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
@@ -105,7 +106,12 @@ class Escalator:
 
     async def take_up(self, item: Pulled) -> None:
         """One timer: give it back until due; then escalate unless answered; then acknowledge it."""
-        timer = store_pb2.EscalationTimer.FromString(item.data)
+        try:
+            timer = store_pb2.EscalationTimer.FromString(item.data)
+        except DecodeError:  # not a timer this hub wrote: dropped, never retried (it would fail every time)
+            log.exception("escalation_timer_unreadable", sequence=item.stream_seq)
+            await self._js.ack(item.reply)
+            return
         now = self._clock()
         wait = (timer.due_at.ToDatetime(tzinfo=UTC) - now).total_seconds()
         if wait > 0:

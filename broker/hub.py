@@ -1,4 +1,11 @@
-"""The hub process: wires config, JetStream, committer, publisher and gRPC server; stops them in order."""
+"""The hub process: wires config, JetStream, committer, publisher and gRPC server; stops them in order.
+
+Its background work (the commit loops, the escalation and expiry workers, the agreements watch,
+the audit retention) runs under one Supervisor: if any of it ends while the hub is not
+stopping, health turns NOT_SERVING at once and the hub stops (wait() returns, failure says
+which task), so that `opsroom serve` exits non-zero and is restarted instead of living on half
+alive.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from broker.committer import Committer
 from broker.config import HubConfig
 from broker.edge import SERVICE, HubServicer
 from broker.escalation import Escalator
+from broker.expiry import Expirer
 from broker.lanes import LANES, Lane
 from broker.logging import get_logger
 from broker.metrics import Metrics
@@ -28,6 +36,7 @@ from broker.policy.store import PolicyStore
 from broker.publishing import Publisher
 from broker.routing import AllowListRouter, Router
 from broker.sessions import SessionRegistry
+from broker.supervisor import Failure, Supervisor
 from broker.transport.jetstream import JetStream
 from broker.validate import ValidationContext
 
@@ -67,20 +76,20 @@ class Hub:
             self.router = self.policy
         else:
             self.router = AllowListRouter(cfg.allow)
-        self._watch: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
         self._js: JetStream | None = None
         self._committers: dict[Lane, Committer] = {}
-        self._committer_tasks: list[asyncio.Task[None]] = []
+        self._supervisor = Supervisor(self._background_failed)
+        self._started = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._servicer: HubServicer | None = None
         self._health = health.aio.HealthServicer()
         self._sessions = SessionRegistry()
         self.audit: AuditLog | None = None
         self._audit_js: JetStream | None = None
-        self._retention_task: asyncio.Task[None] | None = None
-        self._escalator: asyncio.Task[None] | None = None
         self._escalation: Escalator | None = None
         self.admission = Admission(
             Bounds(
@@ -136,10 +145,8 @@ class Hub:
             )
             for lane in LANES
         }
-        self._committer_tasks = [
-            asyncio.get_running_loop().create_task(c.run(), name=f"committer-{lane.value}")
-            for lane, c in self._committers.items()
-        ]
+        for lane, c in self._committers.items():
+            self._supervisor.start(_committer_task(lane), c.run())
         committer = self._committers[Lane.URGENT]  # receipts and records are small: urgent
         validation = ValidationContext(codelists.load(), self.is_registered, cfg.limits)
         publisher = Publisher(
@@ -154,7 +161,16 @@ class Hub:
             presence_timeout=cfg.presence_timeout,
         )
         self._escalation = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audit is not None)
-        self._escalator = asyncio.get_running_loop().create_task(self._escalation.run(), name="escalations")
+        self._supervisor.start(ESCALATIONS, self._escalation.run())
+        expirer = Expirer(
+            js,
+            committer,
+            self.metrics,
+            self.clock,
+            agencies=lambda: cfg.agency_ids | self.router.agencies,
+            presence_timeout=cfg.presence_timeout.total_seconds(),
+        )
+        self._supervisor.start(EXPIRIES, expirer.run())
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -206,20 +222,30 @@ class Hub:
         for service in ("", SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.policy is not None and cfg.agreements is not None:
-            self._watch = asyncio.get_running_loop().create_task(
-                self.policy.watch(cfg.agreements.reload.total_seconds()), name="agreements-watch"
-            )
+            self._supervisor.start(AGREEMENTS_WATCH, self.policy.watch(cfg.agreements.reload.total_seconds()))
         if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
             retention = Retention(js, audit, self.clock, cfg.audit.retention)
-            self._retention_task = asyncio.get_running_loop().create_task(
-                retention.run_forever(cfg.audit.purge_interval.total_seconds()), name="audit-retention"
-            )
+            self._supervisor.start(AUDIT_RETENTION, retention.run_forever(cfg.audit.purge_interval.total_seconds()))
         # What exists now (code lists, agreements, the process's modules) lives as long as the
         # hub: keep it out of the cyclic collector's full passes, which would otherwise walk it
         # and pause the event loop for tens of milliseconds under load.
         gc.collect()
         gc.freeze()
         log.info("hub_started", listen=cfg.listen, stream=cfg.nats.stream, count=len(self.router.agencies))
+        self._started = True
+        if self._supervisor.failure is not None:  # a task died while the hub was starting: stop now
+            self._background_failed(self._supervisor.failure)
+
+    @property
+    def failure(self) -> Failure | None:
+        """The background task whose end stopped the hub, if one did."""
+        return self._supervisor.failure
+
+    def _background_failed(self, failure: Failure) -> None:
+        """A background task ended before its time (the supervisor logged it): stop serving, then stop the hub."""
+        if not self._started or self._stop_task is not None:
+            return  # start() calls again once it is done; or the hub is stopping already
+        self._stop_task = asyncio.get_running_loop().create_task(self._stop(None, failure), name="hub-stop")
 
     async def _open_audit(self) -> AuditLog | None:
         """The audit log writer, opened at the head of the chain; None if the config has no [audit].
@@ -258,17 +284,37 @@ class Hub:
         return self.policy.reload() if self.policy is not None else False
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close."""
-        grace = self.cfg.grace.total_seconds() if grace is None else grace
+        """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close.
+
+        Once: a second call (or one after a background failure stopped the hub) waits for the first.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.get_running_loop().create_task(self._stop(grace, None), name="hub-stop")
+        await asyncio.shield(self._stop_task)
+
+    async def wait(self) -> None:
+        """Until the hub stopped: stop() returned, or a background task failed and the hub stopped itself."""
+        await self._stopped.wait()
+
+    async def _stop(self, grace: float | None, failure: Failure | None) -> None:
+        try:
+            await self._stop_in_order(self.cfg.grace.total_seconds() if grace is None else grace, failure)
+        finally:
+            self._stopped.set()
+
+    async def _stop_in_order(self, grace: float, failure: Failure | None) -> None:
+        """The background workers first, then the gRPC server and sessions, the commit loops last."""
+        self._supervisor.stopping()
+        if failure is not None:  # tell load balancers and clients at once, before anything else
+            for service in ("", SERVICE):
+                await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            log.error("hub_stopping_after_failure", task=failure.task, error_type=failure.error_type)
         if self._escalation is not None:
             self._escalation.stop()
-        for task in (self._watch, self._retention_task, self._escalator):
-            if task is not None:
-                task.cancel()
-                _done, pending = await asyncio.wait([task], timeout=5)
-                if pending:
-                    log.error("task_did_not_stop", task=task.get_name())
-        self._watch = self._retention_task = self._escalator = None
+        workers = [name for name in self._supervisor.names if name not in _COMMITTER_TASKS]
+        for name in workers:
+            if await self._supervisor.cancel([name], within=5):
+                log.error("task_did_not_stop", task=name)
         log.info("hub_draining")
         self.metrics.draining.set(1)
         if self._servicer is not None:
@@ -294,16 +340,20 @@ class Hub:
         """Let the commit loops write what is queued (up to within seconds), then cancel what is left."""
         for committer in self._committers.values():
             committer.close()
-        if self._committer_tasks:
-            _done, pending = await asyncio.wait(self._committer_tasks, timeout=within)
-            if pending:
-                log.error("committer_did_not_drain", count=len(pending))
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            self._committer_tasks = []
+        late = await self._supervisor.drain(_COMMITTER_TASKS, within=within)
+        if late:
+            log.error("committer_did_not_drain", count=len(late))
 
-    async def wait(self) -> None:
-        """Until the server stops."""
-        if self._server is not None:
-            await self._server.wait_for_termination()
+
+# The names of the hub's background tasks (in background_task_failed and task_did_not_stop log lines).
+ESCALATIONS = "escalations"
+EXPIRIES = "expiries"
+AGREEMENTS_WATCH = "agreements-watch"
+AUDIT_RETENTION = "audit-retention"
+
+
+def _committer_task(lane: Lane) -> str:
+    return f"committer-{lane.value}"
+
+
+_COMMITTER_TASKS = tuple(_committer_task(lane) for lane in LANES)

@@ -78,7 +78,8 @@ class Metrics:
         )
         self.expired = Counter(
             "opsroom_expired",
-            "Deliveries dropped undelivered because they expired (the sender is notified), by recipient agency.",
+            "Deliveries that expired undelivered, by recipient agency: counted by the replica that stored the"
+            " sender's notice (once per delivery over all replicas).",
             ["agency"],
             registry=r,
         )

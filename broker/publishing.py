@@ -265,15 +265,9 @@ class Publisher:
 
         sent is the envelope, its sender, its bytes and their digest.
         """
-        if result.done():
+        if _settled_by_failure(group, result):
             return
-        if group.cancelled():
-            result.set_exception(StoreUnavailable("the write was interrupted; retry"))
-            return
-        exc = group.exception()
-        if exc is not None:
-            result.set_exception(exc)
-        elif group.result().outcome is Outcome.STORED:
+        if group.result().outcome is Outcome.STORED:
             result.set_result(Accepted(acceptance, decision))
         else:  # the distribution id was taken: answer from the store
             task = asyncio.get_running_loop().create_task(self._resolve_duplicate(result, *sent))
@@ -572,16 +566,22 @@ def _on_completed(
     group: asyncio.Future[GroupResult], result: asyncio.Future[Accepted], answer: hub_pb2.Acceptance
 ) -> None:
     """Answer a resend once the deliveries its first attempt lacked are stored."""
+    if not _settled_by_failure(group, result):
+        result.set_result(Accepted(answer, None))
+
+
+def _settled_by_failure(group: asyncio.Future[GroupResult], result: asyncio.Future[Accepted]) -> bool:
+    """Give result the failure of the write group (cancelled, or an error); True if result is settled now."""
     if result.done():
-        return
+        return True
     if group.cancelled():
         result.set_exception(StoreUnavailable("the write was interrupted; retry"))
-        return
+        return True
     exc = group.exception()
     if exc is not None:
         result.set_exception(exc)
-    else:
-        result.set_result(Accepted(answer, None))
+        return True
+    return False
 
 
 def _reused() -> Refused:

@@ -3,6 +3,10 @@
 A session starts by resetting the agency's two consumers (urgent and bulk lanes) to their ack
 floors, so the room gets every delivery it has not acknowledged, in order within each lane,
 then live traffic; whatever is waiting on the urgent lane goes out before the bulk lane's.
+Every delivery, the first included, must carry the consumer sequence after the previous one's
+(at first, after the one the reset left): a delivery that went elsewhere (a lost pull, an
+earlier session's request still waiting at the server) ends the session instead of being
+acknowledged along with the later ones.
 Deliveries leave in batches without being decoded. The room's acknowledgements are recorded
 as receipts (one record for whatever arrived meanwhile) before the consumer is acknowledged up to the highest
 sequence below which everything is acknowledged. At most `window` deliveries are unacknowledged
@@ -24,13 +28,13 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker import receipts
-from broker.committer import Committer
+from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane
 from broker.layout import SENDER_HEADER, Layout
 from broker.logging import get_logger
 from broker.metrics import Metrics
-from broker.transport.jetstream import ConsumerGone, DuplicateInBatch, JetStream, Pulled, Puller, Wake
+from broker.transport.jetstream import ConsumerGone, DuplicateInBatch, JetStream, OutMsg, Pulled, Puller, Wake
 
 log = get_logger(__name__)
 
@@ -60,7 +64,15 @@ class _LaneState:
         self.acked: set[int] = set()  # acknowledged by the client and recorded as receipts
         self.recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
         self.pending = 0  # deliveries the consumer still holds for the room, as of the last one pulled
-        self.consumer_seq = 0  # of the last delivery pulled: the next must be one more
+        # The consumer sequence of the last delivery pulled (at first, the one the reset left): the
+        # consumer counts every message it sends, so the next one pulled must carry one more.
+        self.consumer_seq = 0
+
+    def follow(self, item: Pulled) -> int:
+        """Take item as the lane's next delivery; returns how many the consumer sent in between (lost on the way)."""
+        lost = item.consumer_seq - self.consumer_seq - 1
+        self.consumer_seq = item.consumer_seq
+        return lost
 
 
 class DeliverySession:
@@ -114,7 +126,9 @@ class DeliverySession:
         backlog = 0
         for state in self._lanes:
             await self._js.ensure_consumer(self.agency_id, state.lane)
-            backlog += await self._js.reset_consumer(self.agency_id, state.lane)
+            reset = await self._js.reset_consumer(self.agency_id, state.lane)
+            state.consumer_seq = reset.consumer_seq  # the first delivery is checked like any other
+            backlog += reset.backlog
         for state in self._lanes:
             await state.puller.start()
         self._metrics.sessions.labels(self.agency_id).inc()
@@ -242,13 +256,15 @@ class DeliverySession:
                 raise StoreUnavailable(f"the delivery consumer went away ({item}); reconnect")
             if isinstance(item, BaseException):
                 raise item
-            if state.consumer_seq and item.consumer_seq != state.consumer_seq + 1:
-                # A delivery was lost between the store and this hub (its NATS connection dropped, or
-                # the consumer's leader moved): acknowledging the later ones would acknowledge it too.
-                # End the session: the next one starts again from the ack floor.
+            lost = state.follow(item)
+            if lost:
+                # A delivery was lost between the store and this hub (its NATS connection dropped, the
+                # consumer's leader moved, or an earlier session's pull request, still waiting at the
+                # server, took the first one after the reset): acknowledging the later ones would
+                # acknowledge it too. End the session: the next one starts again from the ack floor.
                 self._metrics.session_gaps.labels(self.agency_id).inc()
+                log.warning("delivery_gap", agency=self.agency_id, lane=state.lane.value, count=lost)
                 raise StoreUnavailable("a delivery was lost on its way from the store; reconnect")
-            state.consumer_seq = item.consumer_seq
             state.unacked[item.stream_seq] = item
             state.pending = item.pending
             expires = receipts.expires_ns(item.headers)
@@ -326,7 +342,7 @@ class DeliverySession:
             if item.headers.get(SENDER_HEADER)
         ]
         try:
-            await self._committer.submit([record, *notices])
+            noticed = await self._store(record, notices)
         except BaseException:
             self._to_record = seqs + self._to_record
             self._expired = expired + self._expired
@@ -334,7 +350,7 @@ class DeliverySession:
         # Only now, with the receipts stored, do these count as acknowledged.
         self._metrics.acks.labels(self.agency_id).inc(len(seqs))
         if expired:
-            self._metrics.expired.labels(self.agency_id).inc(len(expired))
+            self._metrics.expired.labels(self.agency_id).inc(noticed)
             log.info("deliveries_expired", agency=self.agency_id, count=len(expired))
         by_lane: dict[Lane, set[int]] = {}
         for sequence in [*seqs, *(s for s, _ in expired)]:
@@ -355,6 +371,20 @@ class DeliverySession:
             if highest is not None:
                 await self._js.ack(highest.reply)
                 self._ready.set()  # the window has room again: pull more
+
+    async def _store(self, record: OutMsg, notices: list[OutMsg]) -> int:
+        """Store the notices and the ack record; returns how many notices were new, raises the first failure.
+
+        Each notice goes on its own: the expiry worker may have stored it already, and then it
+        is not counted again.
+        """
+        pending = [await self._committer.enqueue([notice]) for notice in notices]
+        pending.append(await self._committer.enqueue([record]))
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(isinstance(r, GroupResult) and r.outcome is Outcome.STORED for r in results[:-1])
 
 
 async def current_session(js: JetStream, agency_id: str) -> str | None:

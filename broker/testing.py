@@ -9,9 +9,9 @@ cluster_hub does the same over a 3-node nats-server cluster (streams with 3 repl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +82,9 @@ class LocalHub(_RunningHub):
 
 
 @contextlib.asynccontextmanager
-async def _started(cfg: HubConfig) -> AsyncIterator[Hub]:
-    """A hub started with cfg, stopped (with a short grace) on exit."""
-    hub = Hub(cfg)
+async def _started(cfg: HubConfig, clock: Callable[[], datetime] | None = None) -> AsyncIterator[Hub]:
+    """A hub started with cfg (and clock, if given), stopped (with a short grace) on exit."""
+    hub = Hub(cfg) if clock is None else Hub(cfg, clock=clock)
     await hub.start()
     try:
         yield hub
@@ -103,11 +103,12 @@ async def local_hub(
     nats_config: NatsConfig | None = None,
     agreements: Path | None = None,
     drill_only: Iterable[str] = (),
+    clock: Callable[[], datetime] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
     """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
 
-    overrides replace HubConfig fields (e.g. heartbeat=timedelta(seconds=1)).
+    overrides replace HubConfig fields (e.g. heartbeat=timedelta(seconds=1)); clock replaces the wall clock.
     """
     pki = make_dev_pki(root / "pki", [*agencies, *extra_certs])
     nats = NatsServer(root / "nats")
@@ -119,7 +120,7 @@ async def local_hub(
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
         cfg = replace(cfg, **overrides)
-        async with _started(cfg) as hub:
+        async with _started(cfg, clock) as hub:
             yield LocalHub(pki=pki, nats=nats, hub=hub)
     finally:
         nats.stop()

@@ -46,6 +46,7 @@ _FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, ma
 # else status 413.
 MULTI_LAST_LIMIT = 1024
 _TOO_MANY_RESULTS = "413"
+_MAX_PAGES = 1000  # of a paged JetStream listing (256 items a page)
 
 
 class ConnectionLost(OSError):
@@ -105,6 +106,24 @@ class Pulled:
     data: bytes
     headers: dict[str, str] = field(default_factory=dict)
     consumer_seq: int = 0  # the consumer's delivery count: +1 for every message it sends (a gap: one was lost)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerReset:
+    """What a consumer reset left: the deliveries waiting, and the consumer sequence the next delivery follows."""
+
+    backlog: int
+    consumer_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """A consumer as a listing shows it: its filter, its ack floor (a stream sequence), what it still holds."""
+
+    name: str
+    filter_subject: str
+    ack_floor: int
+    waiting: int  # not yet delivered, or delivered and not acknowledged
 
 
 class ConsumerGone(Exception):
@@ -420,9 +439,22 @@ class JetStream:
         """The last message of every subject matching the filter (batched direct get)."""
         return await self._direct_batch({"multi_last": [subject_filter], "batch": limit}, limit, stream)
 
+    async def last_of_each(self, subjects: Sequence[str], stream: str = "") -> list[StoredMsg]:
+        """The last message of each of these subjects that has one (batched direct get; at most 1,000 subjects)."""
+        if len(subjects) > 1000:
+            raise ValueError("at most 1,000 subjects per read (nats-server answers more results with status 413)")
+        if not subjects:
+            return []
+        return await self._direct_batch({"multi_last": list(subjects), "batch": len(subjects)}, len(subjects), stream)
+
     async def read_range(self, stream: str, start_seq: int, limit: int = 1000) -> list[StoredMsg]:
         """Up to limit stored messages of a stream from start_seq on, in order (batched direct get)."""
         return await self._direct_batch({"seq": start_seq, "batch": limit}, limit, stream)
+
+    async def read_matching(self, stream: str, subject_filter: str, start_seq: int, limit: int) -> list[StoredMsg]:
+        """Up to limit messages of a stream matching the filter, from start_seq on, in order (batched direct get)."""
+        body = {"seq": start_seq, "next_by_subj": subject_filter, "batch": limit}
+        return await self._direct_batch(body, limit, stream)
 
     async def read_through(
         self, stream: str, start_seq: int, last_seq: int, max_messages: int | None = None
@@ -558,14 +590,41 @@ class JetStream:
             raise StoreUnavailable(f"cannot read consumer {name}: {err[1]} ({err[0]})")
         return int(reply.get("ack_floor", {}).get("stream_seq", 0))
 
-    async def reset_consumer(self, agency_id: str, lane: Lane) -> int:
-        """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog."""
+    async def consumers(self, stream: str) -> list[ConsumerState]:
+        """Every consumer of a stream, with its filter, ack floor and the messages it still holds (paged list)."""
+        out: list[ConsumerState] = []
+        for _ in range(_MAX_PAGES):
+            reply = await self.api(f"CONSUMER.LIST.{stream}", {"offset": len(out)})
+            err = _api_error(reply)
+            if err is not None:
+                raise StoreUnavailable(f"cannot list the consumers of {stream}: {err[1]} ({err[0]})")
+            page = reply.get("consumers") or []
+            out.extend(
+                ConsumerState(
+                    name=str(info.get("name", "")),
+                    filter_subject=str(info.get("config", {}).get("filter_subject", "")),
+                    ack_floor=int(info.get("ack_floor", {}).get("stream_seq", 0)),
+                    waiting=int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0)),
+                )
+                for info in page
+            )
+            if not page or len(out) >= int(reply.get("total", 0)):
+                break
+        return out
+
+    async def reset_consumer(self, agency_id: str, lane: Lane) -> ConsumerReset:
+        """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog.
+
+        Also the consumer sequence the reset left (nats-server 2.15 sets it to 0): the next
+        message the consumer sends has one more, whoever pulled it.
+        """
         name = self.layout.consumer_name(agency_id, lane)
         reply = await self.api(f"CONSUMER.RESET.{self.stream_of(lane)}.{name}")
         err = _api_error(reply)
         if err is not None:
             raise StoreUnavailable(f"cannot reset consumer {name}: {err[1]} ({err[0]})")
-        return int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
+        backlog = int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
+        return ConsumerReset(backlog, int(reply.get("delivered", {}).get("consumer_seq", 0)))
 
     async def ensure_work_consumer(self, name: str, subject_filter: str, ack_wait: float = 30.0) -> None:
         """A durable consumer of the main stream shared by the replicas: each message to one, acked one by one."""

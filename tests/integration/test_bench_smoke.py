@@ -61,3 +61,12 @@ def test_write_modes_benchmark_runs_every_mode(tmp_path: Path) -> None:
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"]]
     assert [["2", "pipelined"], ["2", "staged"], ["2", "atomic"]] == [row[:2] for row in rows]
     assert {"pipelined/2", "staged/2", "atomic/2"} == set(json.loads((tmp_path / "m.json").read_text()))
+
+
+def test_expiry_benchmark_runs_and_reports() -> None:
+    """bench/expiry.py scans rooms away, writes the notices of what expired, and a second worker writes none again."""
+    result = bench("expiry.py", "--quick")
+    assert 0 == result.returncode, result.stderr
+    assert "1. first scan:" in result.stdout
+    assert "4. expiries: 500 notices stored" in result.stdout
+    assert "0 notices new (expected 0)" in result.stdout

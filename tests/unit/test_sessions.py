@@ -1,0 +1,138 @@
+"""broker.sessions: the frame logic of a delivery session (consumer-sequence gaps), with a fake transport (no servers)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+from opsroom.hub.v1 import hub_pb2
+
+from broker.committer import GroupResult, Outcome
+from broker.config import NatsConfig
+from broker.errors import StoreUnavailable
+from broker.lanes import Lane
+from broker.layout import Layout
+from broker.metrics import Metrics
+from broker.sessions import DeliverySession
+from broker.transport.jetstream import ConsumerReset, OutMsg, Pulled
+
+AGENCY = "it.ps.questura.to"
+
+
+class FakePuller:
+    """A puller whose deliveries the test queues itself."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.queue: asyncio.Queue[Pulled | BaseException] = asyncio.Queue()
+        self.outstanding = 0
+
+    def stalled(self) -> bool:
+        return False
+
+    def forget_outstanding(self) -> None:
+        self.outstanding = 0
+
+    async def request(self, count: int) -> None:
+        self.outstanding += count
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def put(self, item: Pulled | BaseException) -> None:
+        self.queue.put_nowait(item)
+
+
+class FakeJetStream:
+    """Consumers that a reset leaves at a given consumer sequence."""
+
+    def __init__(self, reset_to: int = 0) -> None:
+        self.cfg = NatsConfig()
+        self.layout = Layout()
+        self.reset_to = reset_to
+        self.pullers: dict[Lane, FakePuller] = {}
+
+    def puller(self, _agency_id: str, lane: Lane, _ready: asyncio.Event | None = None) -> FakePuller:
+        self.pullers[lane] = FakePuller(lane)
+        return self.pullers[lane]
+
+    async def ensure_consumer(self, _agency_id: str, _lane: Lane) -> None:
+        pass
+
+    async def reset_consumer(self, _agency_id: str, _lane: Lane) -> ConsumerReset:
+        return ConsumerReset(backlog=0, consumer_seq=self.reset_to)
+
+    def forget(self, _puller: FakePuller) -> None:
+        pass
+
+
+class FakeCommitter:
+    async def submit(self, _messages: Sequence[OutMsg]) -> GroupResult:
+        return GroupResult(Outcome.STORED, 1)
+
+
+def pulled(stream_seq: int, consumer_seq: int) -> Pulled:
+    return Pulled(stream_seq, 1, 0, 0, f"reply.{stream_seq}", f"d{stream_seq}", b"", {}, consumer_seq)
+
+
+async def opened(reset_to: int = 0) -> tuple[DeliverySession, FakeJetStream, Metrics]:
+    js = FakeJetStream(reset_to)
+    metrics = Metrics()
+    session = DeliverySession(AGENCY, js, FakeCommitter(), metrics, lambda: datetime.now(UTC), heartbeat=5.0)
+    await session.open()
+    return session, js, metrics
+
+
+def sequences(frame: bytes) -> list[int]:
+    return [d.sequence for d in hub_pb2.ConnectResponse.FromString(frame).deliveries.deliveries]
+
+
+def gaps(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("opsroom_session_gaps_total", {"agency": AGENCY}) or 0.0
+
+
+async def test_the_first_delivery_after_the_reset_is_sent_when_it_follows_the_reset() -> None:
+    """Reset to consumer sequence 0: the first delivery carries 1, the next 2; both go out."""
+    session, js, metrics = await opened()
+    js.pullers[Lane.URGENT].put(pulled(7, 1))
+    js.pullers[Lane.URGENT].put(pulled(9, 2))
+    frame = await session.next_frame()
+    assert [Layout.delivery_sequence(Lane.URGENT, 7), Layout.delivery_sequence(Lane.URGENT, 9)] == sequences(frame)
+    assert 0.0 == gaps(metrics)
+
+
+async def test_a_gap_before_the_first_delivery_ends_the_session() -> None:
+    """Reset to 0, first delivery 2: delivery 1 went elsewhere; nothing is sent and the gap is counted."""
+    session, js, metrics = await opened()
+    js.pullers[Lane.URGENT].put(pulled(8, 2))
+    with pytest.raises(StoreUnavailable):
+        await session.next_frame()
+    assert 1.0 == gaps(metrics)
+
+
+async def test_the_first_delivery_follows_the_sequence_the_reset_left() -> None:
+    """A reset that leaves the consumer at 5: the first delivery must carry 6, on each lane."""
+    session, js, metrics = await opened(reset_to=5)
+    js.pullers[Lane.BULK].put(pulled(3, 6))
+    frame = await session.next_frame()
+    assert [Layout.delivery_sequence(Lane.BULK, 3)] == sequences(frame)
+    js.pullers[Lane.URGENT].put(pulled(4, 1))  # as if the reset had left 0: one more than 5 was expected
+    with pytest.raises(StoreUnavailable):
+        await session.next_frame()
+    assert 1.0 == gaps(metrics)
+
+
+async def test_a_gap_after_the_first_delivery_ends_the_session() -> None:
+    """1 then 3: the second frame is refused."""
+    session, js, metrics = await opened()
+    js.pullers[Lane.URGENT].put(pulled(1, 1))
+    await session.next_frame()
+    js.pullers[Lane.URGENT].put(pulled(3, 3))
+    with pytest.raises(StoreUnavailable):
+        await session.next_frame()
+    assert 1.0 == gaps(metrics)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check unit integration bench protos clean
+.PHONY: demo test check unit integration soak soak-ci bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/opsroom demo
 
-## Lint, types, then every test (unit, contract, integration against real servers).
+## Lint, types, then every test (unit, contract, integration against real servers, faults).
+## PYTEST_ARGS narrows it (CI: -m "not soak", the fault scenarios running in soak-ci instead).
+PYTEST_ARGS ?=
 test: $(STAMP) check
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check broker adapters tests bench protos/generate.py
@@ -30,6 +32,17 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
+
+## The fault tests in a loop, a CPU burner on every core, one table at the end (docs/reliability.md).
+## SOAK_RUNS=20 make soak for the figure in the docs; about 12 minutes a run on 2 cores.
+SOAK_RUNS ?= 3
+soak: $(STAMP)
+	$(BIN)/python -m tests.faults.soak --runs $(SOAK_RUNS)
+
+## CI's budget of the soak: a few runs, each scenario once per run, the ways to publish in turn.
+SOAK_CI_RUNS ?= 2
+soak-ci: $(STAMP)
+	$(BIN)/python -m tests.faults.soak --runs $(SOAK_CI_RUNS) --rotate
 
 ## Hub versus raw JetStream, side by side (see docs/performance.md).
 bench: $(STAMP)

@@ -1,19 +1,25 @@
-"""Fixtures of the fault tests (the processes they start, a rig factory, the counts of each test) and the counts table printed at the end of the run."""
+"""Fixtures of the fault tests (the processes they start, a rig list, the counts of each test) and the counts table printed at the end of the run.
+
+With OPSROOM_FAULT_COUNTS=<file> in the environment, the rows are also written to that file as
+JSON (one object per test, with its outcome): `make soak` reads them (tests/faults/soak.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.faults.load import Counts
+from tests.faults.counts import Counts
 from tests.faults.procs import Processes
-from tests.faults.rig import Rig
+from tests.faults.rig import RecordCounts, Rig
 
 ROWS = pytest.StashKey[list[Counts]]()
-
-RecordCounts = Callable[[Counts], None]
+COUNTS_FILE = "OPSROOM_FAULT_COUNTS"
 
 
 @pytest.fixture
@@ -27,7 +33,7 @@ def processes() -> Iterator[Processes]:
 
 @pytest.fixture
 async def rigs(processes: Processes) -> AsyncIterator[list[Rig]]:
-    """Rigs a test made (append them); their clients are closed at teardown, before the processes stop."""
+    """Rigs a test made (append them); their clients and proxy are closed at teardown, before the processes stop."""
     made: list[Rig] = []
     yield made
     for rig in made:
@@ -46,11 +52,7 @@ def record_counts(request: pytest.FixtureRequest) -> RecordCounts:
     return record
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Print the counts of every fault test that ran as one table."""
-    rows = config.stash.get(ROWS, [])
-    if not rows:
-        return
+def _with_outcomes(terminalreporter: Any, rows: list[Counts]) -> None:
     outcomes = {
         report.nodeid: outcome
         for outcome in ("passed", "failed", "xfailed", "xpassed", "error")
@@ -59,6 +61,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     }
     for row in rows:
         row.outcome = outcomes.get(row.nodeid, "?")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Print the counts of every fault test that ran as one table (and write them as JSON if asked)."""
+    rows = config.stash.get(ROWS, [])
+    if not rows:
+        return
+    _with_outcomes(terminalreporter, rows)
+    target = os.environ.get(COUNTS_FILE)
+    if target:
+        Path(target).write_text(json.dumps([row.as_json() for row in rows], indent=1), encoding="utf-8")
     header = [title for _, title in Counts.COLUMNS]
     table = [header, *(row.cells() for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
@@ -73,9 +86,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.write_line("-+-".join("-" * w for w in widths))
     for cells in table[1:]:
         terminalreporter.write_line(line(cells))
-    terminalreporter.write_line(
-        "acked to senders: publishes answered OK; deliveries due: acked events x their rooms; lost: due, never "
-        "delivered; dups dropped by client: redelivered copies the client library removed by distribution id; "
-        "redelivered: first copies the application got with attempt > 1; dups seen by app and out of order "
-        "(per incident) must be 0; unacked at hub: deliveries still pending on the rooms' consumers after they closed."
-    )
+    terminalreporter.write_line(Counts.LEGEND)
+    for row in rows:
+        if row.examples:
+            terminalreporter.write_line(f"{row.test}: {row.examples}")

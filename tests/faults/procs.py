@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 15.0
+# Liveness: a hub or room process must be up within this (generous: the machine may be loaded).
+START_TIMEOUT = 60.0
 
 
 def _signal(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
@@ -71,7 +73,7 @@ class HubProcess:
         """The gRPC address."""
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the hub and wait until it accepts connections (it listens only once JetStream is ready)."""
         if self.proc is not None:
             raise RuntimeError("the hub is already running")
@@ -111,19 +113,30 @@ class HubProcess:
 
 @dataclass(frozen=True)
 class Delivered:
-    """One delivery a room's application received."""
+    """One delivery a room's application received, and which personal data its copy held (tests/faults/room.py view_of)."""
 
     distribution_id: str
     incident: str
     seq: int
     attempt: int
     stream_seq: int
+    view: str = ""
+
+
+@dataclass(frozen=True)
+class Arrived:
+    """One delivery as it arrived at a room's client, before the client dropped copies by distribution id."""
+
+    distribution_id: str
+    attempt: int
+    sequence: int
 
 
 @dataclass
 class RoomLog:
-    """What a room process wrote: its deliveries in the order handed over, sessions, the inbox's counters."""
+    """What a room process wrote: deliveries as they arrived and as handed over (in order), sessions, the inbox's counters."""
 
+    arrivals: list[Arrived] = field(default_factory=list)
     deliveries: list[Delivered] = field(default_factory=list)
     sessions: int = 0
     duplicates_dropped: int = 0
@@ -138,9 +151,12 @@ class RoomLog:
         for line in text.split("\n")[:-1]:
             kind, _, rest = line.partition(" ")
             parts = rest.split(" ")
-            if kind == "D":
-                dist, incident, seq, attempt, stream_seq = parts
-                log.deliveries.append(Delivered(dist, incident, int(seq), int(attempt), int(stream_seq)))
+            if kind == "A":
+                dist, attempt, sequence = parts
+                log.arrivals.append(Arrived(dist, int(attempt), int(sequence)))
+            elif kind == "D":
+                dist, incident, seq, attempt, stream_seq, view = parts
+                log.deliveries.append(Delivered(dist, incident, int(seq), int(attempt), int(stream_seq), view))
             elif kind == "O":
                 log.sessions += 1
             elif kind in ("S", "F"):
@@ -172,7 +188,7 @@ class RoomProcess:
             raise RuntimeError("the room is not running")
         return self.proc.pid
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         """Start the client and wait until its first session is open."""
         if self.proc is not None:
             raise RuntimeError("the room is already running")

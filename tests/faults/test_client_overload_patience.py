@@ -22,8 +22,8 @@ from opsroom.hub.v1 import hub_pb2
 from broker.certs import make_dev_pki
 from broker.client import HubClient, HubError, RetryPolicy
 from broker.testing import credentials
+from tests.faults.agreement import CUR
 from tests.faults.load import close_publisher, event, incident_id
-from tests.faults.rig import CUR, QUESTURA
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]
 
@@ -98,7 +98,7 @@ async def busy(tmp_path: Path) -> AsyncIterator[tuple[BusyHub, HubClient]]:
 
 
 def envelopes(count: int) -> list[Any]:
-    return [event(CUR, [QUESTURA], incident_id(CUR, i), 1) for i in range(1, count + 1)]
+    return [event(CUR, i, incident_id(CUR, i), 1) for i in range(1, count + 1)]
 
 
 @pytest.mark.parametrize("how", ["publish", "publish_many", "stream_publisher"])

@@ -11,8 +11,8 @@ import pytest
 from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig, load
 from broker.routing import AllowRule
 from broker.validate import Limits
+from tests.faults.agreement import CC, CUR, QUESTURA
 from tests.faults.hubconf import write_hub_toml
-from tests.faults.rig import CC, CUR, QUESTURA
 
 pytestmark = pytest.mark.faults
 

@@ -15,8 +15,8 @@ from opsroom.hub.v1 import hub_pb2
 from broker.certs import make_dev_pki
 from broker.client import HubClient, RetryPolicy
 from broker.testing import credentials
+from tests.faults.agreement import CUR
 from tests.faults.load import close_publisher, event, incident_id
-from tests.faults.rig import CUR, QUESTURA
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]
 
@@ -94,10 +94,10 @@ async def test_a_publish_after_a_failed_stream_is_answered(flaky: tuple[FlakyHub
     publisher = client.stream_publisher()
     incident = incident_id(CUR, 1)
     try:
-        first = event(CUR, [QUESTURA], incident, 1)
+        first = event(CUR, 1, incident, 1)
         assert first.distribution_id == (await asyncio.wait_for(publisher.publish(first), 10)).distribution_id
         assert hub.calls == 2  # the first stream failed, the retry went out on a second one
-        second = event(CUR, [QUESTURA], incident, 2)
+        second = event(CUR, 1, incident, 2)
         assert second.distribution_id == (await asyncio.wait_for(publisher.publish(second), 5)).distribution_id
     finally:
         await close_publisher(publisher, timeout=2)
@@ -107,7 +107,7 @@ async def test_publishes_in_flight_when_a_stream_fails_are_retried(flaky: tuple[
     """Many publishes on the wire when the hub drops the stream: all are sent again on a new stream and accepted."""
     hub, client = flaky
     publisher = client.stream_publisher(max_batch=10)
-    sent = [event(CUR, [QUESTURA], incident_id(CUR, i), 1) for i in range(1, 201)]
+    sent = [event(CUR, i, incident_id(CUR, i), 1) for i in range(1, 201)]
     for env in sent:  # large requests: the client is still writing (held by flow control) when the stream ends
         env.incident.description = "x" * 30_000
     try:
@@ -125,7 +125,7 @@ async def test_refused_publishes_are_retried_with_the_policys_delays(flaky: tupl
     client.retry = RetryPolicy(attempts=20, first_delay=0.1, max_delay=1.0, timeout=5)
     publisher = client.stream_publisher()
     hub.refuse_until = time.monotonic() + 1.0
-    env = event(CUR, [QUESTURA], incident_id(CUR, 1), 1)
+    env = event(CUR, 1, incident_id(CUR, 1), 1)
     try:
         acceptance = await asyncio.wait_for(publisher.publish(env), 15)
     finally:

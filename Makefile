@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test check unit integration soak soak-ci bench protos clean
 
-$(STAMP): pyproject.toml
+# The hub depends on the client package (clients/python), installed from this checkout.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
 ## The embedded default: nats-server, the hub and four simulated rooms. Ctrl-C stops all.
@@ -23,8 +24,8 @@ test: $(STAMP) check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: $(STAMP)
-	$(BIN)/ruff check broker adapters tests bench protos/generate.py
-	$(BIN)/ruff format --check broker adapters tests bench protos/generate.py
+	$(BIN)/ruff check broker adapters clients/python tests bench protos/generate.py
+	$(BIN)/ruff format --check broker adapters clients/python tests bench protos/generate.py
 	$(BIN)/mypy
 
 unit: $(STAMP)

@@ -36,6 +36,7 @@ from opsroom.alert.v1 import alert_pb2  # noqa: E402
 from opsroom.common.v1 import common_pb2  # noqa: E402
 from opsroom.envelope.v1 import envelope_pb2  # noqa: E402
 from opsroom.hub.v1 import hub_pb2  # noqa: E402
+from opsroom_client import HubClient, new_envelope  # noqa: E402
 
 from bench.run import (  # noqa: E402
     PAYLOAD_BYTES,
@@ -51,7 +52,6 @@ from bench.run import (  # noqa: E402
     write_hub_config,
 )
 from broker.certs import make_dev_pki  # noqa: E402
-from broker.client import HubClient, new_envelope  # noqa: E402
 from broker.embedded import NatsServer, free_port  # noqa: E402
 
 BULK_SENDER = "it.pl.001272"

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from opsroom.hub.v1 import hub_pb2, hub_pb2_grpc  # noqa: E402
+from opsroom_client import HubError  # noqa: E402
 
 from bench.run import (  # noqa: E402
     RECEIVER,
@@ -56,7 +57,6 @@ from bench.run import (  # noqa: E402
     write_hub_config,
 )
 from broker.certs import make_dev_pki  # noqa: E402
-from broker.client import HubError  # noqa: E402
 from broker.embedded import NatsServer, free_port  # noqa: E402
 
 ACCEPTED = "OK"

@@ -46,8 +46,9 @@ from opsroom.incident.v1 import incident_pb2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from opsroom_client import HubClient, new_envelope  # noqa: E402
+
 from broker.certs import make_dev_pki  # noqa: E402
-from broker.client import HubClient, new_envelope  # noqa: E402
 from broker.embedded import NatsServer, free_port  # noqa: E402
 from broker.testing import credentials  # noqa: E402
 

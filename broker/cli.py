@@ -96,7 +96,7 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
 
 
 async def _play(hub: Hub, pki: DevPki, *, once: bool) -> int:
-    from broker.client import HubClient  # noqa: PLC0415 - keeps `opsroom serve` free of client code
+    from opsroom_client import HubClient  # noqa: PLC0415 - keeps `opsroom serve` free of client code
 
     target = f"127.0.0.1:{hub.port}"
     rooms = {

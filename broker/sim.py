@@ -21,9 +21,9 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.incident.v1 import incident_pb2
 from opsroom.request.v1 import request_pb2
+from opsroom_client import HubClient, new_envelope, timestamp
 
 from broker import codelists
-from broker.client import HubClient, new_envelope, timestamp
 from broker.routing import AllowRule
 
 CUR = "it.nue.cur.to"

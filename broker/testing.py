@@ -15,8 +15,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from opsroom_client import Credentials, HubClient, RetryPolicy
+
 from broker.certs import DevPki, make_dev_pki
-from broker.client import Credentials, HubClient, RetryPolicy
 from broker.cluster import NatsCluster
 from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig
 from broker.embedded import NatsServer

@@ -24,8 +24,8 @@ from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, HubError, RetryPolicy, StreamPublisher, new_envelope
 
-from broker.client import HubClient, HubError, RetryPolicy, StreamPublisher, new_envelope
 from broker.ids import agency_token
 from tests import factories
 from tests.faults.agreement import PLATE_ROOMS, PLATE_SENDERS, case_of

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from opsroom.audit.v1 import audit_pb2
+from opsroom_client import HubClient, RetryPolicy
 
 from broker.audit import tools
 from broker.certs import DevPki, make_dev_pki
-from broker.client import HubClient, RetryPolicy
 from broker.config import HubConfig, NatsConfig
 from broker.embedded import NatsServer, free_port
 from broker.ids import agency_token

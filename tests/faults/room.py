@@ -28,8 +28,7 @@ from typing import TextIO
 
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
-
-from broker.client import Credentials, HubClient, Inbox
+from opsroom_client import Credentials, HubClient, Inbox
 
 REPORT_EVERY = 0.25
 
@@ -120,9 +119,9 @@ async def run(args: argparse.Namespace) -> int:
     creds = Credentials.from_files(args.ca, args.cert, args.key)
     with Path(args.out).open("a", buffering=1, encoding="utf-8") as out:  # line-buffered: one write per line
         client = HubClient(args.target, creds, server_name="localhost")
-        inbox = _RecordingInbox(client, max_batch=args.max_batch, window=args.window, max_reconnects=1000)
+        inbox = client.inbox(max_batch=args.max_batch, window=args.window, max_reconnects=1000, kind=_RecordingInbox)
+        assert isinstance(inbox, _RecordingInbox)
         inbox.out = out
-        client._inbox = inbox  # the client closes it (sending pending acks) in close()
         room = _Room(inbox, out)
         receiving = loop.create_task(room.receive())
         reporting = loop.create_task(room.report())

@@ -18,9 +18,9 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, HubError, RetryPolicy
 
 from broker.certs import make_dev_pki
-from broker.client import HubClient, HubError, RetryPolicy
 from broker.testing import credentials
 from tests.faults.agreement import CUR
 from tests.faults.load import close_publisher, event, incident_id

@@ -15,9 +15,9 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
+from opsroom_client import HubClient, Inbox
 
 from broker.certs import DevPki, make_dev_pki
-from broker.client import HubClient, Inbox
 from broker.config import HubConfig
 from broker.embedded import free_port
 from broker.lanes import Lane

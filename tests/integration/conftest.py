@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, Inbox, RetryPolicy
 
-from broker.client import HubClient, Inbox, RetryPolicy
 from broker.routing import AllowRule
 from broker.testing import LocalHub, local_hub
 from tests import factories as f

@@ -18,10 +18,10 @@ from typing import Any
 import nats
 import pytest
 from opsroom.audit.v1 import audit_pb2
+from opsroom_client import HubClient, RetryPolicy
 
 from broker.audit import tools
 from broker.audit.verify import verify
-from broker.client import HubClient, RetryPolicy
 from broker.cluster import NatsCluster
 from broker.testing import ClusterHub, cluster_hub
 from tests import factories as f

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- example: room-client -->\n```python\n(.*?)```", text, re.DOTALL)
-    assert match, "the README lost its client example"
+def readme_example(readme: Path = ROOT / "README.md", name: str = "room-client") -> str:
+    text = readme.read_text(encoding="utf-8")
+    match = re.search(rf"<!-- example: {name} -->\n```python\n(.*?)```", text, re.DOTALL)
+    assert match, f"{readme} lost its {name} example"
     return match.group(1)
 
 
@@ -61,6 +62,40 @@ async def test_readme_client_example_runs(hub: LocalHub, tmp_path: Path) -> None
     stdout = out.decode()
     assert f"stored for ['{f.QUESTURA}']" in stdout
     assert f"received incident from {f.QUESTURA}" in stdout
+
+
+async def test_client_readme_outbox_example_runs_twice_and_sends_what_the_first_run_left(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """The client package's outbox example, run as written: first with the hub unreachable, then with it."""
+    work = tmp_path / "agency"
+    work.mkdir()
+    (work / "pki").symlink_to(hub.pki.root)
+    script = readme_example(ROOT / "clients" / "python" / "README.md", "outbox")
+
+    async def run(target: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, target, cwd=work,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(120):  # liveness bound: the client's retries against a closed port take ~1 s
+            out, err = await proc.communicate()
+        assert 0 == proc.returncode, err.decode()
+        return out.decode()
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    assert "accepted 0 refused 0 waiting 1" in await run(closed)
+    assert "accepted 2 refused 0 waiting 0" in await run(hub.target)
+    reader = hub.client(f.QUESTURA)
+    try:
+        inbox = reader.inbox()
+        async with asyncio.timeout(60):  # liveness bound
+            received = [await anext(inbox) for _ in range(2)]
+    finally:
+        await reader.close()
+    assert [d.envelope.sender.agency_id for d in received] == [f.PL, f.PL]
 
 
 def test_demo_plays_the_scenario(tmp_path: Path) -> None:

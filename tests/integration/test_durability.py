@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from opsroom_client import HubClient, RetryPolicy
 
 from broker.certs import make_dev_pki
-from broker.client import HubClient, RetryPolicy
 from broker.embedded import NatsServer
 from broker.errors import StoreUnavailable
 from broker.hub import Hub

@@ -19,9 +19,9 @@ import pytest
 from opsroom.audit.v1 import audit_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, HubError
 
 from broker.audit import tools
-from broker.client import HubClient, HubError
 from broker.lanes import Lane
 from broker.testing import LocalHub, local_hub
 from tests import factories as f

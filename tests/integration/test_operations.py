@@ -15,9 +15,9 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, HubError
 
 from broker import logging as hub_logging
-from broker.client import HubClient, HubError
 from broker.edge import SERVICE
 from broker.hub import Hub
 from broker.testing import LocalHub, credentials, local_hub
@@ -141,7 +141,7 @@ async def test_heartbeat_on_an_idle_session(tmp_path: Path) -> None:
     """An idle Connect stream gets heartbeats, so both ends notice a dead peer."""
     async with local_hub(tmp_path, AGENCIES, ALLOW, heartbeat=timedelta(seconds=0.3)) as env:
         client = env.client(f.PL)
-        call = client._connect()
+        call = client.connect_call()
         await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession()))
         async with asyncio.timeout(5):
             opened = await call.read()

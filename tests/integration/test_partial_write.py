@@ -20,9 +20,9 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
+from opsroom_client import HubClient, RetryPolicy
 
 from broker.certs import DevPki, make_dev_pki
-from broker.client import HubClient, RetryPolicy
 from broker.embedded import NatsServer
 from broker.hub import Hub
 from broker.lanes import Lane

@@ -12,8 +12,8 @@ import pytest
 from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, HubError
 
-from broker.client import HubClient, HubError
 from broker.testing import LocalHub, local_hub
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take

@@ -61,7 +61,7 @@ async def test_receipts_and_metrics_say_who_is_connected(quick_hub: LocalHub) ->
 async def test_a_silent_room_goes_offline_and_its_session_ends(quick_hub: LocalHub) -> None:
     """A client that opens a session and then never answers a heartbeat is ended with ROOM_SILENT."""
     room = quick_hub.client(f.QUESTURA)
-    call = room._connect()  # a bare Connect stream: no keepalive answers
+    call = room.connect_call()  # a bare Connect stream: no keepalive answers
     await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession()))
     started = asyncio.get_running_loop().time()
 

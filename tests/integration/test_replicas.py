@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 import grpc
 import pytest
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import HubClient, HubError, RetryPolicy
 
-from broker.client import HubClient, HubError, RetryPolicy
 from broker.hub import Hub
 from broker.testing import LocalHub, credentials
 from tests import factories as f

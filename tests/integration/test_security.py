@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import pytest
 from opsroom.hub.v1 import hub_pb2
+from opsroom_client import Credentials, HubClient, HubError, RetryPolicy
 
 from broker.certs import make_dev_pki
-from broker.client import Credentials, HubClient, HubError, RetryPolicy
 from broker.testing import LocalHub, credentials
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
@@ -88,7 +88,7 @@ async def test_acking_another_rooms_sequences_has_no_effect(hub: LocalHub, clien
     await clients[f.CUR].publish(env)
     [pl_delivery] = await take(clients[f.PL].inbox(), 1)
     stream_seqs = list(range(1, pl_delivery.sequence + 5))
-    call = clients[f.PL]._connect()
+    call = clients[f.PL].connect_call()
     await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession()))
     await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=stream_seqs)))
     await asyncio.sleep(0.5)
@@ -140,7 +140,7 @@ async def test_a_new_session_replaces_the_old_one(hub: LocalHub) -> None:
 
 async def test_connect_must_open_first(clients: dict[str, HubClient]) -> None:
     """A Connect stream that starts with an ack is refused with FAILED_PRECONDITION SESSION_NOT_OPENED."""
-    call = clients[f.PL]._connect()
+    call = clients[f.PL].connect_call()
     await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=[1])))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async with asyncio.timeout(10):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opsroom_client import HubClient
 
-from broker.client import HubClient
 from broker.lanes import Lane
 from broker.testing import LocalHub
 from broker.transport.jetstream import JetStream, Pulled

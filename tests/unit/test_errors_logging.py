@@ -15,9 +15,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from hypothesis import given
 from hypothesis import strategies as st
+from opsroom_client import FieldProblem, HubError
 
 from broker import logging as hub_logging
-from broker.client import FieldProblem, HubError
 from broker.edge import status_of
 from broker.errors import (
     ERROR_DOMAIN,

@@ -71,7 +71,11 @@ def test_the_details_trailer_of_a_failed_call_is_decoded() -> None:
         details="no agreement",
     )
     error = HubError.from_rpc_error(rpc_error)
-    assert (error.code, error.reason, error.message) == (grpc.StatusCode.PERMISSION_DENIED, "NOT_PERMITTED", "no agreement")
+    assert (error.code, error.reason, error.message) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "NOT_PERMITTED",
+        "no agreement",
+    )
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,10 @@ def test_a_refusal_for_good_moves_the_envelope_aside_and_the_send_goes_on(tmp_pa
         for e in envelopes:
             outbox.put(e)
         report = asyncio.run(outbox.send(hub))
-        assert [a.distribution_id for a in report.accepted] == [envelopes[0].distribution_id, envelopes[2].distribution_id]
+        assert [a.distribution_id for a in report.accepted] == [
+            envelopes[0].distribution_id,
+            envelopes[2].distribution_id,
+        ]
         assert report.refused == [(envelopes[1].distribution_id, INVALID)]
         assert outbox.waiting() == 0
         (refused,) = outbox.refused()

@@ -223,3 +223,20 @@ def _shape(file: Any) -> tuple[str, dict[str, list[tuple[str, int, int, str]]], 
     messages = {m.name: sorted((f.name, f.number, f.type, f.type_name) for f in m.field) for m in file.message_type}
     services = {s.name: {(m.name, m.input_type, m.output_type) for m in s.method} for s in file.service}
     return str(file.package), messages, services
+
+
+def test_contract_doc_lists_every_file_dev_certs_writes(tmp_path: Path) -> None:
+    """docs/contract.md's table of `opsroom dev-certs` files names exactly the files it writes."""
+    from broker.cli import main  # noqa: PLC0415
+
+    assert 0 == main(["dev-certs", "--out", str(tmp_path / "pki"), "--agency", f.PL])
+    written = {str(p.relative_to(tmp_path / "pki")) for p in (tmp_path / "pki").rglob("*") if p.is_file()}
+    text = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
+    section = text[text.index("## Development certificates") : text.index("## Readiness")]
+    documented = {
+        name.removeprefix("DIR/").replace("<agency id>", f.PL)
+        for row in section.splitlines()
+        if row.startswith("| `DIR/")
+        for name in re.findall(r"`(DIR/[^`]+)`", row.split("|")[1])
+    }
+    assert written == documented

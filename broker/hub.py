@@ -228,8 +228,10 @@ class Hub:
         await self._sessions.watch(js)
         await server.start()
         self._server = server
+        # SERVING, unless NATS dropped meanwhile (its reconnection sets SERVING then; see _refresh_health).
+        status = health_pb2.HealthCheckResponse.SERVING if js.connected else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set(service, status)
         if self.policy is not None and cfg.agreements is not None:
             self._supervisor.start(AGREEMENTS_WATCH, self.policy.watch(cfg.agreements.reload.total_seconds()))
         if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
@@ -263,14 +265,14 @@ class Hub:
         return True, "ready"
 
     async def _refresh_health(self) -> None:
-        """The NATS connection dropped or came back: gRPC health says what readiness() says (until the hub stops)."""
-        if not self._started or self._stop_task is not None:
-            return
-        ready, reason = self.readiness()
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        """The NATS connection dropped or came back: gRPC health is SERVING while it is up (until the hub stops)."""
+        if self._server is None or self._stop_task is not None:
+            return  # not serving yet (start() sets health from the connection), or stopping
+        connected = self._js is not None and self._js.connected
+        status = health_pb2.HealthCheckResponse.SERVING if connected else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE):
             await self._health.set(service, status)
-        log.info("hub_readiness", status="ready" if ready else "not_ready", reason=reason)
+        log.info("hub_readiness", status="ready" if connected else "not_ready", reason="nats connection changed")
 
     @property
     def failure(self) -> Failure | None:

@@ -31,7 +31,7 @@ from tests.integration.conftest import AGENCIES, ALLOW
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = ROOT / "tests" / "contract" / "node"
 RUN_WAIT = 120.0  # liveness: node starts, runs the whole exchange against a hub on loopback and exits
 INSTALL_WAIT = 600.0  # npm ci from the registry on a slow network
 

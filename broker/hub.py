@@ -119,10 +119,21 @@ class Hub:
         return self._js
 
     async def start(self) -> None:
-        """Connect to JetStream, check it, prepare the stream and serve gRPC."""
+        """Serve the ops endpoint (not ready yet), connect to JetStream, check it, prepare the stream, serve gRPC."""
+        if self.cfg.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.cfg.metrics_listen, self.readiness)
+        try:
+            await self._start()
+        except BaseException:
+            if self._stop_task is None:  # nothing will stop it: the ops endpoint goes with the failed start
+                self.metrics.close()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
         js = await JetStream.connect(cfg.nats)
         self._js = js
+        js.on_connection_change(self._refresh_health)
         if cfg.nats.require_sync_always:
             await js.verify_sync_always()
         else:
@@ -217,10 +228,10 @@ class Hub:
         await self._sessions.watch(js)
         await server.start()
         self._server = server
-        if cfg.metrics_listen:
-            self.metrics_port = self.metrics.serve(cfg.metrics_listen)
+        # SERVING, unless NATS dropped meanwhile (its reconnection sets SERVING then; see _refresh_health).
+        status = health_pb2.HealthCheckResponse.SERVING if js.connected else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set(service, status)
         if self.policy is not None and cfg.agreements is not None:
             self._supervisor.start(AGREEMENTS_WATCH, self.policy.watch(cfg.agreements.reload.total_seconds()))
         if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
@@ -235,6 +246,33 @@ class Hub:
         self._started = True
         if self._supervisor.failure is not None:  # a task died while the hub was starting: stop now
             self._background_failed(self._supervisor.failure)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the hub takes work now (its gRPC health is SERVING), else a short reason; for /readyz.
+
+        Ready once started (streams set up, gRPC serving) while NATS is connected and the hub is not
+        stopping. Reads plain values only: the ops endpoint calls it from its own thread.
+        """
+        if self._supervisor.failure is not None:
+            return False, "stopping: a background task failed"
+        if self._stop_task is not None:
+            return False, "stopping"
+        if not self._started:
+            return False, "starting"
+        js = self._js
+        if js is None or not js.connected:
+            return False, "nats disconnected"
+        return True, "ready"
+
+    async def _refresh_health(self) -> None:
+        """The NATS connection dropped or came back: gRPC health is SERVING while it is up (until the hub stops)."""
+        if self._server is None or self._stop_task is not None:
+            return  # not serving yet (start() sets health from the connection), or stopping
+        connected = self._js is not None and self._js.connected
+        status = health_pb2.HealthCheckResponse.SERVING if connected else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE):
+            await self._health.set(service, status)
+        log.info("hub_readiness", status="ready" if connected else "not_ready", reason="nats connection changed")
 
     @property
     def failure(self) -> Failure | None:

@@ -1,4 +1,9 @@
-"""Every Prometheus metric of the hub, in one registry per hub, and the /metrics HTTP endpoint.
+"""Every Prometheus metric of the hub, in one registry per hub, and the plain-HTTP ops endpoint.
+
+The ops endpoint (hub.metrics_listen) serves /metrics, and /livez and /readyz for a load
+balancer or a script, without a client certificate: /livez answers 200 while the process
+serves HTTP, /readyz 200 "ready" while the hub takes work (its gRPC health is SERVING) and 503
+with a short reason otherwise. Neither says anything about messages or agencies.
 
 Labels are bounded: agency ids come from the hub config (or "unregistered"), codes and reasons
 from the error catalogue. No label ever holds message content.
@@ -6,10 +11,17 @@ from the error catalogue. No label ever holds message content.
 
 from __future__ import annotations
 
+import socket
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+# Whether the hub takes work now, and the reason when it does not (e.g. "starting").
+Readiness = Callable[[], tuple[bool, str]]
 
 UNREGISTERED = "unregistered"
 
@@ -179,10 +191,23 @@ class Metrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def serve(self, listen: str) -> int:
-        """Serve /metrics on host:port (port 0 picks a free one); returns the port."""
+    def serve(self, listen: str, readiness: Readiness | None = None) -> int:
+        """Serve /metrics, /livez and /readyz on host:port (port 0 picks a free one); returns the port.
+
+        readiness answers /readyz (without it, /readyz always says ready); it is called on the
+        HTTP server's thread, so it must only read plain values.
+        """
         host, _, port = listen.rpartition(":")
-        server, thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
+        host = host.strip("[]") or "127.0.0.1"
+        family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][0]
+
+        class Server(ThreadingWSGIServer):
+            address_family = family
+
+        app = ops_app(make_wsgi_app(self.registry), readiness or (lambda: (True, "ready")))
+        server = make_server(host, int(port), app, Server, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="opsroom-ops-http", daemon=True)
+        thread.start()
         self._server, self._thread = server, thread
         return int(server.server_port)
 
@@ -195,3 +220,33 @@ class Metrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+def ops_app(metrics: Callable[..., Iterable[bytes]], readiness: Readiness) -> Callable[..., Iterable[bytes]]:
+    """The ops endpoint's WSGI app: /livez and /readyz (plain text), anything else to the Prometheus app."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/livez", "/readyz"):
+            return metrics(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+            return [b"use GET\n"]
+        if path == "/livez":
+            status, text = "200 OK", "alive"
+        else:
+            ready, reason = readiness()
+            status, text = ("200 OK", "ready") if ready else ("503 Service Unavailable", reason)
+        body = f"{text}\n".encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr (probes come every few seconds; the hub logs JSON)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the name of the overridden parameter
+        """Log nothing."""

@@ -196,6 +196,15 @@ class JetStream:
             raise StoreUnavailable(f"cannot connect to NATS at {', '.join(cfg.servers)}: {exc}") from exc
         return cls(cfg, nc, events)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to NATS is up now (False while it reconnects, and once closed)."""
+        return bool(self.nc.is_connected)
+
+    def on_connection_change(self, listener: Callable[[], Awaitable[None]]) -> None:
+        """Call listener (on the event loop) after the connection drops and after it comes back; not while closing."""
+        self._events.listeners.append(listener)
+
     async def close(self) -> None:
         """Flush and close the connection."""
         self._events.closing = True
@@ -809,6 +818,7 @@ class _ConnectionEvents:
         self.closing = False
         self.pullers: set[Puller] = set()
         self.writes: set[asyncio.Future[Any]] = set()  # write requests waiting for their answer
+        self.listeners: list[Callable[[], Awaitable[None]]] = []  # told of drops and reconnections
 
     async def on_error(self, exc: Exception) -> None:
         if not self.closing:
@@ -819,9 +829,17 @@ class _ConnectionEvents:
             log.warning("nats_disconnected", writes_in_flight=len(self.writes))
         for request in list(self.writes):
             request.cancel()
+        await self._tell_listeners()
 
     async def on_reconnected(self) -> None:
         log.info("nats_reconnected")
         for puller in list(self.pullers):
             puller.forget_outstanding()
             puller.put(Wake())
+        await self._tell_listeners()
+
+    async def _tell_listeners(self) -> None:
+        if self.closing:
+            return
+        for listener in list(self.listeners):
+            await listener()

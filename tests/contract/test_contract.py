@@ -7,6 +7,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opsroom.alert.v1 import alert_pb2
@@ -181,3 +182,61 @@ def test_error_catalogue_documents_every_rule() -> None:
     """docs/errors.md lists exactly the validation rule ids the validator can report."""
     rows = _doc_table("| rule | meaning |")
     assert set(RULES) == {row[0] for row in rows}
+
+
+VENDORED = {
+    "google/rpc/status.proto": "google.rpc.status_pb2",
+    "google/rpc/error_details.proto": "google.rpc.error_details_pb2",
+    "grpc/health/v1/health.proto": "grpc_health.v1.health_pb2",
+}
+
+
+@pytest.mark.parametrize("proto", sorted(VENDORED))
+def test_vendored_protos_match_what_the_hub_sends(proto: str, tmp_path: Path) -> None:
+    """Each proto in protos/third_party compiles from protos/ alone and declares the messages (names, field numbers
+    and types) and services of the module the hub itself uses, so a client generated from it reads what the hub sends.
+    """
+    import importlib  # noqa: PLC0415
+    from importlib import resources  # noqa: PLC0415
+
+    from google.protobuf import descriptor_pb2  # noqa: PLC0415
+    from grpc_tools import protoc  # noqa: PLC0415
+
+    out = tmp_path / "set.pb"
+    well_known = resources.files("grpc_tools") / "_proto"
+    args = ["protoc", f"-I{ROOT / 'protos' / 'third_party'}", f"-I{well_known}", f"--descriptor_set_out={out}", proto]
+    assert 0 == protoc.main(args)
+    vendored = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    used = descriptor_pb2.FileDescriptorProto()
+    importlib.import_module(VENDORED[proto]).DESCRIPTOR.CopyToProto(used)
+
+    vendored_package, vendored_messages, vendored_services = _shape(vendored)
+    used_package, used_messages, used_services = _shape(used)
+    assert vendored_package == used_package
+    assert used_messages.items() <= vendored_messages.items()
+    for name, methods in used_services.items():
+        assert methods <= vendored_services[name]
+
+
+def _shape(file: Any) -> tuple[str, dict[str, list[tuple[str, int, int, str]]], dict[str, set[tuple[str, str, str]]]]:
+    """A FileDescriptorProto's package, messages (fields: name, number, type, type name) and services (methods)."""
+    messages = {m.name: sorted((f.name, f.number, f.type, f.type_name) for f in m.field) for m in file.message_type}
+    services = {s.name: {(m.name, m.input_type, m.output_type) for m in s.method} for s in file.service}
+    return str(file.package), messages, services
+
+
+def test_contract_doc_lists_every_file_dev_certs_writes(tmp_path: Path) -> None:
+    """docs/contract.md's table of `opsroom dev-certs` files names exactly the files it writes."""
+    from broker.cli import main  # noqa: PLC0415
+
+    assert 0 == main(["dev-certs", "--out", str(tmp_path / "pki"), "--agency", f.PL])
+    written = {str(p.relative_to(tmp_path / "pki")) for p in (tmp_path / "pki").rglob("*") if p.is_file()}
+    text = (ROOT / "docs" / "contract.md").read_text(encoding="utf-8")
+    section = text[text.index("## Development certificates") : text.index("## Readiness")]
+    documented = {
+        name.removeprefix("DIR/").replace("<agency id>", f.PL)
+        for row in section.splitlines()
+        if row.startswith("| `DIR/")
+        for name in re.findall(r"`(DIR/[^`]+)`", row.split("|")[1])
+    }
+    assert written == documented

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opsroom_client import HubClient
 
 from broker.certs import make_dev_pki
-from broker.client import HubClient
 from broker.edge import SERVICE
 from broker.embedded import NatsServer, free_port
 from broker.escalation import Escalator

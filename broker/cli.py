@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2
+
 from broker import logging as hub_logging
 from broker import sim
 from broker.audit import command as audit_command
 from broker.certs import DevPki, make_dev_pki
 from broker.config import check_files, load, named_files
+from broker.edge import SERVICE
 from broker.embedded import NatsServer
 from broker.errors import ConfigError, OpsroomError, ServerUnreachable
 from broker.hub import Hub
@@ -100,16 +104,45 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         _print("stopped nats-server")
 
 
-async def rooms(target: str, pki_root: Path, *, once: bool) -> int:
-    """The four simulated Torino rooms and their scenario, against a hub already running at target."""
+async def rooms(target: str, pki_root: Path, *, once: bool, wait: float) -> int:
+    """The four simulated Torino rooms and their scenario, against a hub running at target.
+
+    Waits (up to wait seconds) for the hub's gRPC health to say SERVING first.
+    """
     pki = DevPki.at(pki_root)
     for agency_id in sim.TORINO_ROOMS:
         pair = pki.agency(agency_id)
         for path in (pki.ca, pair.cert, pair.key):
             if not path.is_file():
                 raise ConfigError(f"{path}: no such file (make the PKI with `opsroom dev-certs --config FILE`)")
-    _print(f"rooms connecting to the hub at {target} (dev certificates in {pki_root})")
+    await _wait_serving(target, pki, next(iter(sim.TORINO_ROOMS)), wait)
+    _print(f"the hub at {target} is serving; rooms connecting with the certificates in {pki_root}")
     return await _play(target, pki, once=once)
+
+
+async def _wait_serving(target: str, pki: DevPki, agency_id: str, within: float) -> None:
+    """Until the hub at target says SERVING to a gRPC health check (mTLS as agency_id); else ServerUnreachable."""
+    pair = pki.agency(agency_id)
+    creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    options = [("grpc.ssl_target_name_override", "localhost")]  # the dev hub certificate's name
+    async with grpc.aio.secure_channel(target, creds, options=options) as channel:
+        health_check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        while True:
+            try:
+                reply = await health_check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet, or still starting
+            if loop.time() >= deadline:
+                raise ServerUnreachable(f"no hub serving at {target} within {within:g} s: is `opsroom serve` running?")
+            await asyncio.sleep(0.5)
 
 
 async def _play(target: str, pki: DevPki, *, once: bool) -> int:
@@ -270,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sim.add_argument("--hub", default="localhost:7443", help="host:port of the hub (default localhost:7443)")
     p_sim.add_argument("--pki", type=Path, default=Path("deploy/pki"), help="dev-certs folder (default deploy/pki)")
     p_sim.add_argument("--once", action="store_true", help="exit after the scenario instead of waiting for Ctrl-C")
+    p_sim.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the hub to serve (default 30)")
 
     audit_command.add_commands(commands)
 
@@ -303,7 +337,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one branch per com
         return audit_command.run(args)
     if args.command == "sim":
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(rooms(args.hub, args.pki, once=args.once))
+            return asyncio.run(rooms(args.hub, args.pki, once=args.once, wait=args.wait))
         return 130
     if args.command == "policy":
         if args.policy_command == "check":

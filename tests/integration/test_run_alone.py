@@ -9,6 +9,7 @@ its PID. Time bounds here are liveness bounds on a busy machine, not performance
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,11 +20,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from broker.config import NatsConfig
 from broker.embedded import find_nats_server, free_port
+from broker.transport.jetstream import _host_port, _reach_one
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +251,38 @@ def test_nats_unreachable_is_named_and_the_hub_gives_up(tmp_path: Path) -> None:
     )
     assert took >= bound
     assert took < bound + START_ALLOWANCE, f"took {took:.1f} s"  # liveness: it gives up, it does not hang
+
+
+async def test_each_unreachable_server_is_named_and_a_reachable_one_is_used() -> None:
+    """Of a list, the server that does not answer is named; the hub goes on with the one that does."""
+    accepted = asyncio.Event()
+
+    async def took(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        writer.close()
+
+    listening = await asyncio.start_server(took, "127.0.0.1", 0)
+    up = f"nats://127.0.0.1:{listening.sockets[0].getsockname()[1]}"
+    down = f"nats://127.0.0.1:{free_port()}"
+    cfg = NatsConfig(servers=(down, up), connect_timeout=timedelta(seconds=STOP_LIVENESS))
+    try:
+        with capture_logs() as logs:
+            await _reach_one(cfg, asyncio.get_running_loop().time() + cfg.connect_timeout.total_seconds())
+        await asyncio.wait_for(accepted.wait(), STOP_LIVENESS)
+    finally:
+        listening.close()
+        await listening.wait_closed()
+    assert [(down, 1)] == [(e["url"], e["attempt"]) for e in logs if e["event"] == "nats_unreachable"]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("nats://10.0.0.1:4223", ("10.0.0.1", 4223)),
+        ("tls://nats-1.opsroom.internal:4222", ("nats-1.opsroom.internal", 4222)),
+        ("nats://127.0.0.1", ("127.0.0.1", 4222)),
+        ("127.0.0.1:5222", ("127.0.0.1", 5222)),
+    ],
+)
+def test_server_urls_give_host_and_port(url: str, expected: tuple[str, int]) -> None:
+    assert expected == _host_port(url)

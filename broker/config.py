@@ -6,6 +6,7 @@ Relative paths in the file are resolved against the file's folder.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class NatsConfig:
     # larger ones as one atomic batch (a fixed few fsyncs for the whole batch).
     atomic_threshold: int = 64
     commit_timeout: timedelta = timedelta(seconds=10)
+    # At start, how long the hub tries to reach a server before it exits naming them (a line per
+    # failed attempt meanwhile). Once connected, it reconnects for as long as it runs.
+    connect_timeout: timedelta = timedelta(seconds=30)
     tls: TlsConfig | None = None
 
 
@@ -242,6 +246,7 @@ def _nats(reader: _Reader, base: Path) -> NatsConfig:
         commit_max_bytes=reader.positive("commit_max_bytes", d.commit_max_bytes),
         atomic_threshold=reader.positive("atomic_threshold", d.atomic_threshold),
         commit_timeout=reader.seconds("commit_timeout_seconds", d.commit_timeout),
+        connect_timeout=reader.seconds("connect_timeout_seconds", d.connect_timeout),
         tls=tls,
     )
     if not cfg.servers:
@@ -388,6 +393,57 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
     hub.check_unknown()
     root.check_unknown()
     return cfg
+
+
+def named_files(cfg: HubConfig) -> list[tuple[str, Path, bool]]:
+    """Every file and folder the config names: (its key, its path, whether it is a folder)."""
+    files: list[tuple[str, Path, bool]] = [
+        ("tls.ca_file", cfg.tls.ca_file, False),
+        ("tls.cert_file", cfg.tls.cert_file, False),
+        ("tls.key_file", cfg.tls.key_file, False),
+    ]
+    if cfg.nats.tls is not None:
+        files += [
+            ("nats.tls.ca_file", cfg.nats.tls.ca_file, False),
+            ("nats.tls.cert_file", cfg.nats.tls.cert_file, False),
+            ("nats.tls.key_file", cfg.nats.tls.key_file, False),
+        ]
+    if cfg.agreements is not None:
+        files.append(("agreements.folder", cfg.agreements.folder, True))
+    if cfg.audit is not None:
+        files.append(("audit.signing_key", cfg.audit.signing_key, False))
+        files += [(f"audit.trusted_keys[{i}]", p, False) for i, p in enumerate(cfg.audit.trusted_keys)]
+    return files
+
+
+_MAKE_IT = {
+    "tls.": "`opsroom dev-certs --config {source}` makes development certificates where the config looks",
+    "nats.tls.": "the hub's client certificate for nats-server, from the PKI that nats-server trusts",
+    "agreements.": "the folder of agreement files (deploy/agreements/ holds examples)",
+    "audit.signing_key": "`opsroom audit keygen --out {path}` makes one (`opsroom dev-certs --config {source}`"
+    " makes a development one)",
+    "audit.trusted_keys": "the public key (.pub.pem) of another hub replica writing to the same log",
+}
+
+
+def check_files(cfg: HubConfig, source: str) -> None:
+    """Raise ConfigError naming the first file or folder the config names that is missing or unreadable.
+
+    The message is one line: the config file, the key, the path, and how to make it. The hub
+    calls this before it touches NATS, so a missing file costs no stream and no connection.
+    """
+    for key, path, folder in named_files(cfg):
+        if folder:
+            problem = "" if path.is_dir() else "no such folder"
+        elif not path.exists():
+            problem = "no such file"
+        elif not path.is_file():
+            problem = "not a file"
+        else:
+            problem = "" if os.access(path, os.R_OK) else "not readable by this user"
+        if problem:
+            hint = next(h for prefix, h in _MAKE_IT.items() if key.startswith(prefix))
+            raise ConfigError(f"{source}: {key}: {problem}: {path} ({hint.format(source=source, path=path)})")
 
 
 def load(path: Path) -> HubConfig:

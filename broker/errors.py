@@ -174,3 +174,11 @@ class Overloaded(OpsroomError):
 
 class ConfigError(Exception):
     """Raised when a configuration file is wrong; the message names the file, the key and the rule."""
+
+
+class ServerUnreachable(Exception):
+    """Raised at start when no server of a list answers within the configured time.
+
+    The message is one line naming every server tried, how long, the config key that bounds the
+    wait, and what to check.
+    """

@@ -8,9 +8,11 @@ hub uses the server features it relies on (atomic batches, nats-server 2.12; con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,13 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from broker.config import NatsConfig
-from broker.errors import StoreFull, StoreUnavailable
+from broker.errors import ServerUnreachable, StoreFull, StoreUnavailable
 from broker.lanes import Lane
 from broker.layout import Layout
 from broker.logging import get_logger
@@ -172,28 +173,42 @@ class JetStream:
 
     @classmethod
     async def connect(cls, cfg: NatsConfig, name: str = "opsroom-hub") -> JetStream:
-        """Connect to the configured servers (reconnecting forever afterwards)."""
-        events = _ConnectionEvents()
+        """Connect to the configured servers, reconnecting for as long as the hub runs afterwards.
+
+        At first it tries for cfg.connect_timeout at most: a warning naming each server that does
+        not answer, each attempt; then ServerUnreachable naming them all.
+        """
+        events = _ConnectionEvents(cfg.servers)
         tls: ssl.SSLContext | None = None
         if cfg.tls is not None:
             tls = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
             tls.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.connect_timeout.total_seconds()
+        await _reach_one(cfg, deadline)
+        options: dict[str, Any] = {  # nats-py types reconnect_time_wait as int; it takes seconds as a float
+            "servers": list(cfg.servers),
+            "name": name,
+            "tls": tls,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            "allow_reconnect": True,
+            "pending_size": 64 * 1024 * 1024,
+            "error_cb": events.on_error,
+            "disconnected_cb": events.on_disconnected,
+            "reconnected_cb": events.on_reconnected,
+        }
+        nc = Client()
         try:
-            nc = await nats.connect(
-                servers=list(cfg.servers),
-                name=name,
-                tls=tls,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-                allow_reconnect=True,
-                pending_size=64 * 1024 * 1024,
-                error_cb=events.on_error,
-                disconnected_cb=events.on_disconnected,
-                reconnected_cb=events.on_reconnected,
-            )
+            # nats-py tries the servers in turn until one answers: bounded by what is left of the wait.
+            async with asyncio.timeout(max(deadline - loop.time(), _LAST_TRY)):
+                await nc.connect(**options)
         except (TimeoutError, OSError, NatsError) as exc:
-            raise StoreUnavailable(f"cannot connect to NATS at {', '.join(cfg.servers)}: {exc}") from exc
+            events.closing = True
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise _unreachable(cfg) from exc
         return cls(cfg, nc, events)
 
     @property
@@ -811,10 +826,56 @@ class Wake(Exception):
     """The connection came back: pull requests made before are lost, ask again."""
 
 
+_RETRY_PAUSE = 1.0  # seconds between rounds of attempts to reach a server at start
+_LAST_TRY = 1.0  # seconds the NATS handshake is given at least, once a server took a TCP connection
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    """The host and port of a NATS server URL (nats://host:port, tls://host:port or host:port)."""
+    parts = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+    return parts.hostname or "localhost", parts.port or 4222
+
+
+def _unreachable(cfg: NatsConfig) -> ServerUnreachable:
+    return ServerUnreachable(
+        f"cannot reach NATS at {', '.join(cfg.servers)} within {cfg.connect_timeout.total_seconds():g} s "
+        "(nats.connect_timeout_seconds): start nats-server there, or correct nats.servers"
+    )
+
+
+async def _reach_one(cfg: NatsConfig, deadline: float) -> None:
+    """Wait until one of the servers takes a TCP connection, logging each that does not, every attempt.
+
+    Raises ServerUnreachable at the deadline. (nats-py, left alone, retries forever and names none.)
+    """
+    loop = asyncio.get_running_loop()
+    attempt = 0
+    while True:
+        attempt += 1
+        for url in cfg.servers:
+            host, port = _host_port(url)
+            try:
+                async with asyncio.timeout(max(0.1, min(5.0, deadline - loop.time()))):
+                    _, writer = await asyncio.open_connection(host, port)
+            except (OSError, TimeoutError) as exc:
+                log.warning("nats_unreachable", url=url, attempt=attempt, error_type=type(exc).__name__)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        left = deadline - loop.time()
+        if left <= 0:
+            log.error("nats_unreachable_giving_up", servers=list(cfg.servers), attempt=attempt)
+            raise _unreachable(cfg)
+        await asyncio.sleep(min(_RETRY_PAUSE, left))
+
+
 class _ConnectionEvents:
     """Connection callbacks: logs, ends the writes in flight on a drop, wakes the pullers after a reconnect."""
 
-    def __init__(self) -> None:
+    def __init__(self, servers: Sequence[str]) -> None:
+        self.servers = list(servers)
         self.closing = False
         self.pullers: set[Puller] = set()
         self.writes: set[asyncio.Future[Any]] = set()  # write requests waiting for their answer
@@ -822,7 +883,7 @@ class _ConnectionEvents:
 
     async def on_error(self, exc: Exception) -> None:
         if not self.closing:
-            log.warning("nats_error", error_type=type(exc).__name__)
+            log.warning("nats_error", servers=self.servers, error_type=type(exc).__name__)
 
     async def on_disconnected(self) -> None:
         if not self.closing:

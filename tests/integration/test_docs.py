@@ -44,7 +44,8 @@ async def test_readme_client_example_runs(hub: LocalHub, tmp_path: Path) -> None
     await sender.close()
     work = tmp_path / "agency"
     work.mkdir()
-    (work / "pki").symlink_to(hub.pki.root)
+    (work / "deploy").mkdir()
+    (work / "deploy" / "pki").symlink_to(hub.pki.root)
     script = readme_example().replace("localhost:7443", f"localhost:{hub.hub.port}")
     # The hub runs in this event loop: the example must run beside it, not block it.
     proc = await asyncio.create_subprocess_exec(

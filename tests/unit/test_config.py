@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from broker.config import Agency, AuditConfig, HubConfig, NatsConfig, TlsConfig, load, parse
+from broker.config import (
+    Agency,
+    AgreementsConfig,
+    AuditConfig,
+    HubConfig,
+    NatsConfig,
+    TlsConfig,
+    check_files,
+    load,
+    named_files,
+    parse,
+)
 from broker.errors import ConfigError
 from broker.routing import AllowRule
 from broker.validate import Limits
@@ -52,6 +64,7 @@ commit_max_messages = 1000
 commit_max_bytes = 4194304
 atomic_threshold = 4
 commit_timeout_seconds = 5
+connect_timeout_seconds = 12
 
 [nats.tls]
 ca_file = "nats/ca.pem"
@@ -164,6 +177,7 @@ def test_full_config_parses_every_setting() -> None:
             commit_max_bytes=4194304,
             atomic_threshold=4,
             commit_timeout=timedelta(seconds=5),
+            connect_timeout=timedelta(seconds=12),
             tls=TlsConfig(BASE / "nats/ca.pem", BASE / "nats/hub.pem", BASE / "nats/hub-key.pem"),
         ),
         agencies=(
@@ -272,6 +286,66 @@ def test_deploy_hub_toml_loads() -> None:
     assert (deploy / "agreements", timedelta(seconds=2)) == (cfg.agreements.folder, cfg.agreements.reload)
     assert ("http://127.0.0.1:8222",) == cfg.nats.monitor_urls
     assert (1, timedelta(days=7)) == (cfg.nats.replicas, cfg.nats.max_age)
+    assert timedelta(seconds=30) == cfg.nats.connect_timeout == NatsConfig().connect_timeout
+    assert cfg.audit is not None
+    assert deploy / "keys/audit.pem" == cfg.audit.signing_key
+
+
+def _all_files_present(tmp_path: Path) -> tuple[Path, HubConfig]:
+    """FULL with its paths under tmp_path (absolute ones made relative), and every file it names made."""
+    text = FULL.replace("/srv/", "srv/")
+    path = tmp_path / "hub.toml"
+    path.write_text(text, encoding="utf-8")
+    cfg = load(path)
+    for rel in ("pki/ca.pem", "srv/pki/hub.pem", "pki/hub-key.pem", "nats/ca.pem", "nats/hub.pem",
+                "nats/hub-key.pem", "keys/audit-a.pem", "keys/audit-b.pub.pem", "srv/keys/audit-c.pub.pem"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x", encoding="utf-8")
+    return path, cfg
+
+
+def test_named_files_lists_every_file_the_config_names(tmp_path: Path) -> None:
+    _, cfg = _all_files_present(tmp_path)
+    assert [
+        "tls.ca_file", "tls.cert_file", "tls.key_file", "nats.tls.ca_file", "nats.tls.cert_file",
+        "nats.tls.key_file", "audit.signing_key", "audit.trusted_keys[0]", "audit.trusted_keys[1]",
+    ] == [key for key, _, _ in named_files(cfg)]  # fmt: skip
+    check_files(cfg, "hub.toml")  # all there: no error
+
+
+@pytest.mark.parametrize(
+    ("key", "rel"),
+    [
+        ("tls.ca_file", "pki/ca.pem"),
+        ("tls.cert_file", "srv/pki/hub.pem"),
+        ("tls.key_file", "pki/hub-key.pem"),
+        ("nats.tls.ca_file", "nats/ca.pem"),
+        ("nats.tls.key_file", "nats/hub-key.pem"),
+        ("audit.signing_key", "keys/audit-a.pem"),
+        ("audit.trusted_keys[1]", "srv/keys/audit-c.pub.pem"),
+    ],
+)
+def test_check_files_names_the_key_and_path_of_a_missing_file(tmp_path: Path, key: str, rel: str) -> None:
+    _, cfg = _all_files_present(tmp_path)
+    (tmp_path / rel).unlink()
+    with pytest.raises(ConfigError) as info:
+        check_files(cfg, "hub.toml")
+    message = str(info.value)
+    assert message.startswith(f"hub.toml: {key}: no such file: {tmp_path / rel} (")
+    assert "\n" not in message
+
+
+def test_check_files_names_a_missing_agreements_folder_and_a_folder_given_as_a_file(tmp_path: Path) -> None:
+    _, cfg = _all_files_present(tmp_path)
+    cfg = replace(cfg, agreements=AgreementsConfig(tmp_path / "agreements"))
+    with pytest.raises(ConfigError, match=r"^hub.toml: agreements.folder: no such folder: "):
+        check_files(cfg, "hub.toml")
+    (tmp_path / "agreements").mkdir()
+    check_files(cfg, "hub.toml")
+    (tmp_path / "pki/ca.pem").unlink()
+    (tmp_path / "pki/ca.pem").mkdir()
+    with pytest.raises(ConfigError, match=r"^hub.toml: tls.ca_file: not a file: "):
+        check_files(cfg, "hub.toml")
 
 
 def test_load_names_the_path_in_errors(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
 
 Deliveries of about 1 KB are stored for rooms that never connect (as the hub stores them: one
 message per recipient, the expiry in a header), half expiring a minute from now, half in a day.
-The worker (broker.expiry.Expirer, the hub's own code, with a clock the bench moves) is then
+The worker (broker.delivery.expiry.Expirer, the hub's own code, with a clock the bench moves) is then
 run pass by pass, and reported:
 
 1. the first scan: passes, seconds and CPU (this process and nats-server) until every expiry is
@@ -34,15 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker import receipts  # noqa: E402
-from broker.committer import Committer  # noqa: E402
 from broker.config import NatsConfig  # noqa: E402
-from broker.embedded import NatsServer  # noqa: E402
-from broker.expiry import Backlog, Expirer  # noqa: E402
-from broker.lanes import Lane  # noqa: E402
-from broker.layout import EXPIRES_HEADER  # noqa: E402
-from broker.metrics import Metrics  # noqa: E402
-from broker.transport.jetstream import JetStream, OutMsg  # noqa: E402
+from broker.delivery import receipts  # noqa: E402
+from broker.delivery.expiry import Backlog, Expirer  # noqa: E402
+from broker.dev.embedded import NatsServer  # noqa: E402
+from broker.ops.metrics import Metrics  # noqa: E402
+from broker.publish.committer import Committer  # noqa: E402
+from broker.publish.lanes import Lane  # noqa: E402
+from broker.store.jetstream import JetStream, OutMsg  # noqa: E402
+from broker.store.layout import EXPIRES_HEADER  # noqa: E402
 
 SENDER = "it.nue.cur.to"
 PAYLOAD = b"x" * 1000

@@ -56,8 +56,8 @@ from bench.run import (  # noqa: E402
     scrape,
     write_hub_config,
 )
-from broker.certs import make_dev_pki  # noqa: E402
-from broker.embedded import NatsServer, free_port  # noqa: E402
+from broker.dev.certs import make_dev_pki  # noqa: E402
+from broker.dev.embedded import NatsServer, free_port  # noqa: E402
 
 ACCEPTED = "OK"
 

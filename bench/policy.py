@@ -25,12 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker import codelists  # noqa: E402
 from broker.policy.engine import Policy  # noqa: E402
 from broker.policy.model import Agreement, AgreementSet, Party, RoleView, Rule, Schedule, Territory  # noqa: E402
 from broker.policy.places import place_index  # noqa: E402
 from broker.policy.redact import mask_for, redact  # noqa: E402
-from broker.routing import RoutingContext  # noqa: E402
+from broker.policy.routing import RoutingContext  # noqa: E402
+from broker.validate import codelists  # noqa: E402
 from tests import factories as f  # noqa: E402
 
 ALL_PD = frozenset({"caller", "network_location", "persons", "vehicles", "free_text", "media", "staff"})

@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from opsroom_client import HubClient, new_envelope  # noqa: E402
 
-from broker.certs import make_dev_pki  # noqa: E402
-from broker.embedded import NatsServer, free_port  # noqa: E402
-from broker.testing import credentials  # noqa: E402
+from broker.dev.certs import make_dev_pki  # noqa: E402
+from broker.dev.embedded import NatsServer, free_port  # noqa: E402
+from broker.dev.testing import credentials  # noqa: E402
 
 SENDER = "it.nue.cur.to"
 RECEIVER = "it.ps.questura.to"
@@ -196,7 +196,7 @@ def bench_envelope(incident_id: str) -> envelope_pb2.Envelope:
 
 def bench_client(target: str, pki_root: Path, agency: str) -> HubClient:
     """A client of the hub at target, as agency, with the bench's dev PKI (made by make_dev_pki under pki_root)."""
-    from broker.certs import DevPki, KeyPair  # noqa: PLC0415
+    from broker.dev.certs import DevPki, KeyPair  # noqa: PLC0415
 
     pki = DevPki(pki_root, pki_root / "ca.pem", KeyPair(pki_root / "hub.pem", pki_root / "hub-key.pem"))
     return HubClient(target, credentials(pki, agency), server_name="localhost")

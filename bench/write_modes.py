@@ -3,7 +3,7 @@
     .venv/bin/python bench/write_modes.py                 # 5 runs of 300 envelopes per mode and k
     .venv/bin/python bench/write_modes.py --runs 2 --events 50
 
-One nats-server with sync_interval: always, the hub's own transport (broker.transport.jetstream)
+One nats-server with sync_interval: always, the hub's own transport (broker.store.jetstream)
 and subjects; each envelope is k deliveries of 1 KB, written and awaited one envelope at a time
 (the low-load case, where the hub writes each envelope as it comes). The modes:
 
@@ -34,11 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker import receipts  # noqa: E402
 from broker.config import NatsConfig  # noqa: E402
-from broker.embedded import NatsServer  # noqa: E402
-from broker.lanes import Lane  # noqa: E402
-from broker.transport.jetstream import JetStream, OutMsg  # noqa: E402
+from broker.delivery import receipts  # noqa: E402
+from broker.dev.embedded import NatsServer  # noqa: E402
+from broker.publish.lanes import Lane  # noqa: E402
+from broker.store.jetstream import JetStream, OutMsg  # noqa: E402
 
 PAYLOAD = b"x" * 1024
 MODES = ("pipelined", "staged", "atomic")

@@ -16,17 +16,17 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from broker import logging as hub_logging
-from broker import sim
 from broker.audit import command as audit_command
-from broker.certs import DevPki, make_dev_pki
 from broker.config import check_files, load, named_files
-from broker.edge import SERVICE
-from broker.embedded import NatsServer
+from broker.dev import sim
+from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.embedded import NatsServer
+from broker.dev.testing import credentials, dev_config
+from broker.edge.servicer import SERVICE
 from broker.errors import ConfigError, OpsroomError, ServerUnreachable
 from broker.hub import Hub
+from broker.ops import logging as hub_logging
 from broker.policy.loader import AgreementsInvalid, load_dir
-from broker.testing import credentials, dev_config
 
 log = hub_logging.get_logger(__name__)
 _DEFAULT_AGREEMENTS = Path(__file__).resolve().parent.parent / "deploy" / "agreements"
@@ -209,7 +209,7 @@ def policy_explain(envelope_file: Path, folder: Path, sender: str | None, at: st
 
     from broker.policy.engine import Policy  # noqa: PLC0415
     from broker.policy.places import event_comuni, place_index  # noqa: PLC0415
-    from broker.routing import RoutingContext  # noqa: PLC0415
+    from broker.policy.routing import RoutingContext  # noqa: PLC0415
 
     env = json_format.Parse(envelope_file.read_text(encoding="utf-8"), envelope_pb2.Envelope())
     when = datetime.fromisoformat(at) if at else datetime.now(UTC)

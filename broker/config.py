@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from broker import ids
 from broker.errors import ConfigError
-from broker.routing import AllowRule
-from broker.validate import Limits
+from broker.policy.routing import AllowRule
+from broker.validate.checker import Limits
 
 T = TypeVar("T")
 

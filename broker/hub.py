@@ -19,26 +19,26 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from broker import codelists
-from broker.admission import Admission, Bounds
 from broker.audit import chain
 from broker.audit.log import AuditLog
 from broker.audit.retention import Retention
-from broker.committer import Committer
 from broker.config import HubConfig
-from broker.edge import SERVICE, HubServicer
-from broker.escalation import Escalator
-from broker.expiry import Expirer
-from broker.lanes import LANES, Lane
-from broker.logging import get_logger
-from broker.metrics import Metrics
+from broker.delivery.escalation import Escalator
+from broker.delivery.expiry import Expirer
+from broker.delivery.sessions import SessionRegistry
+from broker.edge.admission import Admission, Bounds
+from broker.edge.servicer import SERVICE, HubServicer
+from broker.ops.logging import get_logger
+from broker.ops.metrics import Metrics
+from broker.ops.supervisor import Failure, Supervisor
+from broker.policy.routing import AllowListRouter, Router
 from broker.policy.store import PolicyStore
-from broker.publishing import Publisher
-from broker.routing import AllowListRouter, Router
-from broker.sessions import SessionRegistry
-from broker.supervisor import Failure, Supervisor
-from broker.transport.jetstream import JetStream
-from broker.validate import ValidationContext
+from broker.publish.committer import Committer
+from broker.publish.lanes import LANES, Lane
+from broker.publish.publisher import Publisher
+from broker.store.jetstream import JetStream
+from broker.validate import codelists
+from broker.validate.checker import ValidationContext
 
 log = get_logger(__name__)
 

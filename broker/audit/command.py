@@ -27,8 +27,8 @@ from broker.audit.retention import Retention
 from broker.audit.verify import Report, verify
 from broker.config import HubConfig, load
 from broker.errors import ConfigError
-from broker.metrics import Metrics
-from broker.transport.jetstream import JetStream
+from broker.ops.metrics import Metrics
+from broker.store.jetstream import JetStream
 
 
 def _utc_now() -> datetime:

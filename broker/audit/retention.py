@@ -19,10 +19,10 @@ from opsroom.audit.v1 import audit_pb2
 
 from broker.audit.log import AuditLog
 from broker.audit.records import HUB
+from broker.delivery.receipts import timestamp
 from broker.errors import OpsroomError
-from broker.logging import get_logger
-from broker.receipts import timestamp
-from broker.transport.jetstream import JetStream, StoredMsg
+from broker.ops.logging import get_logger
+from broker.store.jetstream import JetStream, StoredMsg
 
 log = get_logger(__name__)
 

@@ -28,7 +28,7 @@ from broker import names
 from broker.policy.model import PRIORITY_RANK, Agreement, AgreementSet, Rule
 from broker.policy.places import PlaceIndex, event_keys
 from broker.policy.redact import FULL, Mask, mask_for
-from broker.routing import REPLY_RULE, Decision, Refusal, Route, RoutingContext, reply_targets
+from broker.policy.routing import REPLY_RULE, Decision, Refusal, Route, RoutingContext, reply_targets
 
 ROME = ZoneInfo("Europe/Rome")
 NO_PERSONAL_DATA = mask_for((), ())

@@ -22,7 +22,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-from broker import codelists
 from broker.policy import redact
 from broker.policy.model import (
     PREFETTURA,
@@ -36,6 +35,7 @@ from broker.policy.model import (
     Schedule,
     Territory,
 )
+from broker.validate import codelists
 
 Path_ = tuple[str | int, ...]
 

@@ -19,7 +19,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.incident.v1 import incident_pb2
 
-from broker import codelists
+from broker.validate import codelists
 
 _CELL = 0.1  # degrees; Italy spans about 120 x 120 cells
 

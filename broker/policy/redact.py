@@ -169,7 +169,7 @@ def redact_reporting(envelope: envelope_pb2.Envelope, mask: Mask) -> tuple[envel
     """redact, and the mask's paths that removed something from this envelope, sorted.
 
     Those paths, compiled into a mask of their own, make the same copy of this envelope: the
-    plan of a delivery records them instead of the whole mask (broker.plan).
+    plan of a delivery records them instead of the whole mask (broker.publish.plan).
     """
     out = envelope_pb2.Envelope()
     out.CopyFrom(envelope)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from opsroom.envelope.v1 import envelope_pb2
 
-from broker.logging import get_logger
-from broker.metrics import Metrics
+from broker.ops.logging import get_logger
+from broker.ops.metrics import Metrics
 from broker.policy.engine import Policy
 from broker.policy.loader import AgreementsInvalid, agreement_files, load_dir
 from broker.policy.places import place_index
-from broker.routing import Decision, RoutingContext
+from broker.policy.routing import Decision, RoutingContext
 
 log = get_logger(__name__)
 

@@ -16,9 +16,9 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.incident.v1 import incident_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker import codelists
 from broker.errors import Reason
-from broker.validate import RULES
+from broker.validate import codelists
+from broker.validate.checker import RULES
 from tests import factories as f
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import load
-from broker.embedded import CONFIG_TEMPLATE, SYNC_ALWAYS, find_nats_server
+from broker.dev.embedded import CONFIG_TEMPLATE, SYNC_ALWAYS, find_nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
 NATS_CONFIGS = sorted((ROOT / "deploy" / "nats").rglob("*.conf"))

@@ -27,12 +27,12 @@ from opsroom.audit.v1 import audit_pb2
 from opsroom_client import HubClient, RetryPolicy
 
 from broker.audit import tools
-from broker.certs import DevPki, make_dev_pki
 from broker.config import HubConfig, NatsConfig
-from broker.embedded import NatsServer, free_port
+from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.embedded import NatsServer, free_port
+from broker.dev.testing import credentials, dev_config
 from broker.ids import agency_token
-from broker.testing import credentials, dev_config
-from broker.transport.jetstream import JetStream
+from broker.store.jetstream import JetStream
 from tests.faults.agreement import ROOMS, SENDERS, write_agreement
 from tests.faults.counts import Counts, Pair, Store, count
 from tests.faults.hubconf import write_hub_toml

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from broker.lanes import LANES
-from broker.layout import RULE_HEADER
-from broker.transport.jetstream import JetStream, StoredMsg
+from broker.publish.lanes import LANES
+from broker.store.jetstream import JetStream, StoredMsg
+from broker.store.layout import RULE_HEADER
 from tests.faults.counts import Pair, Store, StoredDelivery
 
 

@@ -20,8 +20,8 @@ from grpc_status import rpc_status
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError, RetryPolicy
 
-from broker.certs import make_dev_pki
-from broker.testing import credentials
+from broker.dev.certs import make_dev_pki
+from broker.dev.testing import credentials
 from tests.faults.agreement import CUR
 from tests.faults.load import close_publisher, event, incident_id
 

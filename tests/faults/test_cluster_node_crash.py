@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.cluster import NatsCluster
+from broker.dev.cluster import NatsCluster
 from tests.faults.load import PUBLISH, STREAM_LARGE, Load, Mode
 from tests.faults.procs import Processes
 from tests.faults.rig import RecordCounts, Rig, make_rig, under_load

@@ -17,12 +17,12 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 from opsroom_client import HubClient, Inbox
 
-from broker.certs import DevPki, make_dev_pki
 from broker.config import HubConfig
-from broker.embedded import free_port
-from broker.lanes import Lane
-from broker.testing import credentials, dev_config
-from broker.transport.jetstream import JetStream
+from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.embedded import free_port
+from broker.dev.testing import credentials, dev_config
+from broker.publish.lanes import Lane
+from broker.store.jetstream import JetStream
 from tests import factories as f
 from tests.faults.hubconf import write_hub_toml
 from tests.faults.load import RIDE_OUT

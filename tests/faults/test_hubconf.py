@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig, load
-from broker.routing import AllowRule
-from broker.validate import Limits
+from broker.policy.routing import AllowRule
+from broker.validate.checker import Limits
 from tests.faults.agreement import CC, CUR, QUESTURA
 from tests.faults.hubconf import write_hub_toml
 

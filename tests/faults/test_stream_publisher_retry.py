@@ -13,8 +13,8 @@ from google.rpc import error_details_pb2, status_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, RetryPolicy
 
-from broker.certs import make_dev_pki
-from broker.testing import credentials
+from broker.dev.certs import make_dev_pki
+from broker.dev.testing import credentials
 from tests.faults.agreement import CUR
 from tests.faults.load import close_publisher, event, incident_id
 

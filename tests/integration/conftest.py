@@ -10,8 +10,8 @@ import pytest
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, Inbox, RetryPolicy
 
-from broker.routing import AllowRule
-from broker.testing import LocalHub, local_hub
+from broker.dev.testing import LocalHub, local_hub
+from broker.policy.routing import AllowRule
 from tests import factories as f
 
 AGENCIES = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from broker import cli
-from broker.escalation import Escalator
+from broker.delivery.escalation import Escalator
 from tests import factories as f
 
 

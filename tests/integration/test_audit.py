@@ -25,9 +25,9 @@ from broker.audit import chain, tools
 from broker.audit.log import AuditLog
 from broker.audit.retention import Retention
 from broker.audit.verify import Kind, Report, Stored, verify
-from broker.metrics import Metrics
-from broker.testing import LocalHub, local_hub
-from broker.transport.jetstream import JetStream
+from broker.dev.testing import LocalHub, local_hub
+from broker.ops.metrics import Metrics
+from broker.store.jetstream import JetStream
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
 from tests.integration.test_policy import AGENCIES, AGREEMENT, report

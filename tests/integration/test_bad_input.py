@@ -12,7 +12,7 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError
 
-from broker.testing import LocalHub
+from broker.dev.testing import LocalHub
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
 

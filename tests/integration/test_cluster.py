@@ -1,6 +1,6 @@
 """The hub over a 3-node nats-server cluster: streams with 3 replicas, and one node lost and brought back.
 
-The hub runs unchanged, given the three servers and replicas = 3 (broker.testing.cluster_hub).
+The hub runs unchanged, given the three servers and replicas = 3 (broker.dev.testing.cluster_hub).
 What NATS reports is read through its own API and monitoring endpoints, not through the hub.
 """
 
@@ -22,8 +22,8 @@ from opsroom_client import HubClient, RetryPolicy
 
 from broker.audit import tools
 from broker.audit.verify import verify
-from broker.cluster import NatsCluster
-from broker.testing import ClusterHub, cluster_hub
+from broker.dev.cluster import NatsCluster
+from broker.dev.testing import ClusterHub, cluster_hub
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, nothing_more, take
 

@@ -10,7 +10,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError
 
-from broker.testing import LocalHub
+from broker.dev.testing import LocalHub
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
 
@@ -149,7 +149,7 @@ async def test_id_is_never_reused_even_after_the_duplicate_window(tmp_path: obje
     from pathlib import Path  # noqa: PLC0415
 
     from broker.config import NatsConfig  # noqa: PLC0415
-    from broker.testing import local_hub  # noqa: PLC0415
+    from broker.dev.testing import local_hub  # noqa: PLC0415
     from tests.integration.conftest import AGENCIES, ALLOW  # noqa: PLC0415
 
     nats = replace(NatsConfig(), duplicate_window=timedelta(seconds=1))

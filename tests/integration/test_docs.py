@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.testing import LocalHub
+from broker.dev.testing import LocalHub
 from tests import factories as f
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from opsroom_client import HubClient, RetryPolicy
 
-from broker.certs import make_dev_pki
-from broker.embedded import NatsServer
+from broker.dev.certs import make_dev_pki
+from broker.dev.embedded import NatsServer
+from broker.dev.testing import LocalHub, credentials, dev_config
 from broker.errors import StoreUnavailable
 from broker.hub import Hub
-from broker.testing import LocalHub, credentials, dev_config
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, take
 

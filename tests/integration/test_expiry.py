@@ -12,9 +12,9 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
+from broker.dev.testing import LocalHub, local_hub
 from broker.hub import Hub
-from broker.lanes import Lane
-from broker.testing import LocalHub, local_hub
+from broker.publish.lanes import Lane
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, nothing_more, take
 

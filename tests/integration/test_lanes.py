@@ -12,7 +12,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2, hub_pb2_grpc
 from opsroom_client import HubClient
 
-from broker.testing import LocalHub, credentials, local_hub
+from broker.dev.testing import LocalHub, credentials, local_hub
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, nothing_more, take
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from broker.testing import local_hub
+from broker.dev.testing import local_hub
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW
 

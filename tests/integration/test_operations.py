@@ -17,10 +17,10 @@ from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError
 
-from broker import logging as hub_logging
-from broker.edge import SERVICE
+from broker.dev.testing import LocalHub, credentials, local_hub
+from broker.edge.servicer import SERVICE
 from broker.hub import Hub
-from broker.testing import LocalHub, credentials, local_hub
+from broker.ops import logging as hub_logging
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, take
 

@@ -19,7 +19,7 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, Outbox
 
-from broker.testing import LocalHub, credentials
+from broker.dev.testing import LocalHub, credentials
 from tests import factories as f
 from tests.integration.conftest import FAST_RETRY, nothing_more, take
 

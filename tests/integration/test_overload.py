@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opsroom.hub.v1 import hub_pb2, hub_pb2_grpc
 from opsroom_client import HubClient, HubError
 
-from broker.testing import LocalHub, credentials, local_hub
+from broker.dev.testing import LocalHub, credentials, local_hub
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW
 

@@ -22,13 +22,13 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 from opsroom_client import HubClient, RetryPolicy
 
-from broker.certs import DevPki, make_dev_pki
-from broker.embedded import NatsServer
+from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.embedded import NatsServer
+from broker.dev.testing import credentials, dev_config
 from broker.hub import Hub
-from broker.lanes import Lane
-from broker.layout import RULE_HEADER, Layout
-from broker.testing import credentials, dev_config
-from broker.transport.jetstream import JetStream, StoredMsg
+from broker.publish.lanes import Lane
+from broker.store.jetstream import JetStream, StoredMsg
+from broker.store.layout import RULE_HEADER, Layout
 from tests import factories as f
 from tests.integration.conftest import take
 from tests.natsproxy import NatsProxy

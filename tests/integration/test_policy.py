@@ -14,7 +14,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError
 
-from broker.testing import LocalHub, local_hub
+from broker.dev.testing import LocalHub, local_hub
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from opsroom.hub.v1 import hub_pb2
 
-from broker.testing import LocalHub, local_hub
+from broker.dev.testing import LocalHub, local_hub
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, take
 

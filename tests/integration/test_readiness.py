@@ -17,13 +17,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opsroom_client import HubClient
 
-from broker.certs import make_dev_pki
-from broker.edge import SERVICE
-from broker.embedded import NatsServer, free_port
-from broker.escalation import Escalator
-from broker.expiry import Expirer
+from broker.delivery.escalation import Escalator
+from broker.delivery.expiry import Expirer
+from broker.dev.certs import make_dev_pki
+from broker.dev.embedded import NatsServer, free_port
+from broker.dev.testing import credentials, dev_config, local_hub
+from broker.edge.servicer import SERVICE
 from broker.hub import Hub
-from broker.testing import credentials, dev_config, local_hub
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW
 

@@ -12,8 +12,8 @@ import pytest
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError, RetryPolicy
 
+from broker.dev.testing import LocalHub, credentials
 from broker.hub import Hub
-from broker.testing import LocalHub, credentials
 from tests import factories as f
 from tests.integration.conftest import take
 

@@ -27,8 +27,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from broker.config import NatsConfig
-from broker.embedded import find_nats_server, free_port
-from broker.transport.jetstream import _host_port, _reach_one
+from broker.dev.embedded import find_nats_server, free_port
+from broker.store.jetstream import _host_port, _reach_one
 
 pytestmark = pytest.mark.integration
 

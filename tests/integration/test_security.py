@@ -10,8 +10,8 @@ import pytest
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import Credentials, HubClient, HubError, RetryPolicy
 
-from broker.certs import make_dev_pki
-from broker.testing import LocalHub, credentials
+from broker.dev.certs import make_dev_pki
+from broker.dev.testing import LocalHub, credentials
 from tests import factories as f
 from tests.integration.conftest import nothing_more, take
 

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from opsroom_client import HubClient
 
-from broker.lanes import Lane
-from broker.testing import LocalHub
-from broker.transport.jetstream import JetStream, Pulled
+from broker.dev.testing import LocalHub
+from broker.publish.lanes import Lane
+from broker.store.jetstream import JetStream, Pulled
 from tests import factories as f
 from tests.integration.conftest import take
 

@@ -16,14 +16,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from structlog.testing import capture_logs
 
-from broker.committer import Committer
-from broker.edge import SERVICE
-from broker.embedded import NatsServer, free_port
-from broker.escalation import Escalator
-from broker.expiry import Expirer
-from broker.logging import drop_unlisted_keys, traceback_without_values
-from broker.supervisor import RETURNED, Failure
-from broker.testing import local_hub
+from broker.delivery.escalation import Escalator
+from broker.delivery.expiry import Expirer
+from broker.dev.embedded import NatsServer, free_port
+from broker.dev.testing import local_hub
+from broker.edge.servicer import SERVICE
+from broker.ops.logging import drop_unlisted_keys, traceback_without_values
+from broker.ops.supervisor import RETURNED, Failure
+from broker.publish.committer import Committer
 from tests import factories as f
 from tests.faults.hubconf import write_hub_toml
 from tests.integration.conftest import AGENCIES, ALLOW
@@ -133,8 +133,8 @@ async def test_opsroom_serve_exits_non_zero_when_a_background_task_dies(tmp_path
     """`opsroom serve` whose escalation worker raises as soon as it starts: the process exits 1, its JSON log names
     the task and error type, never the message.
     """
-    from broker.certs import make_dev_pki  # noqa: PLC0415
-    from broker.testing import dev_config  # noqa: PLC0415
+    from broker.dev.certs import make_dev_pki  # noqa: PLC0415
+    from broker.dev.testing import dev_config  # noqa: PLC0415
 
     nats = NatsServer(tmp_path / "nats")
     nats.start()

@@ -1,13 +1,13 @@
-"""broker.admission: the bounds on envelopes in flight per lane and agency, the retry delay, the aggregated log."""
+"""broker.edge.admission: the bounds on envelopes in flight per lane and agency, the retry delay, the aggregated log."""
 
 from __future__ import annotations
 
 import pytest
 import structlog
 
-from broker.admission import MAX_RETRY_AFTER, Admission, Bounds
+from broker.edge.admission import MAX_RETRY_AFTER, Admission, Bounds
 from broker.errors import Overloaded, Reason
-from broker.lanes import Lane
+from broker.publish.lanes import Lane
 from tests import factories as f
 
 

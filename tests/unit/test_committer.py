@@ -1,4 +1,4 @@
-"""broker.committer: group commit into atomic batches, with a fake JetStream commit function (no servers)."""
+"""broker.publish.committer: group commit into atomic batches, with a fake JetStream commit function (no servers)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.audit.log import Draft
-from broker.committer import Committer, GroupResult, Outcome
 from broker.errors import OpsroomError, Reason, Refused, StoreFull, StoreUnavailable
-from broker.metrics import Metrics
-from broker.transport.jetstream import BatchAck, DuplicateInBatch, OutMsg
+from broker.ops.metrics import Metrics
+from broker.publish.committer import Committer, GroupResult, Outcome
+from broker.store.jetstream import BatchAck, DuplicateInBatch, OutMsg
 
 WAIT = 5.0
 

@@ -22,8 +22,8 @@ from broker.config import (
     parse,
 )
 from broker.errors import ConfigError
-from broker.routing import AllowRule
-from broker.validate import Limits
+from broker.policy.routing import AllowRule
+from broker.validate.checker import Limits
 from tests import factories as f
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""broker.errors catalogue, google.rpc.Status round trip (edge.status_of, client.HubError), broker.logging allow-list."""
+"""broker.errors catalogue, google.rpc.Status round trip (edge.status_of, client.HubError), broker.ops.logging allow-list."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from opsroom_client import FieldProblem, HubError
 
-from broker import logging as hub_logging
-from broker.edge import status_of
+from broker.edge.servicer import status_of
 from broker.errors import (
     ERROR_DOMAIN,
     InvalidEnvelope,
@@ -31,6 +30,7 @@ from broker.errors import (
     StoreUnavailable,
     Violation,
 )
+from broker.ops import logging as hub_logging
 from tests import factories as f
 
 VIOLATIONS = (

@@ -1,11 +1,11 @@
-"""broker.expiry.Backlog: what the expiry worker keeps of a room's consumer (pure)."""
+"""broker.delivery.expiry.Backlog: what the expiry worker keeps of a room's consumer (pure)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.expiry import Backlog
+from broker.delivery.expiry import Backlog
 
 S = 1_000_000_000
 

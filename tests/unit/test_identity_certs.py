@@ -1,4 +1,4 @@
-"""broker.certs (development PKI) and broker.identity (the agency named by a client certificate)."""
+"""broker.dev.certs (development PKI) and broker.edge.identity (the agency named by a client certificate)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.certs import AGENCY_URI_PREFIX, DevPki, make_dev_pki
+from broker.dev.certs import AGENCY_URI_PREFIX, DevPki, make_dev_pki
+from broker.edge.identity import IdentityResolver, agency_from_certificate
 from broker.errors import Reason, Unauthenticated
-from broker.identity import IdentityResolver, agency_from_certificate
 from tests import factories as f
 
 AGENCIES = (f.CUR, f.CC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from broker.metrics import ops_app
+from broker.ops.metrics import ops_app
 
 
 def call(

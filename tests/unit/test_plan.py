@@ -1,4 +1,4 @@
-"""broker.plan and the redaction it records: a plan decodes to itself, and its paths remake each recipient's copy."""
+"""broker.publish.plan and the redaction it records: a plan decodes to itself, and its paths remake each recipient's copy."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
 from broker.policy.redact import CATEGORIES, FULL, compile_mask, mask_for, redact, redact_reporting
+from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
 from tests.unit.test_policy_redact import ENVELOPES
 
 agencies = st.from_regex(r"it\.[a-z]{2}\.[a-z0-9.]{1,12}", fullmatch=True)

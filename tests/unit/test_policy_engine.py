@@ -16,7 +16,7 @@ from broker.policy.loader import load_dir, parse
 from broker.policy.model import AgreementSet
 from broker.policy.places import place_index
 from broker.policy.redact import CATEGORIES, PERSONAL_DATA, mask_for, present_hidden, redact
-from broker.routing import REPLY_RULE, Decision, Referenced, Refusal, RoutingContext
+from broker.policy.routing import REPLY_RULE, Decision, Referenced, Refusal, RoutingContext
 from tests import factories as f
 
 ROME = ZoneInfo("Europe/Rome")

@@ -24,14 +24,14 @@ from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
-from broker.metrics import Metrics
+from broker.ops.metrics import Metrics
 from broker.policy.engine import Policy
 from broker.policy.loader import parse
 from broker.policy.model import AgreementSet
 from broker.policy.places import place_index
 from broker.policy.redact import PERSONAL_DATA, Mask, mask_for, present_hidden, redact
+from broker.policy.routing import REPLY_RULE, Decision, Referenced, RoutingContext
 from broker.policy.store import PolicyStore
-from broker.routing import REPLY_RULE, Decision, Referenced, RoutingContext
 from tests import factories as f
 
 # -- the pools the strategies draw from ---------------------------------------------------------------------------
@@ -51,7 +51,7 @@ PAYLOADS = (
     "handover_response",
     "acknowledgement",
 )
-# The kinds that admit each payload (as broker.validate checks them).
+# The kinds that admit each payload (as broker.validate.checker checks them).
 KINDS_OF = {
     "incident": ("REPORT", "UPDATE", "CANCEL"),
     "alert": ("REPORT", "UPDATE", "CANCEL"),

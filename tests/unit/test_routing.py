@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
-from broker.routing import (
+from broker.policy.routing import (
     REPLY_KINDS,
     REPLY_RULE,
     AllowListRouter,

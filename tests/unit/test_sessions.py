@@ -1,4 +1,4 @@
-"""broker.sessions: the frame logic of a delivery session (consumer-sequence gaps), with a fake transport (no servers)."""
+"""broker.delivery.sessions: the frame logic of a delivery session (consumer-sequence gaps), with a fake transport (no servers)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 import pytest
 from opsroom.hub.v1 import hub_pb2
 
-from broker.committer import GroupResult, Outcome
 from broker.config import NatsConfig
+from broker.delivery.sessions import DeliverySession
 from broker.errors import StoreUnavailable
-from broker.lanes import Lane
-from broker.layout import Layout
-from broker.metrics import Metrics
-from broker.sessions import DeliverySession
-from broker.transport.jetstream import ConsumerReset, OutMsg, Pulled
+from broker.ops.metrics import Metrics
+from broker.publish.committer import GroupResult, Outcome
+from broker.publish.lanes import Lane
+from broker.store.jetstream import ConsumerReset, OutMsg, Pulled
+from broker.store.layout import Layout
 
 AGENCY = "it.ps.questura.to"
 

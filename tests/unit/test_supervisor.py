@@ -1,4 +1,4 @@
-"""broker.supervisor: the owner of the hub's background tasks (pure asyncio, no servers)."""
+"""broker.ops.supervisor: the owner of the hub's background tasks (pure asyncio, no servers)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pytest
 from structlog.testing import capture_logs
 
-from broker.logging import drop_unlisted_keys, traceback_without_values
-from broker.supervisor import RETURNED, Failure, Supervisor
+from broker.ops.logging import drop_unlisted_keys, traceback_without_values
+from broker.ops.supervisor import RETURNED, Failure, Supervisor
 from tests import factories as f
 
 WAIT = 5.0  # liveness: a task's end reaches the supervisor's callback

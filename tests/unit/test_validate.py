@@ -1,4 +1,4 @@
-"""Tests of broker.validate.validate_envelope: valid envelopes, one broken rule at a time, and property tests.
+"""Tests of broker.validate.checker.validate_envelope: valid envelopes, one broken rule at a time, and property tests.
 
 Every envelope starts from tests/factories.py (valid) and breaks one thing; the expected result is the
 exact list of (field path, rule id) pairs, in the order the validator reports them.
@@ -22,8 +22,8 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.incident.v1 import incident_pb2
 
-from broker import codelists
-from broker.validate import Limits, ValidationContext, validate_envelope
+from broker.validate import codelists
+from broker.validate.checker import Limits, ValidationContext, validate_envelope
 from tests import factories as f
 
 REGISTERED = frozenset({f.CUR, f.PL, f.CC, f.QUESTURA, f.PL_MILANO})

@@ -25,20 +25,20 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
 from broker import ids
-from broker.admission import Admission, Bounds
 from broker.audit import records as audit_records
 from broker.audit.log import AuditLog
 from broker.audit.records import Caller
-from broker.committer import Committer
 from broker.config import HubConfig
+from broker.delivery.sessions import DeliverySession, SessionRegistry
+from broker.edge.admission import Admission, Bounds
+from broker.edge.identity import IdentityResolver
 from broker.errors import ERROR_DOMAIN, OpsroomError, Reason, Refused, StoreUnavailable, Violation
-from broker.identity import IdentityResolver
-from broker.lanes import Lane, lane_of
-from broker.logging import get_logger
-from broker.metrics import UNREGISTERED, Metrics
-from broker.publishing import Accepted, Publisher
-from broker.sessions import DeliverySession, SessionRegistry
-from broker.transport.jetstream import JetStream
+from broker.ops.logging import get_logger
+from broker.ops.metrics import UNREGISTERED, Metrics
+from broker.publish.committer import Committer
+from broker.publish.lanes import Lane, lane_of
+from broker.publish.publisher import Accepted, Publisher
+from broker.store.jetstream import JetStream
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """The expiry worker: a delivery that expires while its room is away is reported to its sender at its time.
 
-A room's session drops the expired deliveries it pulls (broker.sessions). This worker covers the
+A room's session drops the expired deliveries it pulls (broker.delivery.sessions). This worker covers the
 rooms without a session: every hub replica runs it, and every CHECK_INTERVAL it
 
 1. lists the delivery consumers of both lanes (one request per lane) for the ack floor and the
@@ -40,14 +40,14 @@ from datetime import datetime
 
 from opsroom.store.v1 import store_pb2
 
-from broker import receipts
-from broker.committer import Committer, GroupResult, Outcome
+from broker.delivery import receipts
 from broker.errors import OpsroomError
-from broker.lanes import LANES, Lane
-from broker.layout import SENDER_HEADER
-from broker.logging import get_logger
-from broker.metrics import Metrics
-from broker.transport.jetstream import JetStream, OutMsg
+from broker.ops.logging import get_logger
+from broker.ops.metrics import Metrics
+from broker.publish.committer import Committer, GroupResult, Outcome
+from broker.publish.lanes import LANES, Lane
+from broker.store.jetstream import JetStream, OutMsg
+from broker.store.layout import SENDER_HEADER
 
 log = get_logger(__name__)
 

@@ -14,9 +14,9 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker.lanes import Lane
-from broker.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, EXPIRES_HEADER, HUB_AGENCY, SENDER_HEADER, Layout
-from broker.transport.jetstream import OutMsg, StoredMsg
+from broker.publish.lanes import Lane
+from broker.store.jetstream import OutMsg, StoredMsg
+from broker.store.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, EXPIRES_HEADER, HUB_AGENCY, SENDER_HEADER, Layout
 
 
 def timestamp(at: datetime) -> Timestamp:

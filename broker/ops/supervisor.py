@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from broker.logging import get_logger
+from broker.ops.logging import get_logger
 
 log = get_logger(__name__)
 

@@ -3,7 +3,7 @@
 An envelope is acknowledged only after JetStream confirmed, on a server running with
 sync_interval: always, every one of its deliveries. Its first delivery claims the distribution
 id (no other delivery of that id may be stored before it) and carries the plan of the whole
-envelope (broker.plan); the others are written only once it is stored. A distribution id found
+envelope (broker.publish.plan); the others are written only once it is stored. A distribution id found
 taken is answered from the store, never routed again: by another agency, or with other content,
 it is refused (DISTRIBUTION_ID_REUSED) and nothing is written; by the same sender with the same
 content (a retry), the deliveries the plan names and the store lacks are written first, with
@@ -25,20 +25,20 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker import receipts
 from broker.audit import records as audit_records
 from broker.audit.log import Draft
 from broker.audit.records import Caller
-from broker.committer import Committer, GroupResult, Outcome
+from broker.delivery import receipts
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
-from broker.lanes import LANES, Lane, LaneGate, lane_of
-from broker.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
-from broker.logging import get_logger
-from broker.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
+from broker.ops.logging import get_logger
 from broker.policy.redact import compile_mask, redact_reporting
-from broker.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
-from broker.transport.jetstream import JetStream, OutMsg, StoredMsg
-from broker.validate import ValidationContext, validate_envelope
+from broker.policy.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
+from broker.publish.committer import Committer, GroupResult, Outcome
+from broker.publish.lanes import LANES, Lane, LaneGate, lane_of
+from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
+from broker.store.jetstream import JetStream, OutMsg, StoredMsg
+from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
+from broker.validate.checker import ValidationContext, validate_envelope
 
 log = get_logger(__name__)
 

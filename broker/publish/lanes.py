@@ -60,11 +60,11 @@ class LaneGate:
     envelope therefore takes its turn (bulk_turn) before the hub works on it: it yields to
     whatever else is ready, waits while any urgent envelope is between arrival and acceptance,
     and, with a ceiling set, keeps the bulk lane under bulk_per_second so that the hub keeps
-    room for urgent traffic. Waiting bulk envelopes count as in flight (broker/admission.py):
+    room for urgent traffic. Waiting bulk envelopes count as in flight (broker/edge/admission.py):
     past the hub's bounds, further ones are refused at once with HUB_OVERLOADED and a retry
     delay (on this lane, at least the time the ceiling needs to let the waiting ones through);
     each call that reaches the hub is answered, none is reset or dropped unanswered. A
-    PublishStream's bulk envelopes wait in a line of their own (broker/edge.py), so the urgent
+    PublishStream's bulk envelopes wait in a line of their own (broker/edge/servicer.py), so the urgent
     envelopes sent after them on the same stream go ahead.
     """
 

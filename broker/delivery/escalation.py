@@ -24,18 +24,18 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker import receipts
 from broker.audit import records as audit_records
 from broker.audit.log import Draft
-from broker.committer import Committer
+from broker.delivery import receipts
 from broker.errors import OpsroomError
-from broker.lanes import Lane
-from broker.layout import EXPIRES_HEADER, RULE_HEADER
-from broker.logging import get_logger
-from broker.metrics import Metrics
-from broker.publishing import Copies
-from broker.routing import Route, Router, RoutingContext
-from broker.transport.jetstream import ConsumerGone, JetStream, OutMsg, Pulled, Puller, StoredMsg, Wake
+from broker.ops.logging import get_logger
+from broker.ops.metrics import Metrics
+from broker.policy.routing import Route, Router, RoutingContext
+from broker.publish.committer import Committer
+from broker.publish.lanes import Lane
+from broker.publish.publisher import Copies
+from broker.store.jetstream import ConsumerGone, JetStream, OutMsg, Pulled, Puller, StoredMsg, Wake
+from broker.store.layout import EXPIRES_HEADER, RULE_HEADER
 
 log = get_logger(__name__)
 

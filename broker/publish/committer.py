@@ -19,7 +19,7 @@ Two ways to write, chosen per batch by its size:
   each, which answer in a fraction of the batch's latency. A claimed group's first message is
   written, and stored, before the group's other messages are sent: if the writes are cut half
   way, what is stored always includes the first message (which carries what the group was meant
-  to be, see broker.plan). A group whose last message is a tail (a record about the others) gets
+  to be, see broker.publish.plan). A group whose last message is a tail (a record about the others) gets
   it written only after the others are stored. Per subject (per recipient) the stored order is
   the arrival order: a batch whose groups would otherwise overtake one another on a subject is
   written in parts, and a batch written in stages is stored before the next batch is sent.
@@ -47,9 +47,9 @@ from typing import Any
 
 from broker.audit.log import Draft
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
-from broker.logging import get_logger
-from broker.metrics import Metrics
-from broker.transport.jetstream import BatchAck, DuplicateInBatch, OutMsg
+from broker.ops.logging import get_logger
+from broker.ops.metrics import Metrics
+from broker.store.jetstream import BatchAck, DuplicateInBatch, OutMsg
 
 log = get_logger(__name__)
 

@@ -21,8 +21,8 @@ from opsroom.incident.v1 import incident_pb2
 from opsroom.request.v1 import request_pb2
 
 from broker import ids
-from broker.codelists import CodeLists
 from broker.errors import Violation
+from broker.validate.codelists import CodeLists
 
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
 _TS_MIN = -62135596800

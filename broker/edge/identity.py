@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes
 
 from broker import ids
 from broker.audit.records import Caller
-from broker.certs import AGENCY_URI_PREFIX
+from broker.dev.certs import AGENCY_URI_PREFIX
 from broker.errors import Reason, Unauthenticated
 
 

@@ -26,9 +26,9 @@ from nats.errors import Error as NatsError
 
 from broker.config import NatsConfig
 from broker.errors import ServerUnreachable, StoreFull, StoreUnavailable
-from broker.lanes import Lane
-from broker.layout import Layout
-from broker.logging import get_logger
+from broker.ops.logging import get_logger
+from broker.publish.lanes import Lane
+from broker.store.layout import Layout
 
 log = get_logger(__name__)
 
@@ -521,7 +521,7 @@ class JetStream:
     async def claimed(self, filters: Sequence[str]) -> set[str]:
         """The subject filters that some stored delivery matches, in either lane's stream.
 
-        The committer asks this of every batch's claims (broker.committer) before writing it: one
+        The committer asks this of every batch's claims (broker.publish.committer) before writing it: one
         request per stream says whether any filter matches (the common answer: none); only then
         is each filter asked about on its own.
         """

@@ -1,6 +1,6 @@
 """A 3-node nats-server cluster on loopback ports for tests, benchmarks and fault injection.
 
-Each node is a broker.embedded.NatsServer (127.0.0.1 only, sync_interval: always, its own store
+Each node is a broker.dev.embedded.NatsServer (127.0.0.1 only, sync_interval: always, its own store
 folder under root) with a cluster block routing to every node. start() returns once the
 JetStream meta group has a leader that every node agrees on and every node is healthy; kill(i)
 crashes one node (SIGKILL by PID), restart(i) brings it back on the same ports and folder and
@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from broker.embedded import NatsServer, find_nats_server, free_port
-from broker.logging import get_logger
+from broker.dev.embedded import NatsServer, find_nats_server, free_port
+from broker.ops.logging import get_logger
 
 log = get_logger(__name__)
 

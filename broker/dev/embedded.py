@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.logging import get_logger
+from broker.ops.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -69,7 +69,7 @@ class NatsServer:
     # A command the server runs under, e.g. strace to count fsyncs (the benchmark's --fsyncs).
     wrapper: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
-    # Config text appended after the generated config, e.g. a cluster block (broker.cluster).
+    # Config text appended after the generated config, e.g. a cluster block (broker.dev.cluster).
     extra_config: str = ""
 
     @property

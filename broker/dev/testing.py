@@ -17,12 +17,12 @@ from typing import Any
 
 from opsroom_client import Credentials, HubClient, RetryPolicy
 
-from broker.certs import DevPki, make_dev_pki
-from broker.cluster import NatsCluster
 from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig
-from broker.embedded import NatsServer
+from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.cluster import NatsCluster
+from broker.dev.embedded import NatsServer
 from broker.hub import Hub
-from broker.routing import AllowRule
+from broker.policy.routing import AllowRule
 
 
 def dev_config(

@@ -23,8 +23,8 @@ from opsroom.incident.v1 import incident_pb2
 from opsroom.request.v1 import request_pb2
 from opsroom_client import HubClient, new_envelope, timestamp
 
-from broker import codelists
-from broker.routing import AllowRule
+from broker.policy.routing import AllowRule
+from broker.validate import codelists
 
 CUR = "it.nue.cur.to"
 PL = "it.pl.001272"

@@ -1,1 +1,0 @@
-"""The hub's JetStream transport: the only package that imports nats."""

@@ -41,8 +41,9 @@ from broker.dev.embedded import NatsServer  # noqa: E402
 from broker.ops.metrics import Metrics  # noqa: E402
 from broker.publish.committer import Committer  # noqa: E402
 from broker.publish.lanes import Lane  # noqa: E402
-from broker.store.jetstream import JetStream, OutMsg  # noqa: E402
+from broker.store.jetstream import JetStream  # noqa: E402
 from broker.store.layout import EXPIRES_HEADER  # noqa: E402
+from broker.store.model import OutMsg  # noqa: E402
 
 SENDER = "it.nue.cur.to"
 PAYLOAD = b"x" * 1000

@@ -38,7 +38,8 @@ from broker.config import NatsConfig  # noqa: E402
 from broker.delivery import receipts  # noqa: E402
 from broker.dev.embedded import NatsServer  # noqa: E402
 from broker.publish.lanes import Lane  # noqa: E402
-from broker.store.jetstream import JetStream, OutMsg  # noqa: E402
+from broker.store.jetstream import JetStream  # noqa: E402
+from broker.store.model import OutMsg  # noqa: E402
 
 PAYLOAD = b"x" * 1024
 MODES = ("pipelined", "staged", "atomic")

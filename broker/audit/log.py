@@ -32,7 +32,8 @@ from broker.delivery.receipts import timestamp
 from broker.errors import OpsroomError, StoreUnavailable
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
-from broker.store.jetstream import AlreadyStored, JetStream, OutMsg, WrongLastSequence
+from broker.store.jetstream import JetStream
+from broker.store.model import AlreadyStored, OutMsg, WrongLastSequence
 
 log = get_logger(__name__)
 

@@ -22,7 +22,8 @@ from broker.audit.records import HUB
 from broker.delivery.receipts import timestamp
 from broker.errors import OpsroomError
 from broker.ops.logging import get_logger
-from broker.store.jetstream import JetStream, StoredMsg
+from broker.store.jetstream import JetStream
+from broker.store.model import StoredMsg
 
 log = get_logger(__name__)
 

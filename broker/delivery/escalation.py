@@ -34,8 +34,9 @@ from broker.policy.routing import Route, Router, RoutingContext
 from broker.publish.committer import Committer
 from broker.publish.lanes import Lane
 from broker.publish.publisher import Copies
-from broker.store.jetstream import ConsumerGone, JetStream, OutMsg, Pulled, Puller, StoredMsg, Wake
+from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import EXPIRES_HEADER, RULE_HEADER
+from broker.store.model import ConsumerGone, OutMsg, Pulled, StoredMsg
 
 log = get_logger(__name__)
 

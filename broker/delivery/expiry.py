@@ -46,8 +46,9 @@ from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.publish.lanes import LANES, Lane
-from broker.store.jetstream import JetStream, OutMsg
+from broker.store.jetstream import JetStream
 from broker.store.layout import SENDER_HEADER
+from broker.store.model import OutMsg
 
 log = get_logger(__name__)
 

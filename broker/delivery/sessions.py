@@ -33,8 +33,9 @@ from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.publish.lanes import LANES, Lane
-from broker.store.jetstream import ConsumerGone, DuplicateInBatch, JetStream, OutMsg, Pulled, Puller, Wake
+from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import SENDER_HEADER, Layout
+from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled
 
 log = get_logger(__name__)
 

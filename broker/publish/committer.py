@@ -49,7 +49,7 @@ from broker.audit.log import Draft
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
-from broker.store.jetstream import BatchAck, DuplicateInBatch, OutMsg
+from broker.store.model import BatchAck, DuplicateInBatch, OutMsg
 
 log = get_logger(__name__)
 

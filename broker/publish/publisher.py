@@ -36,8 +36,9 @@ from broker.policy.routing import REPLY_KINDS, Decision, Referenced, Route, Rout
 from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.publish.lanes import LANES, Lane, LaneGate, lane_of
 from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
-from broker.store.jetstream import JetStream, OutMsg, StoredMsg
+from broker.store.jetstream import JetStream
 from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
+from broker.store.model import OutMsg, StoredMsg
 from broker.validate.checker import ValidationContext, validate_envelope
 
 log = get_logger(__name__)

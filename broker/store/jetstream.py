@@ -16,7 +16,6 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +28,19 @@ from broker.errors import ServerUnreachable, StoreFull, StoreUnavailable
 from broker.ops.logging import get_logger
 from broker.publish.lanes import Lane
 from broker.store.layout import Layout
+from broker.store.model import (
+    AlreadyStored,
+    BatchAck,
+    ConnectionLost,
+    ConsumerGone,
+    ConsumerReset,
+    ConsumerState,
+    DuplicateInBatch,
+    OutMsg,
+    Pulled,
+    StoredMsg,
+    WrongLastSequence,
+)
 
 log = get_logger(__name__)
 
@@ -47,87 +59,6 @@ _FULL_CODES = frozenset({10047, 10027, 10028})  # storage resources exceeded, ma
 # returns at once (1,024 in 2.15) answers status 413.
 _TOO_MANY_RESULTS = "413"
 _MAX_PAGES = 1000  # of a paged JetStream listing (256 items a page)
-
-
-class ConnectionLost(OSError):
-    """The connection dropped while a write waited for its answer (it may or may not be stored)."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutMsg:
-    """A message to write: subject, payload and JetStream headers (message id, expectations)."""
-
-    subject: str
-    payload: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchAck:
-    """JetStream's answer to a committed batch: the sequence of its last message and the count."""
-
-    seq: int
-    count: int
-
-
-class DuplicateInBatch(Exception):
-    """The write repeats a message id or an expected-absent subject: it (or part of it) was stored before."""
-
-
-class AlreadyStored(DuplicateInBatch):
-    """JetStream saw this message id within its duplicate window and did not store it again."""
-
-
-class WrongLastSequence(DuplicateInBatch):
-    """An expected last sequence did not hold: another writer (or an earlier attempt) wrote first."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMsg:
-    """A message read back from the stream."""
-
-    subject: str
-    seq: int
-    data: bytes
-    time_ns: int
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Pulled:
-    """A message delivered by a pull consumer, with the metadata of its ack subject."""
-
-    stream_seq: int
-    delivered: int
-    time_ns: int
-    pending: int
-    reply: str
-    distribution_id: str
-    data: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    consumer_seq: int = 0  # the consumer's delivery count: +1 for every message it sends (a gap: one was lost)
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerReset:
-    """What a consumer reset left: the deliveries waiting, and the consumer sequence the next delivery follows."""
-
-    backlog: int
-    consumer_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerState:
-    """A consumer as a listing shows it: its filter, its ack floor (a stream sequence), what it still holds."""
-
-    name: str
-    filter_subject: str
-    ack_floor: int
-    waiting: int  # not yet delivered, or delivered and not acknowledged
-
-
-class ConsumerGone(Exception):
-    """The consumer was deleted or lost its leader: the session must end and the client reconnect."""
 
 
 def _api_error(reply: dict[str, Any]) -> tuple[int, str] | None:

@@ -27,8 +27,9 @@ from broker.dev.embedded import NatsServer
 from broker.dev.testing import credentials, dev_config
 from broker.hub import Hub
 from broker.publish.lanes import Lane
-from broker.store.jetstream import JetStream, StoredMsg
+from broker.store.jetstream import JetStream
 from broker.store.layout import RULE_HEADER, Layout
+from broker.store.model import StoredMsg
 from tests import factories as f
 from tests.integration.conftest import take
 from tests.natsproxy import NatsProxy

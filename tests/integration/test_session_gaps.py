@@ -9,7 +9,8 @@ from opsroom_client import HubClient
 
 from broker.dev.testing import LocalHub
 from broker.publish.lanes import Lane
-from broker.store.jetstream import JetStream, Pulled
+from broker.store.jetstream import JetStream
+from broker.store.model import Pulled
 from tests import factories as f
 from tests.integration.conftest import take
 

@@ -15,7 +15,7 @@ from broker.audit.log import Draft
 from broker.errors import OpsroomError, Reason, Refused, StoreFull, StoreUnavailable
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
-from broker.store.jetstream import BatchAck, DuplicateInBatch, OutMsg
+from broker.store.model import BatchAck, DuplicateInBatch, OutMsg
 
 WAIT = 5.0
 

@@ -22,8 +22,8 @@ from broker.delivery.receipts import (
     timestamp_ns,
 )
 from broker.publish.lanes import LANES, Lane
-from broker.store.jetstream import StoredMsg
 from broker.store.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
+from broker.store.model import StoredMsg
 from tests import factories as f
 
 DIST = "5f0c6d9e-1f7a-4b7e-9a51-0c2f3b7d8e90"

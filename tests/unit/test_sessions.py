@@ -15,8 +15,8 @@ from broker.errors import StoreUnavailable
 from broker.ops.metrics import Metrics
 from broker.publish.committer import GroupResult, Outcome
 from broker.publish.lanes import Lane
-from broker.store.jetstream import ConsumerReset, OutMsg, Pulled
 from broker.store.layout import Layout
+from broker.store.model import ConsumerReset, OutMsg, Pulled
 
 AGENCY = "it.ps.questura.to"
 

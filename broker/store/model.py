@@ -1,0 +1,91 @@
+"""The messages the hub writes to and reads from its store, the store's answers and its errors (pure).
+
+What the transport (broker.store.jetstream) takes and gives, so that the code above it (the
+committer, receipts, sessions, the audit log) needs neither nats-py nor the transport to build or
+read a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ConnectionLost(OSError):
+    """The connection dropped while a write waited for its answer (it may or may not be stored)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutMsg:
+    """A message to write: subject, payload and JetStream headers (message id, expectations)."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAck:
+    """JetStream's answer to a committed batch: the sequence of its last message and the count."""
+
+    seq: int
+    count: int
+
+
+class DuplicateInBatch(Exception):
+    """The write repeats a message id or an expected-absent subject: it (or part of it) was stored before."""
+
+
+class AlreadyStored(DuplicateInBatch):
+    """JetStream saw this message id within its duplicate window and did not store it again."""
+
+
+class WrongLastSequence(DuplicateInBatch):
+    """An expected last sequence did not hold: another writer (or an earlier attempt) wrote first."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMsg:
+    """A message read back from the stream."""
+
+    subject: str
+    seq: int
+    data: bytes
+    time_ns: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    """A message delivered by a pull consumer, with the metadata of its ack subject."""
+
+    stream_seq: int
+    delivered: int
+    time_ns: int
+    pending: int
+    reply: str
+    distribution_id: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    consumer_seq: int = 0  # the consumer's delivery count: +1 for every message it sends (a gap: one was lost)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerReset:
+    """What a consumer reset left: the deliveries waiting, and the consumer sequence the next delivery follows."""
+
+    backlog: int
+    consumer_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """A consumer as a listing shows it: its filter, its ack floor (a stream sequence), what it still holds."""
+
+    name: str
+    filter_subject: str
+    ack_floor: int
+    waiting: int  # not yet delivered, or delivered and not acknowledged
+
+
+class ConsumerGone(Exception):
+    """The consumer was deleted or lost its leader: the session must end and the client reconnect."""

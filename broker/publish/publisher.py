@@ -34,7 +34,8 @@ from broker.ops.logging import get_logger
 from broker.policy.redact import compile_mask, redact_reporting
 from broker.policy.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
 from broker.publish.committer import Committer, GroupResult, Outcome
-from broker.publish.lanes import LANES, Lane, LaneGate, lane_of
+from broker.publish.gate import LaneGate
+from broker.publish.lanes import LANES, Lane, lane_of
 from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
 from broker.store.jetstream import JetStream
 from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout

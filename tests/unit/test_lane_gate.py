@@ -1,10 +1,10 @@
-"""The lane gate (broker.publish.lanes.LaneGate): bulk waits for urgent work in flight, and keeps under its ceiling."""
+"""The lane gate (broker.publish.gate.LaneGate): bulk waits for urgent work in flight, and keeps under its ceiling."""
 
 from __future__ import annotations
 
 import asyncio
 
-from broker.publish.lanes import LaneGate
+from broker.publish.gate import LaneGate
 
 
 async def test_bulk_waits_while_an_urgent_envelope_is_in_flight() -> None:

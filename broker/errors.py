@@ -1,4 +1,4 @@
-"""The hub's error catalogue (reasons and their gRPC codes) and its exception hierarchy.
+"""The hub's error catalogue (reasons and their status codes) and its exception hierarchy (pure).
 
 Every refusal the hub sends carries a `google.rpc.ErrorInfo` whose `reason` is one of the
 `Reason` members below, with `domain` = `ERROR_DOMAIN`. docs/errors.md documents each one and a
@@ -12,9 +12,26 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from grpc import StatusCode
-
 ERROR_DOMAIN = "opsroom.hub"
+
+
+class StatusCode(enum.Enum):
+    """The canonical status codes (google/rpc/code.proto, the numbers gRPC sends) the hub uses.
+
+    The catalogue names a code by these; the edge (broker/edge/status.py) turns it into gRPC's
+    own, so that this module, and what raises its errors, needs no gRPC.
+    """
+
+    CANCELLED = 1
+    INVALID_ARGUMENT = 3
+    NOT_FOUND = 5
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class Reason(enum.Enum):

@@ -17,9 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
@@ -32,7 +30,8 @@ from broker.config import HubConfig
 from broker.delivery.sessions import DeliverySession, SessionRegistry
 from broker.edge.admission import Admission, Bounds
 from broker.edge.identity import IdentityResolver
-from broker.errors import ERROR_DOMAIN, OpsroomError, Reason, Refused, StoreUnavailable, Violation
+from broker.edge.status import status_of
+from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable, Violation
 from broker.ops.logging import get_logger
 from broker.ops.metrics import UNREGISTERED, Metrics
 from broker.publish.committer import Committer
@@ -46,40 +45,6 @@ SERVICE = "opsroom.hub.v1.HubService"
 # Requests on one PublishStream read ahead of their answers; a faster sender waits.
 STREAM_READ_AHEAD = 64
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def status_of(err: OpsroomError, prefix: str) -> status_pb2.Status:
-    """The google.rpc.Status for err, with violation paths under prefix ("envelope", "envelopes[3]")."""
-    info = error_details_pb2.ErrorInfo(reason=err.reason.name, domain=ERROR_DOMAIN, metadata=dict(err.metadata))
-    details = [_pack(info)]
-    if err.retry_after is not None:
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(round(err.retry_after * 1e9))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    if err.violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.under(prefix).field if prefix else v.field,
-                    description=v.description,
-                    reason=v.rule,
-                )
-                for v in err.violations
-            ]
-        )
-        details.append(_pack(bad))
-    message = err.message
-    if err.violations and prefix:
-        first = err.violations[0].under(prefix)
-        more = f" (and {len(err.violations) - 1} more)" if len(err.violations) > 1 else ""
-        message = f"{first.field}: {first.description}{more}"
-    return status_pb2.Status(code=err.reason.code.value[0], message=message, details=details)
-
-
-def _pack(message: Any) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
 
 
 def _identity(frame: bytes) -> bytes:

@@ -8,6 +8,8 @@ import re
 # letters, digits and inner hyphens. "it.pl.001272", "it.cc.cp.to", "it.nue.cur.to".
 AGENCY_ID_RE = re.compile(r"[a-z]{2}(?:\.[a-z0-9]+(?:-[a-z0-9]+)*){1,6}")
 AGENCY_ID_MAX = 64
+# A client certificate names its agency by one URI SAN: this prefix and the agency id.
+AGENCY_URI_PREFIX = "urn:opsroom:agency:"
 
 # Lowercase canonical RFC 4122 UUID (any version).
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -28,12 +28,12 @@ from opsroom.audit.v1 import audit_pb2
 from broker.audit import records as audit_records
 from broker.audit.chain import GENESIS, entry_sha256, seal_bytes, seal_problem
 from broker.audit.verify import Stored, verify
-from broker.delivery.receipts import timestamp
 from broker.errors import OpsroomError, StoreUnavailable
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.store.jetstream import JetStream
 from broker.store.model import AlreadyStored, OutMsg, WrongLastSequence
+from broker.times import timestamp
 
 log = get_logger(__name__)
 

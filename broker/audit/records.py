@@ -21,8 +21,8 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
 from broker import names
-from broker.delivery.receipts import timestamp
 from broker.policy.redact import PROTECTED_HEADER
+from broker.times import timestamp
 
 # Fields every recipient gets (the envelope's header); disclosures list the others.
 HEADER_FIELDS = PROTECTED_HEADER | {"sender"}

@@ -19,11 +19,11 @@ from opsroom.audit.v1 import audit_pb2
 
 from broker.audit.log import AuditLog
 from broker.audit.records import HUB
-from broker.delivery.receipts import timestamp
 from broker.errors import OpsroomError
 from broker.ops.logging import get_logger
 from broker.store.jetstream import JetStream
 from broker.store.model import StoredMsg
+from broker.times import timestamp
 
 log = get_logger(__name__)
 

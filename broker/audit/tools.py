@@ -25,9 +25,9 @@ from broker.audit import records as audit_records
 from broker.audit.chain import entry_sha256, sign_manifest
 from broker.audit.log import AuditLog
 from broker.audit.verify import Head, Report, Stored
-from broker.delivery.receipts import timestamp
 from broker.errors import ConfigError
 from broker.store.jetstream import JetStream
+from broker.times import timestamp
 
 ENTRIES = "entries.jsonl"
 MANIFEST = "manifest.json"

@@ -37,6 +37,7 @@ from broker.publish.publisher import Copies
 from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import EXPIRES_HEADER, RULE_HEADER
 from broker.store.model import ConsumerGone, OutMsg, Pulled, StoredMsg
+from broker.times import timestamp
 
 log = get_logger(__name__)
 
@@ -143,7 +144,7 @@ class Escalator:
             said = "sent to" if delivery else "no agreement allows sending it to"
         delivered = bool(messages)
         escalation = hub_pb2.Escalation(
-            to_agency_id=alternate, escalated_at=receipts.timestamp(now), rule=timer.rule, delivered=delivered
+            to_agency_id=alternate, escalated_at=timestamp(now), rule=timer.rule, delivered=delivered
         )
         messages.append(
             receipts.hub_notice(

@@ -17,18 +17,7 @@ from opsroom.store.v1 import store_pb2
 from broker.publish.lanes import Lane
 from broker.store.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, EXPIRES_HEADER, HUB_AGENCY, SENDER_HEADER, Layout
 from broker.store.model import OutMsg, StoredMsg
-
-
-def timestamp(at: datetime) -> Timestamp:
-    """A protobuf Timestamp for an aware datetime."""
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
-
-
-def timestamp_ns(nanos: int) -> Timestamp:
-    """A protobuf Timestamp for nanoseconds since the epoch."""
-    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+from broker.times import timestamp, timestamp_ns
 
 
 def delivery_headers(

@@ -36,6 +36,7 @@ from broker.publish.lanes import LANES, Lane
 from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import SENDER_HEADER, Layout
 from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled
+from broker.times import timestamp
 
 log = get_logger(__name__)
 
@@ -222,7 +223,7 @@ class DeliverySession:
                 await asyncio.wait_for(self._ready.wait(), timeout=max(0.0, remaining))
             except TimeoutError:
                 await self._check_current()
-                beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=receipts.timestamp(self._clock())))
+                beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=timestamp(self._clock())))
                 return beat.SerializeToString()
 
     async def _check_current(self) -> None:

@@ -22,7 +22,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from broker import ids
 from broker.audit.chain import generate_key
 
-AGENCY_URI_PREFIX = "urn:opsroom:agency:"
 _VALIDITY = timedelta(days=365)
 
 
@@ -169,7 +168,7 @@ def make_dev_pki(
     for agency_id in agencies:
         if not ids.is_agency_id(agency_id):
             raise ValueError(f"not an agency id: {agency_id!r}")
-        uri = x509.UniformResourceIdentifier(AGENCY_URI_PREFIX + agency_id)
+        uri = x509.UniformResourceIdentifier(ids.AGENCY_URI_PREFIX + agency_id)
         _issue(pki.agency(agency_id), ca, agency_id, [uri], ExtendedKeyUsageOID.CLIENT_AUTH)
     if not pki.audit_key.exists():
         generate_key(pki.audit_key)

@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives import hashes
 
 from broker import ids
 from broker.audit.records import Caller
-from broker.dev.certs import AGENCY_URI_PREFIX
 from broker.errors import Reason, Unauthenticated
 
 
@@ -22,9 +21,9 @@ def agency_from_certificate(pem: bytes) -> str | None:
     except (ValueError, x509.ExtensionNotFound):
         return None
     found = [
-        uri.removeprefix(AGENCY_URI_PREFIX)
+        uri.removeprefix(ids.AGENCY_URI_PREFIX)
         for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uri.startswith(AGENCY_URI_PREFIX)
+        if uri.startswith(ids.AGENCY_URI_PREFIX)
     ]
     if len(found) != 1 or not ids.is_agency_id(found[0]):
         return None
@@ -73,6 +72,6 @@ class IdentityResolver:
         if caller is None:
             raise Unauthenticated(
                 Reason.CERTIFICATE_WITHOUT_AGENCY,
-                f"the client certificate has no single {AGENCY_URI_PREFIX}<agency id> URI",
+                f"the client certificate has no single {ids.AGENCY_URI_PREFIX}<agency id> URI",
             )
         return caller

@@ -40,6 +40,7 @@ from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, pl
 from broker.store.jetstream import JetStream
 from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
 from broker.store.model import OutMsg, StoredMsg
+from broker.times import timestamp, timestamp_ns
 from broker.validate.checker import ValidationContext, validate_envelope
 
 log = get_logger(__name__)
@@ -215,7 +216,7 @@ class Publisher:
         out = [self._planned_delivery(env, data, digest, agency_id, p, accepted_ns) for p in plan.missing(have)]
         timer = plan.timer
         if timer is not None and await self._js.last_by_subject(layout.escalation_timer_subject(dist)) is None:
-            due = receipts.timestamp_ns(timer.due_ns).ToDatetime(tzinfo=UTC)
+            due = timestamp_ns(timer.due_ns).ToDatetime(tzinfo=UTC)
             out.append(receipts.escalation_timer(layout, dist, due, timer.to_agency_id, timer.rule))
         if plan.response:
             # Written after this answer's deliveries: missing if the last answer recorded came before them.
@@ -314,7 +315,7 @@ class Publisher:
         extra = self._response_record(env, agency_id, referenced)
         dist = env.distribution_id
         acceptance = hub_pb2.Acceptance(
-            distribution_id=dist, accepted_at=receipts.timestamp(now), recipients=decision.recipients
+            distribution_id=dist, accepted_at=timestamp(now), recipients=decision.recipients
         )
         accepted_ns = acceptance.accepted_at.ToNanoseconds()
         default_expiry_ns = int(self._default_expiry.total_seconds() * 1e9)
@@ -471,7 +472,7 @@ def _escalation_timer(
     first = min(deadlines, key=lambda r: (r.escalate_after, r.rule))
     due = now + timedelta(seconds=first.escalate_after)
     message = receipts.escalation_timer(layout, env.distribution_id, due, first.escalate_to, first.rule)
-    return message, Timer(receipts.timestamp(due).ToNanoseconds(), first.escalate_to, first.rule)
+    return message, Timer(timestamp(due).ToNanoseconds(), first.escalate_to, first.rule)
 
 
 def _response_of(layout: Layout, env: envelope_pb2.Envelope, agency_id: str) -> OutMsg:

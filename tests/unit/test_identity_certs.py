@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.dev.certs import AGENCY_URI_PREFIX, DevPki, make_dev_pki
+from broker.dev.certs import DevPki, make_dev_pki
 from broker.edge.identity import IdentityResolver, agency_from_certificate
 from broker.errors import Reason, Unauthenticated
+from broker.ids import AGENCY_URI_PREFIX
 from tests import factories as f
 
 AGENCIES = (f.CUR, f.CC)

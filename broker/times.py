@@ -1,0 +1,72 @@
+"""Owns time: the clock the hub reads (one, injected) and the conversions to protobuf Timestamps (pure).
+
+Every part of the hub that needs the time takes a Clock: wall time (`now`, an aware datetime,
+for what is recorded and compared with what senders wrote) and monotonic time (`monotonic`,
+seconds, for intervals). The running hub uses SystemClock; tests pass a ManualClock and move it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+class Clock(Protocol):
+    """Where the hub reads the time."""
+
+    def now(self) -> datetime:
+        """The wall time, aware (UTC)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (for intervals only)."""
+        ...
+
+
+class SystemClock:
+    """The machine's clocks."""
+
+    def now(self) -> datetime:
+        """datetime.now(UTC)."""
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+
+@dataclass
+class ManualClock:
+    """A clock that moves only when told (tests, benchmarks): both readings advance together."""
+
+    at: datetime
+    mono: float = 0.0
+
+    def now(self) -> datetime:
+        """The set wall time."""
+        return self.at
+
+    def monotonic(self) -> float:
+        """The set monotonic time."""
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        """Move both readings forward."""
+        self.at += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+def timestamp(at: datetime) -> Timestamp:
+    """A protobuf Timestamp for an aware datetime."""
+    ts = Timestamp()
+    ts.FromDatetime(at)
+    return ts
+
+
+def timestamp_ns(nanos: int) -> Timestamp:
+    """A protobuf Timestamp for nanoseconds since the epoch."""
+    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)

@@ -6,41 +6,24 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2
-
 from broker.audit import command as audit_command
-from broker.config import check_files, load, named_files
-from broker.dev import sim
-from broker.dev.certs import DevPki, make_dev_pki
-from broker.dev.embedded import NatsServer
-from broker.dev.testing import credentials, dev_config
-from broker.edge.servicer import SERVICE
+from broker.config import check_files, load
 from broker.errors import ConfigError, OpsroomError, ServerUnreachable
 from broker.hub import Hub
 from broker.ops import logging as hub_logging
+from broker.ops.console import say as _print
+from broker.ops.console import until_signal as _until_signal
 from broker.policy.loader import AgreementsInvalid, load_dir
 
 log = hub_logging.get_logger(__name__)
+# The example agreements of a source checkout (deploy/agreements): the demo's and explain's default.
 _DEFAULT_AGREEMENTS = Path(__file__).resolve().parent.parent / "deploy" / "agreements"
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)  # noqa: T201 - the demo's output is for a person at a terminal
-
-
-async def _until_signal(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def serve(config_path: Path) -> int:
@@ -70,116 +53,6 @@ async def serve(config_path: Path) -> int:
     if hub.failure is not None:
         print(f"opsroom: the hub stopped because its task {hub.failure.task} failed", file=sys.stderr)  # noqa: T201
         return 1
-    return 0
-
-
-def _prepare(data: Path, *, keep: bool) -> DevPki:
-    data.mkdir(parents=True, exist_ok=True)
-    if not keep:
-        shutil.rmtree(data / "nats" / "jetstream", ignore_errors=True)
-    return make_dev_pki(data / "pki", sim.TORINO_ROOMS)
-
-
-async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool, agreements: Path) -> int:
-    """The embedded default: nats-server, the hub and four simulated Torino rooms playing a scenario."""
-    pki = _prepare(data, keep=keep)
-    nats = NatsServer(data / "nats")
-    _print(f"starting nats-server ({nats.binary}) with JetStream in {data / 'nats'}, sync_interval: always")
-    nats.start()
-    try:
-        cfg = dev_config(
-            pki, nats, sim.TORINO_ROOMS, (), listen=listen, metrics_listen=metrics_listen, agreements=agreements
-        )
-        hub = Hub(cfg)
-        await hub.start()
-        metrics = f"http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else "off"
-        _print(f"hub listening on 127.0.0.1:{hub.port} (mTLS, dev CA in {data / 'pki'}); metrics: {metrics}")
-        _print(f"routing by the agreements in {agreements}")
-        try:
-            return await _play(f"127.0.0.1:{hub.port}", pki, once=once)
-        finally:
-            await hub.stop(grace=2)
-    finally:
-        nats.stop()
-        _print("stopped nats-server")
-
-
-async def rooms(target: str, pki_root: Path, *, once: bool, wait: float) -> int:
-    """The four simulated Torino rooms and their scenario, against a hub running at target.
-
-    Waits (up to wait seconds) for the hub's gRPC health to say SERVING first.
-    """
-    pki = DevPki.at(pki_root)
-    for agency_id in sim.TORINO_ROOMS:
-        pair = pki.agency(agency_id)
-        for path in (pki.ca, pair.cert, pair.key):
-            if not path.is_file():
-                raise ConfigError(f"{path}: no such file (make the PKI with `opsroom dev-certs --config FILE`)")
-    await _wait_serving(target, pki, next(iter(sim.TORINO_ROOMS)), wait)
-    _print(f"the hub at {target} is serving; rooms connecting with the certificates in {pki_root}")
-    return await _play(target, pki, once=once)
-
-
-async def _wait_serving(target: str, pki: DevPki, agency_id: str, within: float) -> None:
-    """Until the hub at target says SERVING to a gRPC health check (mTLS as agency_id); else ServerUnreachable."""
-    pair = pki.agency(agency_id)
-    creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    options = [("grpc.ssl_target_name_override", "localhost")]  # the dev hub certificate's name
-    async with grpc.aio.secure_channel(target, creds, options=options) as channel:
-        health_check = channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        while True:
-            try:
-                reply = await health_check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass  # not listening yet, or still starting
-            if loop.time() >= deadline:
-                raise ServerUnreachable(f"no hub serving at {target} within {within:g} s: is `opsroom serve` running?")
-            await asyncio.sleep(0.5)
-
-
-async def _play(target: str, pki: DevPki, *, once: bool) -> int:
-    from opsroom_client import HubClient  # noqa: PLC0415 - keeps `opsroom serve` free of client code
-
-    rooms = {
-        agency_id: sim.Room(
-            agency_id,
-            name,
-            HubClient(target, credentials(pki, agency_id), server_name="localhost"),
-            _print,
-            accepts=frozenset(
-                {"assistance_request"}
-                if agency_id == sim.CC
-                else {"handover_request"}
-                if agency_id == sim.QUESTURA
-                else ()
-            ),
-        )
-        for agency_id, name in sim.TORINO_ROOMS.items()
-    }
-    async with asyncio.TaskGroup() as group:
-        for room in rooms.values():
-            group.create_task(room.run())
-        try:
-            receipts = await sim.run_scenario(rooms, _print)
-            for name, receipt in receipts.items():
-                for line in sim.describe_receipt(name, receipt):
-                    _print(line)
-            if once:
-                _print("scenario complete")
-            else:
-                _print("scenario complete; the hub keeps running with the rooms connected. Ctrl-C stops all.")
-                await _until_signal(asyncio.Event())
-        finally:
-            for room in rooms.values():  # ends each room's inbox, and so its task
-                await room.client.close()
     return 0
 
 
@@ -239,31 +112,6 @@ def policy_explain(envelope_file: Path, folder: Path, sender: str | None, at: st
     return 0
 
 
-def dev_certs(out: Path | None, agencies: Sequence[str], config: Path | None) -> int:
-    """Make (or complete) a development PKI, by default where the config's [tls] files are.
-
-    With a config: a certificate for each of its agencies, and its audit signing key where
-    audit.signing_key names it.
-    """
-    cfg = load(config) if config is not None else None
-    if out is None:
-        if cfg is None:
-            raise ConfigError("dev-certs: give --out FOLDER, or --config FILE to write where that config looks")
-        out = cfg.tls.ca_file.parent
-    wanted = [*agencies, *(a.id for a in cfg.agencies)] if cfg is not None else list(agencies)
-    audit_key = cfg.audit.signing_key if cfg is not None and cfg.audit is not None else None
-    pki = make_dev_pki(out, wanted, audit_key=audit_key)
-    _print(f"CA: {pki.ca}\nhub: {pki.hub.cert}")
-    for agency_id in wanted:
-        _print(f"{agency_id}: {pki.agency(agency_id).cert}")
-    _print(f"audit signing key: {pki.audit_key}")
-    if cfg is not None:
-        for key, path, _folder in named_files(cfg):
-            if key.startswith("tls.") and not path.is_file():
-                _print(f"note: {config}: {key} names {path}, which is not in this PKI ({out})")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `opsroom` command."""
     parser = argparse.ArgumentParser(prog="opsroom", description=__doc__)
@@ -317,13 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one branch per command
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return asyncio.run(serve(args.config))
+    if args.command in {"demo", "sim", "dev-certs"}:
+        return _run_dev(args)
+    if args.command == "audit":
+        return audit_command.run(args)
+    if args.command == "policy":
+        if args.policy_command == "check":
+            return policy_check(args.folder)
+        return policy_explain(args.envelope, args.agreements, args.sender, args.at)
+    raise AssertionError(args.command)
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    """The development commands: their code (broker.dev) is loaded only for them, never by `serve`."""
+    from broker.dev import commands  # noqa: PLC0415 - development helpers stay out of the serving path
+
     if args.command == "demo":
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(
-                demo(
+                commands.demo(
                     args.data,
                     listen=args.listen,
                     metrics_listen=args.metrics_listen,
@@ -333,17 +196,11 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 - one branch per com
                 )
             )
         return 130
-    if args.command == "audit":
-        return audit_command.run(args)
     if args.command == "sim":
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(rooms(args.hub, args.pki, once=args.once, wait=args.wait))
+            return asyncio.run(commands.rooms(args.hub, args.pki, once=args.once, wait=args.wait))
         return 130
-    if args.command == "policy":
-        if args.policy_command == "check":
-            return policy_check(args.folder)
-        return policy_explain(args.envelope, args.agreements, args.sender, args.at)
-    return dev_certs(args.out, args.agency, args.config)
+    return commands.dev_certs(args.out, args.agency, args.config)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Self
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from broker.audit import chain
 from broker.audit.log import AuditLog
 from broker.audit.retention import Retention
@@ -27,7 +24,8 @@ from broker.delivery.escalation import Escalator
 from broker.delivery.expiry import Expirer
 from broker.delivery.sessions import SessionRegistry
 from broker.edge.admission import Admission, Bounds
-from broker.edge.servicer import SERVICE, HubServicer
+from broker.edge.server import GrpcServer
+from broker.edge.servicer import HubServicer
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.ops.supervisor import Failure, Supervisor
@@ -41,12 +39,6 @@ from broker.validate import codelists
 from broker.validate.checker import ValidationContext
 
 log = get_logger(__name__)
-
-
-# gRPC core's queue of calls received but not yet taken by the event loop: bounded in fact by the
-# calls each connection may open (hub.max_calls_per_connection), so it is set out of the way. At
-# its defaults (1,000, hard limit 3,000) core resets the calls over it with a bare CANCELLED.
-MAX_PENDING_CALLS = 100_000
 
 # The bulk lane trades a little latency for fewer writes (fsyncs) that urgent writes would wait behind.
 BULK_LINGER = 0.01
@@ -84,9 +76,8 @@ class Hub:
         self._started = False
         self._stop_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
-        self._server: grpc.aio.Server | None = None
+        self._server = GrpcServer(cfg)
         self._servicer: HubServicer | None = None
-        self._health = health.aio.HealthServicer()
         self._sessions = SessionRegistry()
         self.audit: AuditLog | None = None
         self._audit_js: JetStream | None = None
@@ -194,44 +185,10 @@ class Hub:
             admission=self.admission,
             audit=audit,
         )
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_request_bytes),
-                ("grpc.max_send_message_length", cfg.max_request_bytes),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                # Overload: a connection opens at most this many calls; the client's transport holds
-                # the others (HTTP/2 flow control) instead of the hub, and core never resets a call
-                # for want of room. Without "overload protection", which refuses streams (REFUSED_STREAM,
-                # seen by clients as UNAVAILABLE) while the application still holds finished calls.
-                ("grpc.max_concurrent_streams", cfg.max_calls_per_connection),
-                ("grpc.http.overload_protection", 0),
-                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-            ]
-        )
-        # Registered, not generic: gRPC takes each registered method's calls from the transport on
-        # its own (one at a time per method), so a flood of Publish calls does not hold up the
-        # Connect calls of rooms, or receipts.
-        server.add_registered_method_handlers(SERVICE, self._servicer.method_handlers())
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        credentials = grpc.ssl_server_credentials(
-            [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
-            root_certificates=cfg.tls.ca_file.read_bytes(),
-            require_client_auth=True,
-        )
-        self.port = server.add_secure_port(cfg.listen, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.listen}")
         await self._sessions.watch(js)
-        await server.start()
-        self._server = server
+        self.port = await self._server.start(self._servicer)
         # SERVING, unless NATS dropped meanwhile (its reconnection sets SERVING then; see _refresh_health).
-        status = health_pb2.HealthCheckResponse.SERVING if js.connected else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE):
-            await self._health.set(service, status)
+        await self._server.set_serving(js.connected)
         if self.policy is not None and cfg.agreements is not None:
             self._supervisor.start(AGREEMENTS_WATCH, self.policy.watch(cfg.agreements.reload.total_seconds()))
         if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
@@ -266,12 +223,10 @@ class Hub:
 
     async def _refresh_health(self) -> None:
         """The NATS connection dropped or came back: gRPC health is SERVING while it is up (until the hub stops)."""
-        if self._server is None or self._stop_task is not None:
+        if not self._server.running or self._stop_task is not None:
             return  # not serving yet (start() sets health from the connection), or stopping
         connected = self._js is not None and self._js.connected
-        status = health_pb2.HealthCheckResponse.SERVING if connected else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE):
-            await self._health.set(service, status)
+        await self._server.set_serving(connected)
         log.info("hub_readiness", status="ready" if connected else "not_ready", reason="nats connection changed")
 
     @property
@@ -344,8 +299,7 @@ class Hub:
         """The background workers first, then the gRPC server and sessions, the commit loops last."""
         self._supervisor.stopping()
         if failure is not None:  # tell load balancers and clients at once, before anything else
-            for service in ("", SERVICE):
-                await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self._server.set_serving(False)
             log.error("hub_stopping_after_failure", task=failure.task, error_type=failure.error_type)
         if self._escalation is not None:
             self._escalation.stop()
@@ -357,12 +311,10 @@ class Hub:
         self.metrics.draining.set(1)
         if self._servicer is not None:
             self._servicer.draining = True
-        await self._health.enter_graceful_shutdown()
+        await self._server.draining()
         self._sessions.end_all()
         await self._sessions.unwatch()
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        await self._server.stop(grace)
         await self._drain_committers(grace + 5)
         if self._js is not None:
             await self._js.close()

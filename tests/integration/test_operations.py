@@ -43,7 +43,7 @@ async def test_health_serving_then_not_serving_while_draining(hub: LocalHub, cli
     assert health_pb2.HealthCheckResponse.SERVING == await health_status(clients[f.CUR])
     assert health_pb2.HealthCheckResponse.SERVING == await health_status(clients[f.CUR], "")
     hub.hub._servicer.draining = True  # type: ignore[union-attr]
-    await hub.hub._health.enter_graceful_shutdown()
+    await hub.hub._server.draining()
     assert health_pb2.HealthCheckResponse.NOT_SERVING == await health_status(clients[f.CUR])
     with pytest.raises(HubError) as caught:
         await clients[f.CUR].publish(f.envelope(f.CUR, (f.QUESTURA,)))

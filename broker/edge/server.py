@@ -1,0 +1,90 @@
+"""Owns the hub's gRPC server: HubService with registered handlers and gRPC health, over mTLS.
+
+The hub (broker/hub.py) builds the servicer and hands it here; this module alone knows gRPC's
+server options, the health service and the order of a graceful stop.
+"""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from broker.config import HubConfig
+from broker.edge.servicer import SERVICE, HubServicer
+
+# gRPC core's queue of calls received but not yet taken by the event loop: bounded in fact by the
+# calls each connection may open (hub.max_calls_per_connection), so it is set out of the way. At
+# its defaults (1,000, hard limit 3,000) core resets the calls over it with a bare CANCELLED.
+MAX_PENDING_CALLS = 100_000
+# The services whose health the hub reports: the server as a whole ("") and HubService.
+_SERVICES = ("", SERVICE)
+
+
+class GrpcServer:
+    """HubService and gRPC health on cfg.listen; NOT_SERVING until set_serving(True)."""
+
+    def __init__(self, cfg: HubConfig) -> None:
+        """Nothing listens yet."""
+        self._cfg = cfg
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._server is not None
+
+    async def start(self, servicer: HubServicer) -> int:
+        """Listen and serve; returns the port (OSError if it cannot listen)."""
+        cfg = self._cfg
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_request_bytes),
+                ("grpc.max_send_message_length", cfg.max_request_bytes),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # Overload: a connection opens at most this many calls; the client's transport holds
+                # the others (HTTP/2 flow control) instead of the hub, and core never resets a call
+                # for want of room. Without "overload protection", which refuses streams (REFUSED_STREAM,
+                # seen by clients as UNAVAILABLE) while the application still holds finished calls.
+                ("grpc.max_concurrent_streams", cfg.max_calls_per_connection),
+                ("grpc.http.overload_protection", 0),
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+            ]
+        )
+        # Registered, not generic: gRPC takes each registered method's calls from the transport on
+        # its own (one at a time per method), so a flood of Publish calls does not hold up the
+        # Connect calls of rooms, or receipts.
+        server.add_registered_method_handlers(SERVICE, servicer.method_handlers())
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        credentials = grpc.ssl_server_credentials(
+            [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
+            root_certificates=cfg.tls.ca_file.read_bytes(),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port(cfg.listen, credentials)
+        if port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        await server.start()
+        self._server = server
+        return port
+
+    async def set_serving(self, serving: bool) -> None:  # noqa: FBT001 - a state, not a mode
+        """What gRPC health says of the hub and of HubService."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in _SERVICES:
+            await self._health.set(service, status)
+
+    async def draining(self) -> None:
+        """Health NOT_SERVING for good: load balancers and clients move to another replica."""
+        await self._health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING for good, then the server stops (calls still open get grace seconds)."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None

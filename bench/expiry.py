@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from broker.config import NatsConfig  # noqa: E402
-from broker.delivery import receipts  # noqa: E402
 from broker.delivery.expiry import Backlog, Expirer  # noqa: E402
 from broker.dev.embedded import NatsServer  # noqa: E402
+from broker.lanes import Lane  # noqa: E402
 from broker.ops.metrics import Metrics  # noqa: E402
 from broker.publish.committer import Committer  # noqa: E402
-from broker.publish.lanes import Lane  # noqa: E402
+from broker.store import receipts  # noqa: E402
 from broker.store.jetstream import JetStream  # noqa: E402
 from broker.store.layout import EXPIRES_HEADER  # noqa: E402
 from broker.store.model import OutMsg  # noqa: E402

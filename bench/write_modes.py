@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from broker.config import NatsConfig  # noqa: E402
-from broker.delivery import receipts  # noqa: E402
 from broker.dev.embedded import NatsServer  # noqa: E402
-from broker.publish.lanes import Lane  # noqa: E402
+from broker.lanes import Lane  # noqa: E402
+from broker.store import receipts  # noqa: E402
 from broker.store.jetstream import JetStream  # noqa: E402
 from broker.store.model import OutMsg  # noqa: E402
 

@@ -26,13 +26,13 @@ from broker.delivery.sessions import SessionRegistry
 from broker.edge.admission import Admission, Bounds
 from broker.edge.server import GrpcServer
 from broker.edge.servicer import HubServicer
+from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.ops.supervisor import Failure, Supervisor
 from broker.policy.routing import AllowListRouter, Router
 from broker.policy.store import PolicyStore
 from broker.publish.committer import Committer
-from broker.publish.lanes import LANES, Lane
 from broker.publish.publisher import Publisher
 from broker.store.jetstream import JetStream
 from broker.validate import codelists

@@ -26,14 +26,14 @@ from opsroom.store.v1 import store_pb2
 
 from broker.audit import records as audit_records
 from broker.audit.log import Draft
-from broker.delivery import receipts
 from broker.errors import OpsroomError
+from broker.lanes import Lane
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.policy.routing import Route, Router, RoutingContext
 from broker.publish.committer import Committer
-from broker.publish.lanes import Lane
 from broker.publish.publisher import Copies
+from broker.store import receipts
 from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import EXPIRES_HEADER, RULE_HEADER
 from broker.store.model import ConsumerGone, OutMsg, Pulled, StoredMsg

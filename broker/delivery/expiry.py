@@ -40,12 +40,12 @@ from datetime import datetime
 
 from opsroom.store.v1 import store_pb2
 
-from broker.delivery import receipts
 from broker.errors import OpsroomError
+from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
-from broker.publish.lanes import LANES, Lane
+from broker.store import receipts
 from broker.store.jetstream import JetStream
 from broker.store.layout import SENDER_HEADER
 from broker.store.model import OutMsg

@@ -27,12 +27,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker.delivery import receipts
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
+from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
-from broker.publish.lanes import LANES, Lane
+from broker.store import receipts
 from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import SENDER_HEADER, Layout
 from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled

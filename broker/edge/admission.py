@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.errors import Overloaded
+from broker.lanes import Lane
 from broker.ops.logging import get_logger
-from broker.publish.lanes import Lane
 
 log = get_logger(__name__)
 

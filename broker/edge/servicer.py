@@ -32,10 +32,10 @@ from broker.edge.admission import Admission, Bounds
 from broker.edge.identity import IdentityResolver
 from broker.edge.status import status_of
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable, Violation
+from broker.lanes import Lane, lane_of
 from broker.ops.logging import get_logger
 from broker.ops.metrics import UNREGISTERED, Metrics
 from broker.publish.committer import Committer
-from broker.publish.lanes import Lane, lane_of
 from broker.publish.publisher import Accepted, Publisher
 from broker.store.jetstream import JetStream
 

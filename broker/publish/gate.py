@@ -1,4 +1,4 @@
-"""Owns LaneGate: urgent first at the hub's door, and the bulk lane's ceiling (the lanes: broker/publish/lanes.py)."""
+"""Owns LaneGate: urgent first at the hub's door, and the bulk lane's ceiling (the lanes: broker/lanes.py)."""
 
 from __future__ import annotations
 

@@ -28,15 +28,15 @@ from opsroom.store.v1 import store_pb2
 from broker.audit import records as audit_records
 from broker.audit.log import Draft
 from broker.audit.records import Caller
-from broker.delivery import receipts
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
+from broker.lanes import LANES, Lane, lane_of
 from broker.ops.logging import get_logger
 from broker.policy.redact import compile_mask, redact_reporting
 from broker.policy.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
 from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.publish.gate import LaneGate
-from broker.publish.lanes import LANES, Lane, lane_of
 from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
+from broker.store import receipts
 from broker.store.jetstream import JetStream
 from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
 from broker.store.model import OutMsg, StoredMsg

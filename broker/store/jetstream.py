@@ -25,8 +25,8 @@ from nats.errors import Error as NatsError
 
 from broker.config import NatsConfig
 from broker.errors import ServerUnreachable, StoreFull, StoreUnavailable
+from broker.lanes import Lane
 from broker.ops.logging import get_logger
-from broker.publish.lanes import Lane
 from broker.store.layout import Layout
 from broker.store.model import (
     AlreadyStored,

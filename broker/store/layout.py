@@ -17,7 +17,7 @@ delivery's subject is unique and written with "expect no earlier message on this
 a distribution id is taken for as long as the stream keeps its deliveries, beyond JetStream's
 duplicate window; within the window the message id "<distribution id>:<agency>" also catches
 it. <agency> is the agency id with dots as underscores (broker.ids.agency_token); <lane> is
-"urgent" or "bulk" (broker.publish.lanes), and each agency has one consumer per lane.
+"urgent" or "bulk" (broker.lanes), and each agency has one consumer per lane.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.ids import agency_from_token, agency_token
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 
 SENDER_HEADER = "Opsroom-Sender"
 ACCEPTED_AT_HEADER = "Opsroom-Accepted-At"  # nanoseconds since the epoch, hub clock

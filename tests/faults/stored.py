@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from broker.publish.lanes import LANES
+from broker.lanes import LANES
 from broker.store.jetstream import JetStream
 from broker.store.layout import RULE_HEADER
 from broker.store.model import StoredMsg

@@ -21,7 +21,7 @@ from broker.config import HubConfig
 from broker.dev.certs import DevPki, make_dev_pki
 from broker.dev.embedded import free_port
 from broker.dev.testing import credentials, dev_config
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from broker.store.jetstream import JetStream
 from tests import factories as f
 from tests.faults.hubconf import write_hub_toml

@@ -14,7 +14,7 @@ from opsroom.hub.v1 import hub_pb2
 
 from broker.dev.testing import LocalHub, local_hub
 from broker.hub import Hub
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW, nothing_more, take
 

@@ -23,7 +23,7 @@ from opsroom_client import HubClient, HubError
 
 from broker.audit import tools
 from broker.dev.testing import LocalHub, local_hub
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from tests import factories as f
 from tests.integration.conftest import FAST_RETRY, nothing_more, take
 

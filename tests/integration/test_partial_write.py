@@ -26,7 +26,7 @@ from broker.dev.certs import DevPki, make_dev_pki
 from broker.dev.embedded import NatsServer
 from broker.dev.testing import credentials, dev_config
 from broker.hub import Hub
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from broker.store.jetstream import JetStream
 from broker.store.layout import RULE_HEADER, Layout
 from broker.store.model import StoredMsg

@@ -8,7 +8,7 @@ import pytest
 from opsroom_client import HubClient
 
 from broker.dev.testing import LocalHub
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from broker.store.jetstream import JetStream
 from broker.store.model import Pulled
 from tests import factories as f

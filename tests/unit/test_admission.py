@@ -7,7 +7,7 @@ import structlog
 
 from broker.edge.admission import MAX_RETRY_AFTER, Admission, Bounds
 from broker.errors import Overloaded, Reason
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from tests import factories as f
 
 

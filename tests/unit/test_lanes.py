@@ -1,4 +1,4 @@
-"""Which lane each kind of envelope travels (broker.publish.lanes), over every payload and alert level."""
+"""Which lane each kind of envelope travels (broker.lanes), over every payload and alert level."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.hub.v1 import hub_pb2
 
-from broker.publish.lanes import LANES, Lane, lane_of
+from broker.lanes import LANES, Lane, lane_of
 from tests import factories as f
 
 

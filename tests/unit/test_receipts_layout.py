@@ -1,4 +1,4 @@
-"""broker.store.layout subjects and names, broker.ids agency tokens, and broker.delivery.receipts.build_receipt (pure)."""
+"""broker.store.layout subjects and names, broker.ids agency tokens, and broker.store.receipts.build_receipt (pure)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker import ids
-from broker.delivery.receipts import (
+from broker.lanes import LANES, Lane
+from broker.store.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
+from broker.store.model import StoredMsg
+from broker.store.receipts import (
     ack_message,
     acked_at,
     build_receipt,
@@ -21,9 +24,6 @@ from broker.delivery.receipts import (
     timestamp,
     timestamp_ns,
 )
-from broker.publish.lanes import LANES, Lane
-from broker.store.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, SENDER_HEADER, Layout
-from broker.store.model import StoredMsg
 from tests import factories as f
 
 DIST = "5f0c6d9e-1f7a-4b7e-9a51-0c2f3b7d8e90"

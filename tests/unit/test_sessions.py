@@ -12,9 +12,9 @@ from opsroom.hub.v1 import hub_pb2
 from broker.config import NatsConfig
 from broker.delivery.sessions import DeliverySession
 from broker.errors import StoreUnavailable
+from broker.lanes import Lane
 from broker.ops.metrics import Metrics
 from broker.publish.committer import GroupResult, Outcome
-from broker.publish.lanes import Lane
 from broker.store.layout import Layout
 from broker.store.model import ConsumerReset, OutMsg, Pulled
 

@@ -14,7 +14,7 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
-from broker.publish.lanes import Lane
+from broker.lanes import Lane
 from broker.store.layout import ACCEPTED_AT_HEADER, DIGEST_HEADER, EXPIRES_HEADER, HUB_AGENCY, SENDER_HEADER, Layout
 from broker.store.model import OutMsg, StoredMsg
 from broker.times import timestamp, timestamp_ns

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 
 from broker.audit import command as audit_command
@@ -22,8 +24,11 @@ from broker.ops.console import until_signal as _until_signal
 from broker.policy.loader import AgreementsInvalid, load_dir
 
 log = hub_logging.get_logger(__name__)
-# The example agreements of a source checkout (deploy/agreements): the demo's and explain's default.
-_DEFAULT_AGREEMENTS = Path(__file__).resolve().parent.parent / "deploy" / "agreements"
+# The shipped deploy/ files (in a checkout, broker/data/deploy links to deploy/; in a wheel they
+# are package data): `opsroom init` copies them; their agreements are the demo's and explain's default.
+SHIPPED = Path(str(resources.files("broker").joinpath("data", "deploy")))
+_DEFAULT_AGREEMENTS = SHIPPED / "agreements"
+_INIT_FILES = ("hub.toml", "hub-cluster.toml", "agreements", "nats", "systemd")
 
 
 async def serve(config_path: Path) -> int:
@@ -112,6 +117,25 @@ def policy_explain(envelope_file: Path, folder: Path, sender: str | None, at: st
     return 0
 
 
+def init(folder: Path, *, force: bool) -> int:
+    """Copy the shipped config, agreements, nats-server configs and systemd unit into folder."""
+    existing = [name for name in _INIT_FILES if (folder / name).exists()]
+    if existing and not force:
+        raise ConfigError(f"{folder}: {', '.join(existing)} already there (--force overwrites)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in _INIT_FILES:
+        source = SHIPPED / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(source, folder / name)
+    _print(f"wrote {', '.join(_INIT_FILES)} to {folder}; next:")
+    _print(f"  nats-server -c {folder / 'nats' / 'local.conf'}   (stores in .opsroom/nats)")
+    _print(f"  opsroom dev-certs --config {folder / 'hub.toml'}   (development certificates and audit key)")
+    _print(f"  opsroom serve --config {folder / 'hub.toml'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `opsroom` command."""
     parser = argparse.ArgumentParser(prog="opsroom", description=__doc__)
@@ -120,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p_serve = commands.add_parser("serve", help="run the hub with a config file")
     p_serve.add_argument("--config", type=Path, required=True)
+
+    p_init = commands.add_parser("init", help="copy the shipped config, agreements and nats-server configs to a folder")
+    p_init.add_argument("folder", type=Path)
+    p_init.add_argument("--force", action="store_true", help="overwrite files already there")
 
     p_demo = commands.add_parser("demo", help="embedded nats-server, hub and four simulated Torino rooms")
     p_demo.add_argument("--data", type=Path, default=Path(".opsroom/demo"))
@@ -172,6 +200,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_dev(args)
     if args.command == "audit":
         return audit_command.run(args)
+    if args.command == "init":
+        return init(args.folder, force=args.force)
     if args.command == "policy":
         if args.policy_command == "check":
             return policy_check(args.folder)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Self
 
 from broker.audit import chain
@@ -35,6 +33,7 @@ from broker.policy.store import PolicyStore
 from broker.publish.committer import Committer
 from broker.publish.publisher import Publisher
 from broker.store.jetstream import JetStream
+from broker.times import Clock, SystemClock
 from broker.validate import codelists
 from broker.validate.checker import ValidationContext
 
@@ -45,20 +44,18 @@ BULK_LINGER = 0.01
 BULK_ATOMIC_THRESHOLD = 8
 
 
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)
-
-
 class Hub:
     """One hub replica. start() it, then stop() it; or use it as an async context manager."""
 
-    def __init__(
-        self, cfg: HubConfig, *, clock: Callable[[], datetime] = utc_now, router: Router | None = None
-    ) -> None:
-        """A hub for cfg; the router defaults to the config's allow-list."""
+    def __init__(self, cfg: HubConfig, *, clock: Clock | None = None, router: Router | None = None) -> None:
+        """A hub for cfg; the router defaults to the config's allow-list; the clock to the system's.
+
+        The one clock of the hub: every part that reads the time is given it (the wall time as
+        clock.now, intervals as clock.monotonic), so a test that moves it moves the whole hub.
+        """
         self.cfg = cfg
-        self.clock = clock
+        self.time: Clock = clock if clock is not None else SystemClock()
+        self.clock = self.time.now
         self.metrics = Metrics()
         self.policy: PolicyStore | None = None
         if router is not None:
@@ -88,7 +85,8 @@ class Hub:
                 per_agency=cfg.max_inflight_publishes_per_agency,
                 retry_after=cfg.overload_retry_after.total_seconds(),
                 bulk_per_second=cfg.bulk_max_per_second,
-            )
+            ),
+            clock=self.time.monotonic,
         )
         for lane in LANES:
             self.metrics.in_flight.labels(lane.value).set_function(functools.partial(self.admission.in_flight, lane))
@@ -159,6 +157,7 @@ class Hub:
             self.clock,
             audited=audit is not None,
             bulk_per_second=cfg.bulk_max_per_second,
+            monotonic=self.time.monotonic,
             default_expiry=cfg.default_expiry,
             presence_timeout=cfg.presence_timeout,
         )
@@ -179,7 +178,7 @@ class Hub:
             publisher=publisher,
             sessions=self._sessions,
             metrics=self.metrics,
-            clock=self.clock,
+            clock=self.time,
             committer=committer,
             is_registered=self.is_registered,
             admission=self.admission,

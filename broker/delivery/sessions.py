@@ -21,7 +21,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.hub.v1 import hub_pb2
@@ -36,7 +36,7 @@ from broker.store import receipts
 from broker.store.jetstream import JetStream, Puller, Wake
 from broker.store.layout import SENDER_HEADER, Layout
 from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled
-from broker.times import timestamp
+from broker.times import Clock, timestamp
 
 log = get_logger(__name__)
 
@@ -86,7 +86,7 @@ class DeliverySession:
         js: JetStream,
         committer: Committer,
         metrics: Metrics,
-        clock: Callable[[], datetime],
+        clock: Clock,
         *,
         heartbeat: float,
         presence_timeout: float = 60.0,
@@ -104,10 +104,10 @@ class DeliverySession:
         self._clock = clock
         self._heartbeat = heartbeat
         self._presence_timeout = presence_timeout
-        self._last_seen = time.monotonic()
-        self._last_refresh = time.monotonic()
+        self._last_seen = self._clock.monotonic()
+        self._last_refresh = self._clock.monotonic()
         self._record_seq = 0  # stream sequence of this session's last session record
-        self._opened_at = clock()
+        self._opened_at = clock.now()
         self.max_batch = min(max_batch or DEFAULT_MAX_BATCH, MAX_BATCH)
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._ready = asyncio.Event()
@@ -122,7 +122,7 @@ class DeliverySession:
         The session record is stored first: a session of the same agency on another hub
         replica sees it and ends before this one resets the consumers.
         """
-        self._opened_at = self._clock()
+        self._opened_at = self._clock.now()
         record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._opened_at)
         self._record_seq = (await self._committer.submit([record])).last_seq
         backlog = 0
@@ -140,11 +140,11 @@ class DeliverySession:
 
     def seen(self) -> None:
         """The room sent something (an acknowledgement or a keepalive): it is alive."""
-        self._last_seen = time.monotonic()
+        self._last_seen = self._clock.monotonic()
 
     async def _presence(self) -> None:
         """End the session if the room fell silent; otherwise refresh its presence record now and then."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._last_seen > self._presence_timeout:
             raise Refused(Reason.ROOM_SILENT, "the room sent nothing for the presence timeout; reconnect")
         if now - self._last_refresh >= self._presence_timeout / 3:
@@ -154,14 +154,14 @@ class DeliverySession:
 
     async def _write_record(self, *, closed: bool) -> bool:
         """Write this session's record again if it is still the agency's last; False if another session wrote since."""
-        silent_for = time.monotonic() - self._last_seen
+        silent_for = self._clock.monotonic() - self._last_seen
         record = receipts.session_message(
             self._js.layout,
             self.agency_id,
             self.session_id,
             REPLICA,
             self._opened_at,
-            last_seen=self._clock() - timedelta(seconds=silent_for),
+            last_seen=self._clock.now() - timedelta(seconds=silent_for),
             closed=closed,
         )
         record.headers["Nats-Expected-Last-Subject-Sequence"] = str(self._record_seq)
@@ -223,7 +223,7 @@ class DeliverySession:
                 await asyncio.wait_for(self._ready.wait(), timeout=max(0.0, remaining))
             except TimeoutError:
                 await self._check_current()
-                beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=timestamp(self._clock())))
+                beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=timestamp(self._clock.now())))
                 return beat.SerializeToString()
 
     async def _check_current(self) -> None:
@@ -247,8 +247,8 @@ class DeliverySession:
         """The frame of the items to send; None if every one had expired (those are dropped and recorded)."""
         frame = store_pb2.RawConnectResponse()
         batch = frame.deliveries
-        now_ns = time.time_ns()
-        clock_ns = int(self._clock().timestamp() * 1e9)
+        now_ns = time.time_ns()  # real time, for the latency metric against nats-server's store time
+        clock_ns = int(self._clock.now().timestamp() * 1e9)
         for state, item in items:
             if isinstance(item, _Superseded):
                 if item.reason is Reason.SESSION_SUPERSEDED:
@@ -331,7 +331,7 @@ class DeliverySession:
             return
         seqs, self._to_record = self._to_record, []
         expired, self._expired = self._expired, []
-        now = self._clock()
+        now = self._clock.now()
         layout = self._js.layout
         record = receipts.ack_message(
             layout, self.agency_id, seqs, now, self.session_id, expired=[sequence for sequence, _ in expired]

@@ -9,9 +9,9 @@ cluster_hub does the same over a 3-node nats-server cluster (streams with 3 repl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from broker.dev.cluster import NatsCluster
 from broker.dev.embedded import NatsServer
 from broker.hub import Hub
 from broker.policy.routing import AllowRule
+from broker.times import Clock
 
 
 def dev_config(
@@ -83,9 +84,9 @@ class LocalHub(_RunningHub):
 
 
 @contextlib.asynccontextmanager
-async def _started(cfg: HubConfig, clock: Callable[[], datetime] | None = None) -> AsyncIterator[Hub]:
+async def _started(cfg: HubConfig, clock: Clock | None = None) -> AsyncIterator[Hub]:
     """A hub started with cfg (and clock, if given), stopped (with a short grace) on exit."""
-    hub = Hub(cfg) if clock is None else Hub(cfg, clock=clock)
+    hub = Hub(cfg, clock=clock)
     await hub.start()
     try:
         yield hub
@@ -104,12 +105,13 @@ async def local_hub(
     nats_config: NatsConfig | None = None,
     agreements: Path | None = None,
     drill_only: Iterable[str] = (),
-    clock: Callable[[], datetime] | None = None,
+    clock: Clock | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
     """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
 
-    overrides replace HubConfig fields (e.g. heartbeat=timedelta(seconds=1)); clock replaces the wall clock.
+    overrides replace HubConfig fields (e.g. heartbeat=timedelta(seconds=1)); clock replaces the
+    system's (a broker.times.ManualClock in tests).
     """
     pki = make_dev_pki(root / "pki", [*agencies, *extra_certs])
     nats = NatsServer(root / "nats")

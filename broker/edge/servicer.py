@@ -12,7 +12,6 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime
 from typing import Any, NoReturn
 
 import grpc
@@ -38,6 +37,7 @@ from broker.ops.metrics import UNREGISTERED, Metrics
 from broker.publish.committer import Committer
 from broker.publish.publisher import Accepted, Publisher
 from broker.store.jetstream import JetStream
+from broker.times import Clock
 
 log = get_logger(__name__)
 
@@ -165,7 +165,7 @@ class HubServicer:
         publisher: Publisher,
         sessions: SessionRegistry,
         metrics: Metrics,
-        clock: Callable[[], datetime],
+        clock: Clock,
         committer: Committer,
         is_registered: Callable[[str], bool],
         admission: Admission | None = None,
@@ -433,7 +433,7 @@ class HubServicer:
             )
             backlog = await session.open()
             if self._audit is not None:
-                read = audit_records.backlog_read(caller, self._clock(), backlog, session.session_id)
+                read = audit_records.backlog_read(caller, self._clock.now(), backlog, session.session_id)
                 await self._audit.append([read])
         except OpsroomError as err:
             await self._abort(context, agency, err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -23,7 +24,7 @@ class LaneGate:
     envelopes sent after them on the same stream go ahead.
     """
 
-    def __init__(self, bulk_per_second: float = 0.0, clock: Any = time.monotonic) -> None:
+    def __init__(self, bulk_per_second: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         """A gate; bulk_per_second of 0 sets no ceiling."""
         self._interval = 1.0 / bulk_per_second if bulk_per_second > 0 else 0.0
         self._clock = clock

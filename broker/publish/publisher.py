@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,7 @@ class Publisher:
         *,
         audited: bool = False,
         bulk_per_second: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
         default_expiry: timedelta = timedelta(hours=24),
         presence_timeout: timedelta = timedelta(seconds=60),
     ) -> None:
@@ -91,7 +93,7 @@ class Publisher:
         self._clock = clock
         # Envelopes being published, by distribution id: their digest, sender and future answer.
         self._inflight: dict[str, tuple[bytes, str, asyncio.Future[Accepted]]] = {}
-        self._lanes = LaneGate(bulk_per_second)
+        self._lanes = LaneGate(bulk_per_second, clock=monotonic)
         self._lookups: set[asyncio.Task[None]] = set()
 
     def check(self, env: envelope_pb2.Envelope, agency_id: str) -> None:

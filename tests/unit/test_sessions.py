@@ -11,12 +11,13 @@ from opsroom.hub.v1 import hub_pb2
 
 from broker.config import NatsConfig
 from broker.delivery.sessions import DeliverySession
-from broker.errors import StoreUnavailable
+from broker.errors import Reason, Refused, StoreUnavailable
 from broker.lanes import Lane
 from broker.ops.metrics import Metrics
 from broker.publish.committer import GroupResult, Outcome
 from broker.store.layout import Layout
 from broker.store.model import ConsumerReset, OutMsg, Pulled
+from broker.times import ManualClock, SystemClock
 
 AGENCY = "it.ps.questura.to"
 
@@ -70,6 +71,10 @@ class FakeJetStream:
     def forget(self, _puller: FakePuller) -> None:
         pass
 
+    async def publish_each(self, messages: Sequence[OutMsg]) -> list[int | BaseException]:
+        self.records = [*getattr(self, "records", []), *messages]
+        return [len(self.records) for _ in messages]
+
 
 class FakeCommitter:
     async def submit(self, _messages: Sequence[OutMsg]) -> GroupResult:
@@ -83,7 +88,7 @@ def pulled(stream_seq: int, consumer_seq: int) -> Pulled:
 async def opened(reset_to: int = 0) -> tuple[DeliverySession, FakeJetStream, Metrics]:
     js = FakeJetStream(reset_to)
     metrics = Metrics()
-    session = DeliverySession(AGENCY, js, FakeCommitter(), metrics, lambda: datetime.now(UTC), heartbeat=5.0)
+    session = DeliverySession(AGENCY, js, FakeCommitter(), metrics, SystemClock(), heartbeat=5.0)
     await session.open()
     return session, js, metrics
 
@@ -136,3 +141,24 @@ async def test_a_gap_after_the_first_delivery_ends_the_session() -> None:
     with pytest.raises(StoreUnavailable):
         await session.next_frame()
     assert 1.0 == gaps(metrics)
+
+
+# -- presence, on the hub's one clock: moved by the test, nothing sleeps ------------------------
+
+
+async def test_a_room_silent_past_the_presence_timeout_ends_its_session_and_one_heard_from_does_not() -> None:
+    clock = ManualClock(datetime(2026, 12, 7, 9, 0, tzinfo=UTC))
+    js = FakeJetStream()
+    session = DeliverySession(AGENCY, js, FakeCommitter(), Metrics(), clock, heartbeat=5.0, presence_timeout=60.0)
+    await session.open()
+    clock.advance(59)
+    await session._presence()  # 59 s of silence: still present (and its record refreshed)
+    assert len(js.records) == 1
+    clock.advance(30)
+    session.seen()  # an acknowledgement or keepalive at 89 s
+    clock.advance(59)
+    await session._presence()
+    clock.advance(2)  # 61 s since it was last heard from
+    with pytest.raises(Refused) as caught:
+        await session._presence()
+    assert caught.value.reason is Reason.ROOM_SILENT

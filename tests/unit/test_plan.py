@@ -7,21 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.policy.redact import CATEGORIES, FULL, compile_mask, mask_for, redact, redact_reporting
-from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
+from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, plan_of
+from tests.strategies import plans
 from tests.unit.test_policy_redact import ENVELOPES
-
-agencies = st.from_regex(r"it\.[a-z]{2}\.[a-z0-9.]{1,12}", fullmatch=True)
-rules = st.from_regex(r"[a-z-]{1,12}/[a-z-]{1,12}", fullmatch=True)
-paths = st.lists(st.sampled_from(["incident.call.caller", "incident.persons", "incident.locations[type=Caller]"]))
-planned = st.builds(
-    Planned,
-    agencies,
-    rules,
-    st.integers(min_value=0, max_value=2**63 - 1),
-    paths.map(lambda p: tuple(sorted(set(p)))),
-)
-timers = st.none() | st.builds(Timer, st.integers(min_value=0, max_value=2**63 - 1), agencies, rules)
-plans = st.builds(Plan, st.lists(planned, min_size=1, max_size=12).map(tuple), timers, st.booleans())
 
 
 @given(plans)

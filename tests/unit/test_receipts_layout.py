@@ -21,26 +21,15 @@ from broker.store.receipts import (
     delivery_headers,
     first_acceptance,
     response_message,
-    timestamp,
-    timestamp_ns,
 )
+from broker.times import timestamp, timestamp_ns
 from tests import factories as f
+from tests.strategies import agency_ids, close_agency_ids
 
 DIST = "5f0c6d9e-1f7a-4b7e-9a51-0c2f3b7d8e90"
 OTHER_DIST = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
 RESPONSE_DIST = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
 LAYOUT = Layout()
-
-agency_ids = st.from_regex(ids.AGENCY_ID_RE, fullmatch=True).filter(lambda a: len(a) <= ids.AGENCY_ID_MAX)
-# Built piece by piece from a tiny alphabet, so that pairs often differ only in a dot or a hyphen.
-_part = st.text("ab1", min_size=1, max_size=2)
-_segment = st.lists(_part, min_size=1, max_size=2).map("-".join)
-close_agency_ids = st.builds(
-    lambda country, segments: ".".join([country, *segments]),
-    st.sampled_from(["it", "fr"]),
-    st.lists(_segment, min_size=1, max_size=4),
-)
-
 
 # -- layout --------------------------------------------------------------------------------
 

@@ -34,9 +34,10 @@ from broker.policy.routing import Route, Router, RoutingContext
 from broker.publish.committer import Committer
 from broker.publish.publisher import Copies
 from broker.store import receipts
-from broker.store.jetstream import JetStream, Puller, Wake
+from broker.store.consumers import Puller
+from broker.store.jetstream import JetStream
 from broker.store.layout import EXPIRES_HEADER, RULE_HEADER
-from broker.store.model import ConsumerGone, OutMsg, Pulled, StoredMsg
+from broker.store.model import ConsumerGone, OutMsg, Pulled, StoredMsg, Wake
 from broker.times import timestamp
 
 log = get_logger(__name__)

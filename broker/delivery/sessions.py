@@ -33,9 +33,10 @@ from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.store import receipts
-from broker.store.jetstream import JetStream, Puller, Wake
+from broker.store.consumers import Puller
+from broker.store.jetstream import JetStream
 from broker.store.layout import SENDER_HEADER, Layout
-from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled
+from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled, Wake
 from broker.times import Clock, timestamp
 
 log = get_logger(__name__)

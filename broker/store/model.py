@@ -89,3 +89,7 @@ class ConsumerState:
 
 class ConsumerGone(Exception):
     """The consumer was deleted or lost its leader: the session must end and the client reconnect."""
+
+
+class Wake(Exception):
+    """The connection came back: pull requests made before are lost, ask again."""

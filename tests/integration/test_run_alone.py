@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -96,17 +95,6 @@ def _stop(proc: subprocess.Popen[str], within: float = STOP_LIVENESS) -> int:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Background processes of a test; any still running at the end is killed by its PID."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in reversed(started):
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_the_readme_says_exactly_the_steps_this_test_runs() -> None:

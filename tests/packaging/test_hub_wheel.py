@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 import venv
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -64,17 +63,6 @@ def hub_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run(env / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *sorted(wheels.glob("*.whl")),
          cwd=tmp, timeout=INSTALL_LIVENESS)  # fmt: skip
     return env
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    """Background processes of a test; any still running at the end is killed by its PID."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in reversed(started):
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_the_wheel_ships_no_keys_and_no_tests(hub_venv: Path) -> None:

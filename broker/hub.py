@@ -119,6 +119,16 @@ class Hub:
             raise
 
     async def _start(self) -> None:
+        """The data path, from the store up: store, commit loops, publisher, workers, then the edge."""
+        js = await self._open_store()
+        audit = await self._open_audit()
+        committer = self._start_commit_loops(js, audit)
+        publisher = self._publisher(js, audit)
+        self._start_workers(js, committer, audited=audit is not None)
+        await self._serve(js, publisher, committer, audit)
+
+    async def _open_store(self) -> JetStream:
+        """Connect to JetStream, check that it fsyncs every write, and make sure the streams exist."""
         cfg = self.cfg
         js = await JetStream.connect(cfg.nats)
         self._js = js
@@ -128,8 +138,11 @@ class Hub:
         else:
             log.warning("sync_always_not_required", servers=list(cfg.nats.servers))
         await js.ensure_stream(cfg.audit.duplicate_window.total_seconds() if cfg.audit is not None else None)
-        audit = await self._open_audit()
-        # One commit loop per lane: an urgent write never waits for a bulk batch to be stored.
+        return js
+
+    def _start_commit_loops(self, js: JetStream, audit: AuditLog | None) -> Committer:
+        """One commit loop per lane (an urgent write never waits for a bulk batch); returns the urgent one."""
+        cfg = self.cfg
         self._committers = {
             lane: Committer(
                 js.commit,
@@ -147,13 +160,16 @@ class Hub:
         }
         for lane, c in self._committers.items():
             self._supervisor.start(_committer_task(lane), c.run())
-        committer = self._committers[Lane.URGENT]  # receipts and records are small: urgent
-        validation = ValidationContext(codelists.load(), self.is_registered, cfg.limits)
-        publisher = Publisher(
+        return self._committers[Lane.URGENT]  # receipts and records are small: urgent
+
+    def _publisher(self, js: JetStream, audit: AuditLog | None) -> Publisher:
+        """The publish path: validation, routing, redaction, plans, the commit loops."""
+        cfg = self.cfg
+        return Publisher(
             js,
             self._committers,
             self.router,
-            validation,
+            ValidationContext(codelists.load(), self.is_registered, cfg.limits),
             self.clock,
             audited=audit is not None,
             bulk_per_second=cfg.bulk_max_per_second,
@@ -161,7 +177,11 @@ class Hub:
             default_expiry=cfg.default_expiry,
             presence_timeout=cfg.presence_timeout,
         )
-        self._escalation = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audit is not None)
+
+    def _start_workers(self, js: JetStream, committer: Committer, *, audited: bool) -> None:
+        """The escalation and expiry workers, under the supervisor."""
+        cfg = self.cfg
+        self._escalation = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audited)
         self._supervisor.start(ESCALATIONS, self._escalation.run())
         expirer = Expirer(
             js,
@@ -172,6 +192,10 @@ class Hub:
             presence_timeout=cfg.presence_timeout.total_seconds(),
         )
         self._supervisor.start(EXPIRIES, expirer.run())
+
+    async def _serve(self, js: JetStream, publisher: Publisher, committer: Committer, audit: AuditLog | None) -> None:
+        """The edge: sessions watched, gRPC serving; then the agreements watch and the audit retention."""
+        cfg = self.cfg
         self._servicer = HubServicer(
             cfg,
             js=js,
@@ -193,6 +217,11 @@ class Hub:
         if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
             retention = Retention(js, audit, self.clock, cfg.audit.retention)
             self._supervisor.start(AUDIT_RETENTION, retention.run_forever(cfg.audit.purge_interval.total_seconds()))
+        self._started_up()
+
+    def _started_up(self) -> None:
+        """Started: say so, and stop at once if a background task died meanwhile."""
+        cfg = self.cfg
         # What exists now (code lists, agreements, the process's modules) lives as long as the
         # hub: keep it out of the cyclic collector's full passes, which would otherwise walk it
         # and pause the event loop for tens of milliseconds under load.

@@ -20,6 +20,7 @@ from broker.audit.retention import Retention
 from broker.config import HubConfig
 from broker.delivery.escalation import Escalator
 from broker.delivery.expiry import Expirer
+from broker.delivery.receipt_reader import ReceiptReader
 from broker.delivery.sessions import SessionRegistry
 from broker.edge.admission import Admission, Bounds
 from broker.edge.server import GrpcServer
@@ -175,7 +176,6 @@ class Hub:
             bulk_per_second=cfg.bulk_max_per_second,
             monotonic=self.time.monotonic,
             default_expiry=cfg.default_expiry,
-            presence_timeout=cfg.presence_timeout,
         )
 
     def _start_workers(self, js: JetStream, committer: Committer, *, audited: bool) -> None:
@@ -200,6 +200,7 @@ class Hub:
             cfg,
             js=js,
             publisher=publisher,
+            receipts=ReceiptReader(js, self.clock, cfg.presence_timeout),
             sessions=self._sessions,
             metrics=self.metrics,
             clock=self.time,

@@ -1,7 +1,7 @@
 """Delivery to rooms and what follows it.
 
 sessions (a room's Connect session over its pull consumers: backlog, live, acks, gaps),
-receipts (the records of acks, answers and notices, and the receipt built from them, pure),
+receipt_reader (a sender's receipt, read back from the store),
 escalation (unanswered requests sent on to the alternate room), expiry (expired deliveries of
 rooms away, noticed to their senders).
 """

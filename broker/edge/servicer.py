@@ -26,6 +26,7 @@ from broker.audit import records as audit_records
 from broker.audit.log import AuditLog
 from broker.audit.records import Caller
 from broker.config import HubConfig
+from broker.delivery.receipt_reader import ReceiptReader
 from broker.delivery.sessions import DeliverySession, SessionRegistry
 from broker.edge.admission import Admission, Bounds
 from broker.edge.identity import IdentityResolver
@@ -163,6 +164,7 @@ class HubServicer:
         *,
         js: JetStream,
         publisher: Publisher,
+        receipts: ReceiptReader,
         sessions: SessionRegistry,
         metrics: Metrics,
         clock: Clock,
@@ -180,6 +182,7 @@ class HubServicer:
         self._cfg = cfg
         self._js = js
         self._publisher = publisher
+        self._receipts = receipts
         self._sessions = sessions
         self._metrics = metrics
         self._clock = clock
@@ -480,7 +483,7 @@ class HubServicer:
             agency = self._agency(context)
             request = _parsed(request)
             _check_distribution_id(request.distribution_id)
-            receipt = await self._publisher.receipt(request.distribution_id, agency)
+            receipt = await self._receipts.receipt(request.distribution_id, agency)
         except OpsroomError as err:
             await self._abort(context, agency, err)
         return hub_pb2.GetReceiptResponse(receipt=receipt)

@@ -20,17 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
-from opsroom.store.v1 import store_pb2
 
 from broker.audit import records as audit_records
 from broker.audit.log import Draft
 from broker.audit.records import Caller
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
-from broker.lanes import LANES, Lane, lane_of
+from broker.lanes import Lane, lane_of
 from broker.ops.logging import get_logger
 from broker.policy.redact import compile_mask, redact_reporting
 from broker.policy.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
@@ -47,7 +45,6 @@ from broker.validate.checker import ValidationContext, validate_envelope
 log = get_logger(__name__)
 
 # Acknowledgement records looked at, after a delivery, to find when it was acknowledged.
-ACK_SCAN_LIMIT = 32
 # Which request payload each response payload answers.
 _ANSWERS = {"assistance_response": "assistance_request", "handover_response": "handover_request"}
 
@@ -75,7 +72,6 @@ class Publisher:
         bulk_per_second: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
         default_expiry: timedelta = timedelta(hours=24),
-        presence_timeout: timedelta = timedelta(seconds=60),
     ) -> None:
         """Wire the publish path; with audited, each envelope's write carries its audit records.
 
@@ -83,7 +79,6 @@ class Publisher:
         An envelope without expires_at expires default_expiry after its acceptance.
         """
         self._default_expiry = default_expiry
-        self._presence_timeout = presence_timeout
         self._audited = audited
         self._js = js
         self._layout: Layout = js.layout
@@ -146,7 +141,7 @@ class Publisher:
         if lane is Lane.URGENT:
             self._lanes.urgent_started(result)
         try:
-            stored = await self._stored_deliveries(dist, lane) if resend else []
+            stored = await self._js.deliveries_of(dist, lane) if resend else []
             if stored:
                 answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
                 if completion is None:
@@ -283,7 +278,7 @@ class Publisher:
         self, result: asyncio.Future[Accepted], env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes
     ) -> None:
         try:
-            stored = await self._stored_deliveries(env.distribution_id)
+            stored = await self._js.deliveries_of(env.distribution_id)
             if not stored:
                 _settle(
                     result, StoreUnavailable("the envelope was stored but its deliveries are not readable yet; retry")
@@ -353,21 +348,12 @@ class Publisher:
         group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft, claim=claim)
         return group, acceptance, decision
 
-    async def _stored_deliveries(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
-        """The stored deliveries of an envelope, looked for in its lane's stream (both when the lane is unknown)."""
-        subject = self._layout.deliveries_of_envelope(distribution_id)
-        for candidate in (lane,) if lane is not None else LANES:
-            found = await self._js.last_per_subject(subject, stream=self._js.stream_of(candidate))
-            if found:
-                return found
-        return []
-
     async def _referenced(self, env: envelope_pb2.Envelope) -> dict[str, Referenced]:
         """What the hub stored of the messages a reply refers to (empty for other kinds)."""
         if env.kind not in REPLY_KINDS or not env.references:
             return {}
         wanted = list(dict.fromkeys(ref.distribution_id for ref in env.references))[:4]
-        found = await asyncio.gather(*(self._stored_deliveries(d) for d in wanted))
+        found = await asyncio.gather(*(self._js.deliveries_of(d) for d in wanted))
         out: dict[str, Referenced] = {}
         for dist, stored in zip(wanted, found, strict=True):
             if stored:
@@ -395,61 +381,6 @@ class Publisher:
                 f"{payload} does not answer the {request.payload or 'message'} in references[0]",
             )
         return _response_of(self._layout, env, agency_id)
-
-    async def receipt(self, distribution_id: str, agency_id: str) -> hub_pb2.Receipt:
-        """The receipt of an envelope agency_id sent."""
-        stored = await self._stored_deliveries(distribution_id)
-        if not stored:
-            raise Refused(Reason.RECEIPT_NOT_FOUND, "the hub accepted no envelope with this distribution id")
-        _acceptance, _digest, sender = receipts.first_acceptance(self._layout, stored)
-        if sender != agency_id:
-            raise NotPermitted(Reason.RECEIPT_NOT_YOURS, "only the sending agency may read a receipt")
-        delivered = {}
-        for delivery in stored:
-            recipient, lane, _ = self._layout.parse_delivery(delivery.subject)
-            when = await self._delivered_at(recipient, lane, delivery)
-            if when is not None:
-                delivered[recipient] = when
-        responses = await self._js.last_per_subject(self._layout.responses_of_envelope(distribution_id))
-        kind = envelope_pb2.Envelope.FromString(stored[0].data).kind
-        now = self._clock()
-        receipt = receipts.build_receipt(
-            self._layout, stored, delivered, responses, kind, now_ns=int(now.timestamp() * 1e9)
-        )
-        escalated = await self._js.last_by_subject(self._layout.escalation_subject(distribution_id))
-        if escalated is not None:
-            receipt.escalation.CopyFrom(store_pb2.EscalationRecord.FromString(escalated.data).escalation)
-        for entry in receipt.recipients:
-            last = await self._js.last_by_subject(self._layout.session_subject(entry.agency_id))
-            record = store_pb2.SessionRecord.FromString(last.data) if last is not None else None
-            online, seen = receipts.presence(record, now, self._presence_timeout.total_seconds())
-            entry.online = online
-            if seen is not None:
-                entry.last_seen.CopyFrom(seen)
-        return receipt
-
-    async def _delivered_at(
-        self, agency_id: str, lane: Lane, delivery: StoredMsg
-    ) -> Timestamp | receipts.Expired | bool | None:
-        """When agency_id's client acknowledged the delivery; True if it did at a time not found; None if not.
-
-        Acknowledgement records are in the main stream: after an urgent delivery by sequence,
-        after a bulk one (other stream) by time.
-        """
-        subject = self._layout.ack_subject(agency_id)
-        sequence = self._layout.delivery_sequence(lane, delivery.seq)
-        if lane is Lane.URGENT:
-            record = await self._js.next_by_subject(subject, delivery.seq + 1)
-        else:
-            record = await self._js.next_by_subject_since(subject, delivery.time_ns)
-        for _ in range(ACK_SCAN_LIMIT):
-            if record is None:
-                break
-            when = receipts.acked_at(store_pb2.AckRecord.FromString(record.data), sequence)
-            if when is not None:
-                return when
-            record = await self._js.next_by_subject(subject, record.seq + 1)
-        return True if await self._js.ack_floor(agency_id, lane) >= delivery.seq else None
 
 
 def _expiry(env: envelope_pb2.Envelope, route: Route, accepted_ns: int, default_ns: int) -> int:

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from broker.errors import StoreUnavailable
-from broker.lanes import Lane
+from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
 from broker.store.model import (
     StoredMsg,
@@ -54,6 +54,15 @@ def _parse_rfc3339_ns(value: str) -> int:
 
 class Reads(NatsApi):
     """Direct reads of stored messages (no consumer), one or many per request."""
+
+    async def deliveries_of(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
+        """The stored deliveries of an envelope, looked for in its lane's stream (both when the lane is unknown)."""
+        subject = self.layout.deliveries_of_envelope(distribution_id)
+        for candidate in (lane,) if lane is not None else LANES:
+            found = await self.last_per_subject(subject, stream=self.stream_of(candidate))
+            if found:
+                return found
+        return []
 
     async def last_by_subject(self, subject: str, stream: str = "") -> StoredMsg | None:
         """The last message on subject (direct get), or None."""

@@ -36,9 +36,8 @@ from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.publish.gate import LaneGate
 from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
 from broker.store import receipts
-from broker.store.jetstream import JetStream
 from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
-from broker.store.model import OutMsg, StoredMsg
+from broker.store.model import OutMsg, Store, StoredMsg
 from broker.times import timestamp, timestamp_ns
 from broker.validate.checker import ValidationContext, validate_envelope
 
@@ -62,7 +61,7 @@ class Publisher:
 
     def __init__(
         self,
-        js: JetStream,
+        js: Store,
         committers: Mapping[Lane, Committer],
         router: Router,
         validation: ValidationContext,

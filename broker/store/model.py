@@ -7,7 +7,12 @@ read a message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker.lanes import Lane
+from broker.store.layout import Layout
 
 
 class ConnectionLost(OSError):
@@ -93,3 +98,36 @@ class ConsumerGone(Exception):
 
 class Wake(Exception):
     """The connection came back: pull requests made before are lost, ask again."""
+
+
+class Store(Protocol):
+    """What the publish path asks of the store: the transport (jetstream.JetStream) and memory.MemoryStore."""
+
+    @property
+    def layout(self) -> Layout:
+        """The subject and header scheme."""
+        ...
+
+    def stream_of(self, lane: Lane) -> str:
+        """The stream holding a lane's deliveries."""
+        ...
+
+    async def commit(self, msgs: Sequence[OutMsg]) -> BatchAck:
+        """Store msgs as one atomic batch (all or none)."""
+        ...
+
+    async def publish_each(self, msgs: Sequence[OutMsg]) -> list[int | Exception]:
+        """Store msgs one by one; per message its sequence or its error."""
+        ...
+
+    async def claimed(self, filters: Sequence[str]) -> set[str]:
+        """The subject filters some stored delivery matches."""
+        ...
+
+    async def deliveries_of(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
+        """The stored deliveries of an envelope."""
+        ...
+
+    async def last_by_subject(self, subject: str, stream: str = "") -> StoredMsg | None:
+        """The last message stored under a subject."""
+        ...

@@ -55,6 +55,7 @@ PURE = (
     "broker.store.model",
     "broker.store.layout",
     "broker.store.receipts",
+    "broker.store.memory",
     "broker.publish.plan",
     "broker.audit.chain",
     "broker.audit.records",

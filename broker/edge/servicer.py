@@ -9,19 +9,16 @@ bad input ends only its own call, or only its own entry of a batch.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, NoReturn
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
-from broker import ids
 from broker.audit import records as audit_records
 from broker.audit.log import AuditLog
 from broker.audit.records import Caller
@@ -29,9 +26,19 @@ from broker.config import HubConfig
 from broker.delivery.receipt_reader import ReceiptReader
 from broker.delivery.sessions import DeliverySession, SessionRegistry
 from broker.edge.admission import Admission, Bounds
+from broker.edge.bulk_line import BulkLine
 from broker.edge.identity import IdentityResolver
+from broker.edge.requests import (
+    Malformed,
+    check_distribution_id,
+    distribution_id_of,
+    internal,
+    parsed,
+    safe_id,
+    tolerant,
+)
 from broker.edge.status import status_of
-from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable, Violation
+from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import Lane, lane_of
 from broker.ops.logging import get_logger
 from broker.ops.metrics import UNREGISTERED, Metrics
@@ -52,107 +59,8 @@ def _identity(frame: bytes) -> bytes:
     return frame
 
 
-class Malformed:
-    """Stands for a request whose bytes did not parse; handlers answer INVALID_ARGUMENT MALFORMED_REQUEST."""
-
-    def __init__(self, method: str) -> None:
-        """The request message type that was expected."""
-        self.method = method
-
-    def error(self) -> OpsroomError:
-        """The refusal for it."""
-        return OpsroomError(Reason.MALFORMED_REQUEST, f"the request bytes are not a valid {self.method}")
-
-
-def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
-    """A deserializer that returns a Malformed marker instead of raising (grpc would answer INTERNAL)."""
-    name = message_type.DESCRIPTOR.full_name
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return message_type.FromString(data)
-        except DecodeError:
-            return Malformed(name)
-
-    return deserialize
-
-
-def _parsed(request: Any) -> Any:
-    if isinstance(request, Malformed):
-        raise request.error()
-    return request
-
-
 # One envelope of a PublishStream request: its index, and its refusal or its future acceptance.
 _Pending = tuple[int, "OpsroomError | asyncio.Future[Accepted]"]
-
-
-class _BulkLine:
-    """A PublishStream's bulk envelopes, begun one after the other by a task of their own, in the stream's order.
-
-    Each bulk envelope waits its turn at the lane gate (the bulk ceiling, and urgent work first)
-    before the hub works on it. Done inline by the stream's reader, that wait would hold up the
-    urgent envelopes sent after it on the same stream; here the reader goes on while the line
-    begins the bulk envelopes in order.
-    """
-
-    def __init__(self, publisher: Publisher, caller: Caller) -> None:
-        """An idle line; its task starts with the first bulk envelope."""
-        self._publisher = publisher
-        self._caller = caller
-        self._queue: asyncio.Queue[tuple[envelope_pb2.Envelope, bool, asyncio.Future[Accepted]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    def begin(self, env: envelope_pb2.Envelope, *, resend: bool) -> asyncio.Future[Accepted]:
-        """Queue env; returns its future acceptance (or refusal)."""
-        loop = asyncio.get_running_loop()
-        result: asyncio.Future[Accepted] = loop.create_future()
-        self._queue.put_nowait((env, resend, result))
-        if self._task is None:
-            self._task = loop.create_task(self._run(), name="publish-stream-bulk")
-        return result
-
-    async def _run(self) -> None:
-        while True:
-            env, resend, result = await self._queue.get()
-            if result.done():
-                continue
-            try:
-                accepted = await self._publisher.begin(env, self._caller, resend=resend)
-            except OpsroomError as err:
-                _settle_refused(result, err)
-            except Exception as exc:
-                _settle_refused(result, _internal(exc))
-            else:
-                accepted.add_done_callback(functools.partial(_copy_outcome, result))
-
-    def close(self) -> None:
-        """Stop the line; envelopes it has not begun are cancelled (the stream is gone)."""
-        if self._task is not None:
-            self._task.cancel()
-        while not self._queue.empty():
-            _env, _resend, result = self._queue.get_nowait()
-            result.cancel()
-
-
-def _settle_refused(result: asyncio.Future[Accepted], err: OpsroomError) -> None:
-    if not result.done():
-        result.set_exception(err)
-
-
-def _copy_outcome(result: asyncio.Future[Accepted], done: asyncio.Future[Accepted]) -> None:
-    """Give result the outcome of done (the publisher's future)."""
-    if done.cancelled():
-        if not result.done():
-            result.cancel()
-        return
-    exc = done.exception()
-    if result.done():
-        return
-    if exc is not None:
-        result.set_exception(exc)
-    else:
-        result.set_result(done.result())
 
 
 class HubServicer:
@@ -196,22 +104,22 @@ class HubServicer:
         return {
             "Publish": grpc.unary_unary_rpc_method_handler(
                 self.publish,
-                request_deserializer=_tolerant(hub_pb2.PublishRequest),
+                request_deserializer=tolerant(hub_pb2.PublishRequest),
                 response_serializer=hub_pb2.PublishResponse.SerializeToString,
             ),
             "PublishStream": grpc.stream_stream_rpc_method_handler(
                 self.publish_stream,
-                request_deserializer=_tolerant(hub_pb2.PublishStreamRequest),
+                request_deserializer=tolerant(hub_pb2.PublishStreamRequest),
                 response_serializer=hub_pb2.PublishStreamResponse.SerializeToString,
             ),
             "Connect": grpc.stream_stream_rpc_method_handler(
                 self.connect,
-                request_deserializer=_tolerant(hub_pb2.ConnectRequest),
+                request_deserializer=tolerant(hub_pb2.ConnectRequest),
                 response_serializer=_identity,
             ),
             "GetReceipt": grpc.unary_unary_rpc_method_handler(
                 self.get_receipt,
-                request_deserializer=_tolerant(hub_pb2.GetReceiptRequest),
+                request_deserializer=tolerant(hub_pb2.GetReceiptRequest),
                 response_serializer=hub_pb2.GetReceiptResponse.SerializeToString,
             ),
         }
@@ -265,7 +173,7 @@ class HubServicer:
         try:
             caller = self._caller(context)
             agency = caller.agency_id
-            request = _parsed(request)
+            request = parsed(request)
             self._check_draining()
             lane = lane_of(request.envelope)
             self._admission.enter(agency, lane)
@@ -275,7 +183,7 @@ class HubServicer:
             except OpsroomError:
                 raise
             except Exception as exc:
-                raise _internal(exc) from exc
+                raise internal(exc) from exc
             finally:
                 self._admission.leave(agency, lane)
         except OpsroomError as err:
@@ -285,7 +193,7 @@ class HubServicer:
                 log.info(
                     "publish_refused",
                     sender_agency=agency,
-                    distribution_id=_safe_id(_distribution_id_of(request)),
+                    distribution_id=safe_id(distribution_id_of(request)),
                     reason=err.reason.name,
                 )
             await self._abort(context, agency, err, "envelope")
@@ -313,7 +221,7 @@ class HubServicer:
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
         answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None] = asyncio.Queue()
         read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
-        bulk = _BulkLine(self._publisher, caller)
+        bulk = BulkLine(self._publisher, caller)
         reader = asyncio.get_running_loop().create_task(self._read_batches(requests, caller, bulk, answers, read_ahead))
         try:
             while True:
@@ -335,7 +243,7 @@ class HubServicer:
         self,
         requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed],
         caller: Caller,
-        bulk: _BulkLine,
+        bulk: BulkLine,
         answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None],
         read_ahead: asyncio.Semaphore,
     ) -> None:
@@ -362,7 +270,7 @@ class HubServicer:
             answers.put_nowait(None)
 
     async def _take(
-        self, env: envelope_pb2.Envelope, caller: Caller, bulk: _BulkLine, *, resend: bool
+        self, env: envelope_pb2.Envelope, caller: Caller, bulk: BulkLine, *, resend: bool
     ) -> OpsroomError | asyncio.Future[Accepted]:
         """One envelope of a PublishStream request: admitted and begun, or its refusal.
 
@@ -388,7 +296,7 @@ class HubServicer:
             return err
         except Exception as exc:
             self._admission.leave(agency, lane)
-            return _internal(exc)
+            return internal(exc)
         future.add_done_callback(lambda _done: self._admission.leave(agency, lane))
         return future
 
@@ -420,7 +328,7 @@ class HubServicer:
             first = await context.read()
             if first is grpc.aio.EOF:
                 return
-            first = _parsed(first)
+            first = parsed(first)
             if first.WhichOneof("request") != "open":
                 raise Refused(Reason.SESSION_NOT_OPENED, "the first message on Connect must be open")
             session = DeliverySession(
@@ -465,7 +373,7 @@ class HubServicer:
                 if request is grpc.aio.EOF:
                     return
                 session.seen()
-                if _parsed(request).WhichOneof("request") == "ack":
+                if parsed(request).WhichOneof("request") == "ack":
                     session.on_ack(request.ack.sequences)
 
         async def write_frames() -> None:
@@ -481,8 +389,8 @@ class HubServicer:
         agency = ""
         try:
             agency = self._agency(context)
-            request = _parsed(request)
-            _check_distribution_id(request.distribution_id)
+            request = parsed(request)
+            check_distribution_id(request.distribution_id)
             receipt = await self._receipts.receipt(request.distribution_id, agency)
         except OpsroomError as err:
             await self._abort(context, agency, err)
@@ -506,27 +414,3 @@ async def _first_to_end(*coroutines: Coroutine[Any, Any, None]) -> OpsroomError 
         if exc is not None:
             raise exc
     return None
-
-
-def _check_distribution_id(value: str) -> None:
-    if not ids.is_uuid(value):
-        raise OpsroomError(
-            Reason.INVALID_REQUEST,
-            "distribution_id: must be a lowercase UUID",
-            violations=[Violation("distribution_id", "format", "must be a lowercase UUID")],
-        )
-
-
-def _distribution_id_of(request: object) -> str:
-    """The envelope's distribution id of a PublishRequest, or "" for a malformed request."""
-    return request.envelope.distribution_id if isinstance(request, hub_pb2.PublishRequest) else ""
-
-
-def _safe_id(value: str) -> str:
-    """The distribution id if it is well formed (ids are not personal data), else a marker."""
-    return value if ids.is_uuid(value) else "<malformed>"
-
-
-def _internal(exc: Exception) -> OpsroomError:
-    log.error("internal_error", error_type=type(exc).__name__, exc_info=exc)
-    return OpsroomError(Reason.INTERNAL, f"internal error ({type(exc).__name__}); nothing was stored")

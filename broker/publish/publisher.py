@@ -18,7 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
@@ -30,15 +30,16 @@ from broker.audit.records import Caller
 from broker.errors import InvalidEnvelope, NotPermitted, OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import Lane, lane_of
 from broker.ops.logging import get_logger
-from broker.policy.redact import compile_mask, redact_reporting
+from broker.policy.redact import redact_reporting
 from broker.policy.routing import REPLY_KINDS, Decision, Referenced, Route, Router, RoutingContext
 from broker.publish.committer import Committer, GroupResult, Outcome
+from broker.publish.completion import Completion, response_of, reused
 from broker.publish.gate import LaneGate
-from broker.publish.plan import PLAN_HEADER, Plan, PlanError, Planned, Timer, plan_of
+from broker.publish.plan import PLAN_HEADER, Plan, Planned, Timer
 from broker.store import receipts
-from broker.store.layout import ACCEPTED_AT_HEADER, EXPIRES_HEADER, RULE_HEADER, Layout
-from broker.store.model import OutMsg, Store, StoredMsg
-from broker.times import timestamp, timestamp_ns
+from broker.store.layout import EXPIRES_HEADER, RULE_HEADER, Layout
+from broker.store.model import OutMsg, Store
+from broker.times import timestamp
 from broker.validate.checker import ValidationContext, validate_envelope
 
 log = get_logger(__name__)
@@ -88,6 +89,7 @@ class Publisher:
         # Envelopes being published, by distribution id: their digest, sender and future answer.
         self._inflight: dict[str, tuple[bytes, str, asyncio.Future[Accepted]]] = {}
         self._lanes = LaneGate(bulk_per_second, clock=monotonic)
+        self._completion = Completion(js, committers)
         self._lookups: set[asyncio.Task[None]] = set()
 
     def check(self, env: envelope_pb2.Envelope, agency_id: str) -> None:
@@ -142,7 +144,7 @@ class Publisher:
         try:
             stored = await self._js.deliveries_of(dist, lane) if resend else []
             if stored:
-                answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
+                answer, completion = await self._completion.answer_from(env, agency_id, data, digest, stored)
                 if completion is None:
                     result.set_result(Accepted(answer, None))
                 else:
@@ -156,94 +158,6 @@ class Publisher:
             lambda g: self._on_stored(g, result, acceptance, decision, (env, agency_id, data, digest))
         )
         return result
-
-    async def _answer_from(
-        self, env: envelope_pb2.Envelope, agency_id: str, data: bytes, digest: bytes, stored: list[StoredMsg]
-    ) -> tuple[hub_pb2.Acceptance, asyncio.Future[GroupResult] | None]:
-        """The first answer to env, found stored, and the write of what its plan names and the store lacks (if any).
-
-        Raises DISTRIBUTION_ID_REUSED when the stored envelope is another agency's or has other
-        content: then nothing is written.
-        """
-        first, first_digest, sender = receipts.first_acceptance(self._layout, stored)
-        if sender != agency_id or first_digest != digest:
-            raise _reused()
-        try:
-            plan = plan_of([m.headers for m in sorted(stored, key=lambda m: m.seq)])
-        except PlanError:
-            log.warning("plan_unreadable", distribution_id=env.distribution_id)
-            plan = None
-        answer = hub_pb2.Acceptance()
-        answer.CopyFrom(first)
-        answer.replayed = True
-        if plan is None:
-            return answer, None
-        del answer.recipients[:]
-        answer.recipients.extend(plan.agencies)
-        missing, tail = await self._missing(env, agency_id, data, digest, stored, plan)
-        if not missing:
-            return answer, None
-        log.info("envelope_completed", distribution_id=env.distribution_id, count=len(missing))
-        return answer, await self._committers[lane_of(env)].enqueue(missing, tail=tail)
-
-    async def _missing(  # noqa: PLR0917 - the envelope as sent and what is stored of it
-        self,
-        env: envelope_pb2.Envelope,
-        agency_id: str,
-        data: bytes,
-        digest: bytes,
-        stored: list[StoredMsg],
-        plan: Plan,
-    ) -> tuple[list[OutMsg], bool]:
-        """The messages the plan of env names that are not stored, and whether the last is a tail.
-
-        They are deliveries, the escalation timer, and the response record (a tail: written after the rest).
-        """
-        layout = self._layout
-        lane = lane_of(env)
-        dist = env.distribution_id
-        have = set()
-        for message in stored:
-            recipient, stored_lane, _ = layout.parse_delivery(message.subject)
-            if stored_lane is lane:
-                have.add(recipient)
-        first = min(stored, key=lambda m: m.seq)
-        accepted_ns = int(first.headers.get(ACCEPTED_AT_HEADER, "0"))
-        out = [self._planned_delivery(env, data, digest, agency_id, p, accepted_ns) for p in plan.missing(have)]
-        timer = plan.timer
-        if timer is not None and await self._js.last_by_subject(layout.escalation_timer_subject(dist)) is None:
-            due = timestamp_ns(timer.due_ns).ToDatetime(tzinfo=UTC)
-            out.append(receipts.escalation_timer(layout, dist, due, timer.to_agency_id, timer.rule))
-        if plan.response:
-            # Written after this answer's deliveries: missing if the last answer recorded came before them.
-            # A later answer's record must stay the last one: then this one is not written any more.
-            record = _response_of(layout, env, agency_id)
-            last = await self._js.last_by_subject(record.subject)
-            if last is None or last.seq < first.seq:
-                out.append(record)
-                return out, len(out) > 1
-        return out, False
-
-    def _planned_delivery(  # noqa: PLR0917 - the envelope as sent and its plan's entry
-        self,
-        env: envelope_pb2.Envelope,
-        data: bytes,
-        digest: bytes,
-        sender: str,
-        planned: Planned,
-        accepted_ns: int,
-    ) -> OutMsg:
-        """The delivery of env to a planned recipient, as it was meant: same view, rule, expiry, acceptance time."""
-        layout = self._layout
-        mask = compile_mask(planned.hidden)
-        payload = data if mask.empty else redact_reporting(env, mask)[0].SerializeToString()
-        dist = env.distribution_id
-        headers = receipts.delivery_headers(
-            layout, dist, planned.agency_id, sender=sender, accepted_ns=accepted_ns, digest=digest
-        )
-        headers[RULE_HEADER] = planned.rule
-        headers[EXPIRES_HEADER] = str(planned.expires_ns)
-        return OutMsg(layout.delivery_subject(planned.agency_id, lane_of(env), dist), payload, headers)
 
     def _forget(self, dist: str, result: asyncio.Future[Accepted]) -> None:
         """Drop the in-flight entry; mark an error retrieved (the caller may have gone away)."""
@@ -283,7 +197,7 @@ class Publisher:
                     result, StoreUnavailable("the envelope was stored but its deliveries are not readable yet; retry")
                 )
                 return
-            answer, completion = await self._answer_from(env, agency_id, data, digest, stored)
+            answer, completion = await self._completion.answer_from(env, agency_id, data, digest, stored)
             if completion is not None:
                 await completion
         except Exception as exc:
@@ -379,7 +293,7 @@ class Publisher:
                 Reason.RESPONSE_MISMATCH,
                 f"{payload} does not answer the {request.payload or 'message'} in references[0]",
             )
-        return _response_of(self._layout, env, agency_id)
+        return response_of(self._layout, env, agency_id)
 
 
 def _expiry(env: envelope_pb2.Envelope, route: Route, accepted_ns: int, default_ns: int) -> int:
@@ -405,18 +319,6 @@ def _escalation_timer(
     due = now + timedelta(seconds=first.escalate_after)
     message = receipts.escalation_timer(layout, env.distribution_id, due, first.escalate_to, first.rule)
     return message, Timer(timestamp(due).ToNanoseconds(), first.escalate_to, first.rule)
-
-
-def _response_of(layout: Layout, env: envelope_pb2.Envelope, agency_id: str) -> OutMsg:
-    """The record of agency_id's operator answering the request a RESPONSE refers to."""
-    answer = env.assistance_response if env.WhichOneof("payload") == "assistance_response" else env.handover_response
-    response = hub_pb2.BusinessResponse(
-        outcome=answer.outcome,
-        cause=answer.cause,
-        response_distribution_id=env.distribution_id,
-        responded_at=answer.responded_at,
-    )
-    return receipts.response_message(layout, env.references[0].distribution_id, agency_id, response)
 
 
 # One copy: its bytes, the fields it holds and withholds (audited), its SHA-256 (audited), the mask paths that hit.
@@ -489,7 +391,7 @@ def _chain_replay(
         result.set_exception(exc)
         return
     if first_by != by:
-        result.set_exception(_reused())
+        result.set_exception(reused())
         return
     replay = hub_pb2.Acceptance()
     replay.CopyFrom(first.result().acceptance)
@@ -517,14 +419,6 @@ def _settled_by_failure(group: asyncio.Future[GroupResult], result: asyncio.Futu
         result.set_exception(exc)
         return True
     return False
-
-
-def _reused() -> Refused:
-    return Refused(
-        Reason.DISTRIBUTION_ID_REUSED,
-        "this distribution id was accepted before, from another sender or with different content: "
-        "use a new id for a new envelope",
-    )
 
 
 def is_refusal(exc: BaseException) -> bool:

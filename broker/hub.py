@@ -21,7 +21,7 @@ from broker.config import HubConfig
 from broker.delivery.escalation import Escalator
 from broker.delivery.expiry import Expirer
 from broker.delivery.receipt_reader import ReceiptReader
-from broker.delivery.sessions import SessionRegistry
+from broker.delivery.registry import SessionRegistry
 from broker.edge.admission import Admission, Bounds
 from broker.edge.server import GrpcServer
 from broker.edge.servicer import HubServicer

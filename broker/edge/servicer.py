@@ -24,7 +24,8 @@ from broker.audit.log import AuditLog
 from broker.audit.records import Caller
 from broker.config import HubConfig
 from broker.delivery.receipt_reader import ReceiptReader
-from broker.delivery.sessions import DeliverySession, SessionRegistry
+from broker.delivery.registry import SessionRegistry
+from broker.delivery.sessions import DeliverySession
 from broker.edge.admission import Admission, Bounds
 from broker.edge.bulk_line import BulkLine
 from broker.edge.identity import IdentityResolver

@@ -38,7 +38,7 @@ integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
 ## The fault tests in a loop, a CPU burner on every core, one table at the end (docs/reliability.md).
-## SOAK_RUNS=20 make soak for the figure in the docs; about 12 minutes a run on 2 cores.
+## SOAK_RUNS=20 make soak for the figure in the docs; 6 to 9 minutes a run on 2 cores.
 SOAK_RUNS ?= 3
 soak: $(STAMP)
 	$(BIN)/python -m tests.faults.soak --runs $(SOAK_RUNS)

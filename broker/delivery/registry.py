@@ -19,6 +19,10 @@ from broker.store.jetstream import JetStream
 
 log = get_logger(__name__)
 
+# Reads of the store, while it still names the local session, after a record of another one arrived.
+_RECHECKS = 6
+_RECHECK_PAUSE = 0.05  # seconds, times the attempt: at most about one second in all
+
 
 class SessionRegistry:
     """The open sessions of this hub, one per agency: a new session, on this replica or another, supersedes the old."""
@@ -51,11 +55,24 @@ class SessionRegistry:
         self._unfollow = await js.follow(js.layout.sessions_filter, on_record)
 
     async def _check(self, js: JetStream, local: DeliverySession) -> None:
-        try:
-            current = await current_session(js, local.agency_id)
-        except OpsroomError:
-            return  # the heartbeat's check will tell
-        if current is not None and current != local.session_id and self._by_agency.get(local.agency_id) is local:
+        """End local if the agency's last stored session record is another session's.
+
+        The record that woke this check arrives on the subscription as the server takes it, which
+        may be before it is stored and readable: while the store still says local is current, it
+        is read again a few times, a little later each (bounded; an older record arriving late
+        leaves local as it is, and the session's heartbeat check is the last resort).
+        """
+        for attempt in range(_RECHECKS):
+            try:
+                current = await current_session(js, local.agency_id)
+            except OpsroomError:
+                return  # the heartbeat's check will tell
+            if current is not None and current != local.session_id:
+                break
+            await asyncio.sleep(_RECHECK_PAUSE * (attempt + 1))
+        else:
+            return
+        if self._by_agency.get(local.agency_id) is local:
             log.info("session_superseded_elsewhere", agency=local.agency_id, session_id=local.session_id)
             local.supersede()
 

@@ -207,7 +207,20 @@ class DeliverySession:
             await puller.request(room)
 
     async def next_frame(self) -> bytes:
-        """The next ConnectResponse to send, serialized: a batch of deliveries (urgent first) or a heartbeat."""
+        """The next ConnectResponse to send, serialized: a batch of deliveries (urgent first) or a heartbeat.
+
+        When the session must end because its consumer went away or a delivery went missing, and
+        another session of the agency (on any replica) has opened since, that is the cause: the
+        newer session reset the consumers. Then the room is told SESSION_SUPERSEDED (not to come
+        back), not UNAVAILABLE (come back: it would take the agency back from the newer session).
+        """
+        try:
+            return await self._next_frame()
+        except StoreUnavailable:
+            await self._check_current()
+            raise
+
+    async def _next_frame(self) -> bytes:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._heartbeat
         while True:

@@ -15,8 +15,9 @@ from broker.errors import Reason, Refused, StoreUnavailable
 from broker.lanes import Lane
 from broker.ops.metrics import Metrics
 from broker.publish.committer import GroupResult, Outcome
+from broker.store import receipts
 from broker.store.layout import Layout
-from broker.store.model import ConsumerReset, OutMsg, Pulled
+from broker.store.model import ConsumerGone, ConsumerReset, OutMsg, Pulled, StoredMsg
 from broker.times import ManualClock, SystemClock
 
 AGENCY = "it.ps.questura.to"
@@ -70,6 +71,10 @@ class FakeJetStream:
 
     def forget(self, _puller: FakePuller) -> None:
         pass
+
+    async def last_by_subject(self, subject: str, stream: str = "") -> StoredMsg | None:
+        """The agency's last session record, as set by a test (None: no other session)."""
+        return getattr(self, "current", None)
 
     async def publish_each(self, messages: Sequence[OutMsg]) -> list[int | BaseException]:
         self.records = [*getattr(self, "records", []), *messages]
@@ -141,6 +146,36 @@ async def test_a_gap_after_the_first_delivery_ends_the_session() -> None:
     with pytest.raises(StoreUnavailable):
         await session.next_frame()
     assert 1.0 == gaps(metrics)
+
+
+def another_session_opened(js: FakeJetStream) -> None:
+    """Another session of the agency (here or on another replica) stored its record since."""
+    record = receipts.session_message(js.layout, AGENCY, "newer-session", "hub-b", datetime.now(UTC))
+    js.current = StoredMsg(record.subject, 99, record.payload, 0)
+
+
+async def test_a_gap_caused_by_a_newer_session_tells_the_room_it_was_superseded() -> None:
+    """The newer session reset the consumer: the room is told SESSION_SUPERSEDED, not to come back."""
+    session, js, metrics = await opened()
+    another_session_opened(js)
+    js.pullers[Lane.URGENT].put(pulled(8, 2))
+    with pytest.raises(Refused) as caught:
+        await session.next_frame()
+    assert caught.value.reason is Reason.SESSION_SUPERSEDED
+    assert 1.0 == gaps(metrics)
+
+
+async def test_a_consumer_gone_is_unavailable_unless_a_newer_session_took_it() -> None:
+    session, js, _metrics = await opened()
+    js.pullers[Lane.URGENT].put(ConsumerGone("deleted"))
+    with pytest.raises(StoreUnavailable):
+        await session.next_frame()
+    session, js, _metrics = await opened()
+    another_session_opened(js)
+    js.pullers[Lane.URGENT].put(ConsumerGone("deleted"))
+    with pytest.raises(Refused) as caught:
+        await session.next_frame()
+    assert caught.value.reason is Reason.SESSION_SUPERSEDED
 
 
 # -- presence, on the hub's one clock: moved by the test, nothing sleeps ------------------------

@@ -70,3 +70,19 @@ def timestamp(at: datetime) -> Timestamp:
 def timestamp_ns(nanos: int) -> Timestamp:
     """A protobuf Timestamp for nanoseconds since the epoch."""
     return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+
+
+def parse_rfc3339(text: str) -> datetime | None:
+    """A time as nats-server writes it (RFC 3339, up to nanoseconds, Z or an offset); None if it is not one.
+
+    Digits past the microsecond are dropped (datetime keeps no more).
+    """
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}" if digits else f"{head}{rest}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -5,7 +5,8 @@ rooms without a session: every hub replica runs it, and every CHECK_INTERVAL it
 
 1. lists the delivery consumers of both lanes (one request per lane) for the ack floor and the
    count of deliveries each still holds (and creates those of registered rooms that never
-   connected, which have none yet: a consumer delivers everything stored for it, whenever made);
+   connected, which have none yet: a consumer delivers everything stored for it, whenever made;
+   and deletes consumers that earlier sessions left behind, see handoff);
 2. reads the last session record of each room whose consumers hold deliveries (one batched
    read) and leaves out the rooms that are online (their session drops what expires, in stream
    order, as it reaches it);
@@ -40,6 +41,7 @@ from datetime import datetime
 
 from opsroom.store.v1 import store_pb2
 
+from broker.delivery import handoff
 from broker.errors import OpsroomError
 from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
@@ -48,7 +50,7 @@ from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.store import receipts
 from broker.store.jetstream import JetStream
 from broker.store.layout import SENDER_HEADER
-from broker.store.model import OutMsg
+from broker.store.model import ConsumerState, OutMsg
 
 log = get_logger(__name__)
 
@@ -185,24 +187,57 @@ class Expirer:
     async def _away(self, now: datetime) -> list[tuple[tuple[str, Lane], int, int]]:
         """((agency, lane), ack floor, deliveries waiting) of each consumer of a room away that holds any.
 
-        Registered rooms without a consumer (they never connected) get one, looked at from the next pass on.
+        Registered rooms without a consumer (they never connected) get one, looked at from the next
+        pass on. An agency with more than one consumer on a lane (a hand-over between sessions in
+        progress, or one cut short) counts by the one holding its floor; the others, once old
+        enough, are deleted (handoff.sweepable).
         """
         layout = self._js.layout
         holding: list[tuple[tuple[str, Lane], int, int]] = []
         for lane in LANES:
-            consumed: set[str] = set()
+            groups: dict[str, list[ConsumerState]] = {}
             for consumer in await self._js.consumers(self._js.stream_of(lane)):
                 try:
                     agency, consumer_lane, _ = layout.parse_delivery(consumer.filter_subject)
                 except ValueError:
                     continue  # not a room's delivery consumer (the escalation worker's, say)
-                consumed.add(agency)
-                if consumer_lane is lane and consumer.waiting > 0:
+                if consumer_lane is lane:
+                    groups.setdefault(agency, []).append(consumer)
+            for agency, consumer in (await self._kept(groups, lane, now)).items():
+                if consumer.waiting > 0:
                     holding.append(((agency, lane), consumer.ack_floor, consumer.waiting))
-            for agency in sorted(set(self._agencies()) - consumed):
+            for agency in sorted(set(self._agencies()) - set(groups)):
                 await self._js.ensure_consumer(agency, lane)
         online = await self._online(sorted({agency for (agency, _), _, _ in holding}), now)
         return [entry for entry in holding if entry[0][0] not in online]
+
+    async def _kept(
+        self, groups: dict[str, list[ConsumerState]], lane: Lane, now: datetime
+    ) -> dict[str, ConsumerState]:
+        """Per agency, the consumer holding its floor on lane; the stale others of an agency are swept."""
+        kept = {agency: consumers[0] for agency, consumers in groups.items() if len(consumers) == 1}
+        several = sorted(agency for agency, consumers in groups.items() if len(consumers) > 1)
+        current = await self._current_sessions(several)
+        for agency in several:
+            names = handoff.names_of(self._js.layout, agency, lane, current.get(agency))
+            consumer = handoff.kept(groups[agency], names)
+            if consumer is not None:
+                kept[agency] = consumer
+            for name in handoff.sweepable(groups[agency], names, now):
+                log.info("session_consumer_swept", agency=agency, lane=lane.value)
+                await self._js.delete_consumer(name, lane)
+        return kept
+
+    async def _current_sessions(self, agencies: list[str]) -> dict[str, str]:
+        """The current session id of each of the agencies that has one (a read per 1,000 agencies)."""
+        layout = self._js.layout
+        current: dict[str, str] = {}
+        for start in range(0, len(agencies), SESSIONS_PER_READ):
+            chunk = agencies[start : start + SESSIONS_PER_READ]
+            for stored in await self._js.last_of_each([layout.session_subject(a) for a in chunk]):
+                record = store_pb2.SessionRecord.FromString(stored.data)
+                current[layout.parse_session(stored.subject)] = record.session_id
+        return current
 
     async def _online(self, agencies: list[str], now: datetime) -> set[str]:
         """Those of the agencies whose last session record says they are online (a read per 1,000 agencies)."""

@@ -16,6 +16,7 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
+from broker.delivery import handoff
 from broker.errors import NotPermitted, Reason, Refused
 from broker.lanes import Lane
 from broker.store import receipts
@@ -89,4 +90,4 @@ class ReceiptReader:
             if when is not None:
                 return when
             record = await self._js.next_by_subject(subject, record.seq + 1)
-        return True if await self._js.ack_floor(agency_id, lane) >= delivery.seq else None
+        return True if await handoff.agency_floor(self._js, agency_id, lane) >= delivery.seq else None

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from opsroom.store.v1 import store_pb2
 
-from broker.delivery.sessions import DeliverySession, current_session
+from broker.delivery.handoff import current_session
+from broker.delivery.sessions import DeliverySession
 from broker.errors import OpsroomError, Reason
 from broker.ops.logging import get_logger
 from broker.store.jetstream import JetStream

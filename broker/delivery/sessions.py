@@ -1,12 +1,13 @@
-"""Delivery sessions: one per connected room; pull its consumer, forward envelopes, record acknowledgements.
+"""Delivery sessions: one per connected room; pull its consumers, forward envelopes, record acknowledgements.
 
-A session starts by resetting the agency's two consumers (urgent and bulk lanes) to their ack
-floors, so the room gets every delivery it has not acknowledged, in order within each lane,
-then live traffic; whatever is waiting on the urgent lane goes out before the bulk lane's.
+A session takes the agency's deliveries over from the previous session (see handoff): its own
+two consumers (urgent and bulk lanes) start at the previous ones' ack floors, so the room gets
+every delivery it has not acknowledged, in order within each lane, then live traffic; whatever
+is waiting on the urgent lane goes out before the bulk lane's.
 Every delivery, the first included, must carry the consumer sequence after the previous one's
-(at first, after the one the reset left): a delivery that went elsewhere (a lost pull, an
-earlier session's request still waiting at the server) ends the session instead of being
-acknowledged along with the later ones.
+(a new consumer starts at 0): a delivery that went elsewhere (a pull request lost with a NATS
+connection, a consumer's leader that moved) ends the session instead of being acknowledged
+along with the later ones.
 Deliveries leave in batches without being decoded. The room's acknowledgements are recorded
 as receipts (one record for whatever arrived meanwhile) before the consumer is acknowledged up to the highest
 sequence below which everything is acknowledged. At most `window` deliveries are unacknowledged
@@ -27,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
+from broker.delivery import handoff
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
@@ -67,7 +69,7 @@ class _LaneState:
         self.acked: set[int] = set()  # acknowledged by the client and recorded as receipts
         self.recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
         self.pending = 0  # deliveries the consumer still holds for the room, as of the last one pulled
-        # The consumer sequence of the last delivery pulled (at first, the one the reset left): the
+        # The consumer sequence of the last delivery pulled (0 at first: the consumer is new): the
         # consumer counts every message it sends, so the next one pulled must carry one more.
         self.consumer_seq = 0
 
@@ -112,32 +114,29 @@ class DeliverySession:
         self.max_batch = min(max_batch or DEFAULT_MAX_BATCH, MAX_BATCH)
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._ready = asyncio.Event()
-        self._lanes = [_LaneState(js.puller(agency_id, lane, self._ready)) for lane in LANES]
+        self._lanes = [_LaneState(js.puller(agency_id, lane, self._ready, self.session_id)) for lane in LANES]
         self._to_record: list[int] = []  # sequences as the room sees them (lane in the lowest bit)
         self._expired: list[tuple[int, Pulled]] = []  # dropped as expired, not yet recorded
         self._ack_event = asyncio.Event()
 
     async def open(self) -> int:
-        """Claim the agency, prepare the consumers and start pulling; returns the backlog waiting for the room.
+        """Take the agency's deliveries over from its previous session and start pulling; returns the backlog waiting.
 
-        The session record is stored first: a session of the same agency on another hub
-        replica sees it and ends before this one resets the consumers.
+        The new session's consumers start where the room acknowledged everything (see
+        handoff): the room gets every delivery it has not acknowledged, in order within each
+        lane. Its session record, stored on the way, tells a session of the same agency on
+        another hub replica to end; the previous session's consumers are deleted.
         """
         self._opened_at = self._clock.now()
         record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._opened_at)
-        self._record_seq = (await self._committer.submit([record])).last_seq
-        backlog = 0
-        for state in self._lanes:
-            await self._js.ensure_consumer(self.agency_id, state.lane)
-            reset = await self._js.reset_consumer(self.agency_id, state.lane)
-            state.consumer_seq = reset.consumer_seq  # the first delivery is checked like any other
-            backlog += reset.backlog
+        taken = await handoff.take_over(self._js, self.agency_id, self.session_id, record)
+        self._record_seq = taken.record_seq
         for state in self._lanes:
             await state.puller.start()
         self._metrics.sessions.labels(self.agency_id).inc()
         self._metrics.online.labels(self.agency_id).set(1)
-        self._metrics.backlog.labels(self.agency_id).set(backlog)
-        return backlog
+        self._metrics.backlog.labels(self.agency_id).set(taken.backlog)
+        return taken.backlog
 
     def seen(self) -> None:
         """The room sent something (an acknowledgement or a keepalive): it is alive."""
@@ -211,7 +210,7 @@ class DeliverySession:
 
         When the session must end because its consumer went away or a delivery went missing, and
         another session of the agency (on any replica) has opened since, that is the cause: the
-        newer session reset the consumers. Then the room is told SESSION_SUPERSEDED (not to come
+        newer session deleted this one's consumers. Then the room is told SESSION_SUPERSEDED (not to come
         back), not UNAVAILABLE (come back: it would take the agency back from the newer session).
         """
         try:
@@ -242,7 +241,7 @@ class DeliverySession:
 
     async def _check_current(self) -> None:
         """End this session if another one of the agency (on any replica) opened since."""
-        current = await current_session(self._js, self.agency_id)
+        current = await handoff.current_session(self._js, self.agency_id)
         if current is not None and current != self.session_id:
             raise Refused(Reason.SESSION_SUPERSEDED, "a newer session of this agency replaced this one")
 
@@ -274,10 +273,9 @@ class DeliverySession:
                 raise item
             lost = state.follow(item)
             if lost:
-                # A delivery was lost between the store and this hub (its NATS connection dropped, the
-                # consumer's leader moved, or an earlier session's pull request, still waiting at the
-                # server, took the first one after the reset): acknowledging the later ones would
-                # acknowledge it too. End the session: the next one starts again from the ack floor.
+                # A delivery was lost between the store and this hub (its NATS connection dropped, or
+                # the consumer's leader moved): acknowledging the later ones would acknowledge it
+                # too. End the session: the next one starts again from the ack floor.
                 self._metrics.session_gaps.labels(self.agency_id).inc()
                 log.warning("delivery_gap", agency=self.agency_id, lane=state.lane.value, count=lost)
                 raise StoreUnavailable("a delivery was lost on its way from the store; reconnect")
@@ -401,9 +399,3 @@ class DeliverySession:
             if isinstance(result, BaseException):
                 raise result
         return sum(isinstance(r, GroupResult) and r.outcome is Outcome.STORED for r in results[:-1])
-
-
-async def current_session(js: JetStream, agency_id: str) -> str | None:
-    """The id of the agency's current delivery session on any replica (the last session record), if any."""
-    stored = await js.last_by_subject(js.layout.session_subject(agency_id))
-    return store_pb2.SessionRecord.FromString(stored.data).session_id if stored is not None else None

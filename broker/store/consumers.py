@@ -1,4 +1,4 @@
-"""Owns the transport's consumers: the rooms' durable pull consumers, their reset and ack floor, and the Puller."""
+"""Owns the transport's consumers: the rooms' durable pull consumers (made, read, deleted) and the Puller."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from broker.lanes import Lane
 from broker.ops.logging import get_logger
 from broker.store.model import (
     ConsumerGone,
-    ConsumerReset,
     ConsumerState,
     Pulled,
 )
@@ -27,6 +26,7 @@ from broker.store.nats_api import (
     NatsApi,
     api_error,
 )
+from broker.times import parse_rfc3339
 
 log = get_logger(__name__)
 
@@ -151,10 +151,10 @@ class Puller:
 class Consumers(NatsApi):
     """Durable pull consumers: one per room and lane, and the workers' own."""
 
-    def consumer_config(self, agency_id: str, lane: Lane) -> dict[str, Any]:
-        """The durable consumer of an agency's deliveries on one lane."""
-        return {
-            "durable_name": self.layout.consumer_name(agency_id, lane),
+    def consumer_config(self, agency_id: str, lane: Lane, session_id: str = "", start_seq: int = 0) -> dict[str, Any]:
+        """The durable consumer of an agency's deliveries on one lane (a session's own from start_seq, if given)."""
+        config: dict[str, Any] = {
+            "durable_name": self.layout.consumer_name(agency_id, lane, session_id),
             "filter_subject": self.layout.deliveries_of_agency(agency_id, lane),
             "deliver_policy": "all",
             # Acknowledging a delivery acknowledges all before it: the room's client acknowledges
@@ -166,13 +166,24 @@ class Consumers(NatsApi):
             "replay_policy": "instant",
             "num_replicas": 0,
         }
+        if start_seq > 1:
+            config["deliver_policy"] = "by_start_sequence"
+            config["opt_start_seq"] = start_seq
+        return config
 
     async def ensure_consumer(self, agency_id: str, lane: Lane) -> None:
-        """Create the agency's consumer for lane, or update it to the wanted configuration."""
+        """Create the agency's consumer from before its first session, or update it to the wanted configuration."""
         await self._create_consumer(self.stream_of(lane), self.consumer_config(agency_id, lane))
 
-    async def _create_consumer(self, stream: str, config: dict[str, Any]) -> None:
-        """Create a durable consumer, or update it to config."""
+    async def create_session_consumer(self, agency_id: str, lane: Lane, session_id: str, start_seq: int) -> int:
+        """A session's own consumer of the agency's deliveries on lane, from start_seq; returns how many wait for it."""
+        reply = await self._create_consumer(
+            self.stream_of(lane), self.consumer_config(agency_id, lane, session_id, start_seq)
+        )
+        return int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
+
+    async def _create_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Create a durable consumer, or update it to config; returns its info."""
         name = config["durable_name"]
         body: dict[str, Any] = {"stream_name": stream, "config": config}
         reply = await self.api(f"CONSUMER.CREATE.{stream}.{name}", body)
@@ -182,15 +193,25 @@ class Consumers(NatsApi):
             err = api_error(reply)
         if err is not None:
             raise StoreUnavailable(f"cannot create consumer {name}: {err[1]} ({err[0]})")
+        return reply
 
-    async def ack_floor(self, agency_id: str, lane: Lane) -> int:
-        """Stream sequence up to which the agency's client acknowledged everything on lane (0 if no consumer)."""
-        name = self.layout.consumer_name(agency_id, lane)
+    async def delete_consumer(self, name: str, lane: Lane) -> bool:
+        """Delete a consumer of lane's stream; False if there was none."""
+        reply = await self.api(f"CONSUMER.DELETE.{self.stream_of(lane)}.{name}")
+        err = api_error(reply)
+        if err is not None:
+            if err[0] == ERR_CONSUMER_NOT_FOUND:
+                return False
+            raise StoreUnavailable(f"cannot delete consumer {name}: {err[1]} ({err[0]})")
+        return True
+
+    async def consumer_floor(self, name: str, lane: Lane) -> int | None:
+        """Stream sequence up to which a consumer of lane's stream was acknowledged; None if there is no such one."""
         reply = await self.api(f"CONSUMER.INFO.{self.stream_of(lane)}.{name}")
         err = api_error(reply)
         if err is not None:
             if err[0] == ERR_CONSUMER_NOT_FOUND:
-                return 0
+                return None
             raise StoreUnavailable(f"cannot read consumer {name}: {err[1]} ({err[0]})")
         return int(reply.get("ack_floor", {}).get("stream_seq", 0))
 
@@ -209,26 +230,13 @@ class Consumers(NatsApi):
                     filter_subject=str(info.get("config", {}).get("filter_subject", "")),
                     ack_floor=int(info.get("ack_floor", {}).get("stream_seq", 0)),
                     waiting=int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0)),
+                    created=parse_rfc3339(str(info.get("created", ""))),
                 )
                 for info in page
             )
             if not page or len(out) >= int(reply.get("total", 0)):
                 break
         return out
-
-    async def reset_consumer(self, agency_id: str, lane: Lane) -> ConsumerReset:
-        """Forget unacknowledged deliveries so the next pull starts after the ack floor; returns the backlog.
-
-        Also the consumer sequence the reset left (nats-server 2.15 sets it to 0): the next
-        message the consumer sends has one more, whoever pulled it.
-        """
-        name = self.layout.consumer_name(agency_id, lane)
-        reply = await self.api(f"CONSUMER.RESET.{self.stream_of(lane)}.{name}")
-        err = api_error(reply)
-        if err is not None:
-            raise StoreUnavailable(f"cannot reset consumer {name}: {err[1]} ({err[0]})")
-        backlog = int(reply.get("num_pending", 0)) + int(reply.get("num_ack_pending", 0))
-        return ConsumerReset(backlog, int(reply.get("delivered", {}).get("consumer_seq", 0)))
 
     async def ensure_work_consumer(self, name: str, subject_filter: str, ack_wait: float = 30.0) -> None:
         """A durable consumer of the main stream shared by the replicas: each message to one, acked one by one."""
@@ -265,12 +273,12 @@ class Consumers(NatsApi):
         except (NatsError, OSError) as exc:
             raise StoreUnavailable(f"cannot acknowledge: {type(exc).__name__}") from exc
 
-    def puller(self, agency_id: str, lane: Lane, ready: asyncio.Event | None = None) -> Puller:
-        """A continuous pull on the agency's consumer for lane (told to pull again after a reconnect).
+    def puller(self, agency_id: str, lane: Lane, ready: asyncio.Event | None = None, session_id: str = "") -> Puller:
+        """A continuous pull on the agency's consumer for lane (the session's own, if given), renewed after reconnects.
 
         ready, if given, is set whenever something is queued (one event may serve several pullers).
         """
-        puller = Puller(self, self.layout.consumer_name(agency_id, lane), lane, ready)
+        puller = Puller(self, self.layout.consumer_name(agency_id, lane, session_id), lane, ready)
         self._events.pullers.add(puller)
         return puller
 

@@ -133,9 +133,15 @@ class Layout:
         return distribution_id, agency_from_token(token)
 
     @staticmethod
-    def consumer_name(agency_id: str, lane: Lane) -> str:
-        """Durable consumer of an agency's deliveries on one lane."""
-        return f"dlv_{agency_token(agency_id)}_{lane.value}"
+    def consumer_name(agency_id: str, lane: Lane, session_id: str = "") -> str:
+        """Durable consumer of an agency's deliveries on one lane: a session's own, or the agency's first (no session).
+
+        Each delivery session pulls from a consumer of its own: a pull request or an
+        acknowledgement of an earlier session, still on its way, can reach only the earlier
+        session's consumer, never take or acknowledge the new session's deliveries.
+        """
+        base = f"dlv_{agency_token(agency_id)}_{lane.value}"
+        return f"{base}_{session_id}" if session_id else base
 
     @staticmethod
     def delivery_sequence(lane: Lane, stream_seq: int) -> int:

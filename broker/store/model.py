@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from broker.lanes import Lane
@@ -75,14 +76,6 @@ class Pulled:
 
 
 @dataclass(frozen=True, slots=True)
-class ConsumerReset:
-    """What a consumer reset left: the deliveries waiting, and the consumer sequence the next delivery follows."""
-
-    backlog: int
-    consumer_seq: int
-
-
-@dataclass(frozen=True, slots=True)
 class ConsumerState:
     """A consumer as a listing shows it: its filter, its ack floor (a stream sequence), what it still holds."""
 
@@ -90,6 +83,7 @@ class ConsumerState:
     filter_subject: str
     ack_floor: int
     waiting: int  # not yet delivered, or delivered and not acknowledged
+    created: datetime | None = None
 
 
 class ConsumerGone(Exception):

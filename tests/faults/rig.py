@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from broker.dev.embedded import NatsServer, free_port
 from broker.dev.testing import credentials, dev_config
 from broker.ids import agency_token
 from broker.store.jetstream import JetStream
+from broker.times import parse_rfc3339
 from tests.faults.agreement import ROOMS, SENDERS, write_agreement
 from tests.faults.counts import Counts, Pair, Store, count
 from tests.faults.hubconf import write_hub_toml
@@ -169,15 +170,23 @@ class Rig:
         }
 
     async def _pending(self, js: JetStream) -> int:
-        """Pending and unacknowledged messages of every consumer, on any stream, filtering the rooms' deliveries."""
+        """Pending and unacknowledged messages of the rooms' delivery consumers, on any stream.
+
+        A room has one consumer per lane and session; a hand-over cut short may leave an earlier
+        one for a while: per filter, the most recently created counts.
+        """
         prefix = self.cfg.nats.subject_prefix
         filters = tuple(f"{prefix}.dlv.{agency_token(agency)}." for agency in self.rooms)
-        total = 0
+        latest: dict[str, tuple[datetime, int]] = {}  # filter -> (created, waiting)
         for stream in await _listed(js, "STREAM.NAMES", "streams"):
             for info in await _listed(js, f"CONSUMER.LIST.{stream}", "consumers"):
-                if str(info["config"].get("filter_subject", "")).startswith(filters):
-                    total += int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
-        return total
+                subject = str(info["config"].get("filter_subject", ""))
+                if subject.startswith(filters):
+                    waiting = int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
+                    created = parse_rfc3339(str(info.get("created", ""))) or datetime.min.replace(tzinfo=UTC)
+                    if subject not in latest or created > latest[subject][0]:
+                        latest[subject] = (created, waiting)
+        return sum(waiting for _, waiting in latest.values())
 
     async def finish(self, test: str, ledger: Ledger, started: float, loads: Iterable[Load] = ()) -> Counts:
         """Close the rooms cleanly, then count from the ledger, the store, the audit log and the rooms' files."""

@@ -12,6 +12,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
+from broker.delivery import handoff
 from broker.dev.testing import LocalHub, local_hub
 from broker.hub import Hub
 from broker.lanes import Lane
@@ -178,7 +179,7 @@ async def test_an_expiry_fires_at_its_time_while_the_room_stays_away(tmp_path: P
         assert notice.envelope.sent_at.ToDatetime(tzinfo=UTC) >= expiry
         receipt = await sender.receipt(short.distribution_id)
         assert hub_pb2.DELIVERY_STATE_EXPIRED == receipt.recipients[0].state
-        assert 0 == await env.hub.js.ack_floor(f.QUESTURA, Lane.URGENT)  # nothing acknowledged for the room
+        assert 0 == await handoff.agency_floor(env.hub.js, f.QUESTURA, Lane.URGENT)  # nothing acknowledged for the room
         registry = env.hub.metrics.registry
         assert 1.0 == registry.get_sample_value("opsroom_expired_total", {"agency": f.QUESTURA})
 

@@ -223,3 +223,19 @@ def every_valid_envelope() -> list[envelope_pb2.Envelope]:
         envelope(kind=common_pb2.KIND_ACK, references=ref, acknowledgement=acknowledgement()),
         envelope(kind=common_pb2.KIND_CANCEL, references=ref, alert=alert()),
     ]
+
+
+def agreement_head(agreement_id: str, title: str) -> str:
+    """The first lines of a test agreement (YAML): id, title, validity, legal basis, the province of Torino.
+
+    Tests add their parties, roles and rules below it.
+    """
+    return (
+        f"id: {agreement_id}\n"
+        f"title: {title}\n"
+        "valid_from: 2020-01-01\n"
+        "legal_basis:\n"
+        '  law: "d.l. 14/2017 art. 2"\n'
+        "  purposes: [PUBLIC_SECURITY]\n"
+        'territory: {provinces: ["001"]}\n'
+    )

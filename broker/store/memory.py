@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from broker.errors import StoreUnavailable
 from broker.lanes import LANES, Lane
 from broker.store.layout import Layout
-from broker.store.model import AlreadyStored, BatchAck, OutMsg, StoredMsg, WrongLastSequence
+from broker.store.model import AlreadyStored, BatchAck, OutMsg, StoredMsg, WrongLastSequence, find_deliveries
 
 _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _EXPECTED_LAST_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
@@ -158,9 +158,4 @@ class MemoryStore:
 
     async def deliveries_of(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
         """The stored deliveries of an envelope, in its lane's stream (both when the lane is unknown)."""
-        subject = self.layout.deliveries_of_envelope(distribution_id)
-        for candidate in (lane,) if lane is not None else LANES:
-            found = await self.last_per_subject(subject, stream=self.stream_of(candidate))
-            if found:
-                return found
-        return []
+        return await find_deliveries(self, distribution_id, lane)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from broker.lanes import Lane
+from broker.lanes import LANES, Lane
 from broker.store.layout import Layout
 
 
@@ -125,3 +125,24 @@ class Store(Protocol):
     async def last_by_subject(self, subject: str, stream: str = "") -> StoredMsg | None:
         """The last message stored under a subject."""
         ...
+
+
+class _LastPerSubject(Protocol):
+    """A store that reads the last message of each subject matching a filter, in a lane's stream."""
+
+    @property
+    def layout(self) -> Layout: ...
+
+    def stream_of(self, lane: Lane) -> str: ...
+
+    async def last_per_subject(self, subject_filter: str, limit: int = 1000, stream: str = "") -> list[StoredMsg]: ...
+
+
+async def find_deliveries(store: _LastPerSubject, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
+    """The stored deliveries of an envelope, looked for in its lane's stream (in both when the lane is unknown)."""
+    subject = store.layout.deliveries_of_envelope(distribution_id)
+    for candidate in (lane,) if lane is not None else LANES:
+        found = await store.last_per_subject(subject, stream=store.stream_of(candidate))
+        if found:
+            return found
+    return []

@@ -12,11 +12,9 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from broker.errors import StoreUnavailable
-from broker.lanes import LANES, Lane
+from broker.lanes import Lane
 from broker.ops.logging import get_logger
-from broker.store.model import (
-    StoredMsg,
-)
+from broker.store.model import StoredMsg, find_deliveries
 from broker.store.nats_api import NANOS, NatsApi
 
 log = get_logger(__name__)
@@ -57,12 +55,7 @@ class Reads(NatsApi):
 
     async def deliveries_of(self, distribution_id: str, lane: Lane | None = None) -> list[StoredMsg]:
         """The stored deliveries of an envelope, looked for in its lane's stream (both when the lane is unknown)."""
-        subject = self.layout.deliveries_of_envelope(distribution_id)
-        for candidate in (lane,) if lane is not None else LANES:
-            found = await self.last_per_subject(subject, stream=self.stream_of(candidate))
-            if found:
-                return found
-        return []
+        return await find_deliveries(self, distribution_id, lane)
 
     async def last_by_subject(self, subject: str, stream: str = "") -> StoredMsg | None:
         """The last message on subject (direct get), or None."""

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.factories import agreement_head
+
 CUR = "it.nue.cur.to"
 PL = "it.pl.001272"
 PL_MONCALIERI = "it.pl.001156"
@@ -40,14 +42,9 @@ ROOMS = {
 }
 AGREEMENT_ID = "fault-torino"
 
-AGREEMENT = f"""\
-id: {AGREEMENT_ID}
-title: Fault tests - Torino rooms, two or three recipients per event
-valid_from: 2020-01-01
-legal_basis:
-  law: "d.l. 14/2017 art. 2"
-  purposes: [PUBLIC_SECURITY]
-territory: {{provinces: ["001"]}}
+AGREEMENT = (
+    agreement_head(AGREEMENT_ID, "Fault tests - Torino rooms, two or three recipients per event")
+    + f"""\
 parties:
   - {{agency: {CUR}, role: cur}}
   - {{agency: {PL}, role: polizia_locale, covers: {{comuni: ["{TORINO}"]}}}}
@@ -86,6 +83,7 @@ rules:
     incident_types: [FRAUD]
     select: territory
 """
+)
 
 # What each room's copy holds, as the room process writes it (tests/faults/room.py view_of):
 # c caller, n network location, p persons, v vehicle plates, t free text, m media, s staff ids;

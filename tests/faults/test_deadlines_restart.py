@@ -35,14 +35,9 @@ DEADLINE = 5.0  # seconds from the publish to the escalation deadline and to the
 FIRE_WAIT = 90.0  # liveness: restarted hubs fire the deadline and the notice reaches its room
 QUIET = 3.0  # seconds in which nothing more may arrive (three passes of the expiry worker)
 
-AGREEMENT = f"""
-id: torino-deadlines
-title: Torino, requests that escalate and reports that expire
-valid_from: 2020-01-01
-legal_basis:
-  law: "d.l. 14/2017 art. 2"
-  purposes: [PUBLIC_SECURITY]
-territory: {{provinces: ["001"]}}
+AGREEMENT = (
+    f.agreement_head("torino-deadlines", "Torino, requests that escalate and reports that expire")
+    + f"""\
 parties:
   - {{agency: {f.PL}, role: polizia_locale}}
   - {{agency: {f.QUESTURA}, role: questura}}
@@ -63,6 +58,7 @@ rules:
     kinds: [REPORT]
     payloads: [incident]
 """
+)
 AGENCIES = {f.PL: "Polizia Locale di Torino", f.QUESTURA: "Questura di Torino", f.CC: "Carabinieri Torino"}
 
 

@@ -16,14 +16,9 @@ from tests.integration.conftest import nothing_more, take
 
 pytestmark = pytest.mark.integration
 
-AGREEMENT = f"""
-id: torino-escalation
-title: Torino, backup requests that escalate
-valid_from: 2020-01-01
-legal_basis:
-  law: "d.l. 14/2017 art. 2"
-  purposes: [PUBLIC_SECURITY]
-territory: {{provinces: ["001"]}}
+AGREEMENT = (
+    f.agreement_head("torino-escalation", "Torino, backup requests that escalate")
+    + f"""\
 parties:
   - {{agency: {f.PL}, role: polizia_locale}}
   - {{agency: {f.QUESTURA}, role: questura}}
@@ -39,6 +34,7 @@ rules:
     payloads: [assistance_request, handover_request]
     escalate: {{after_seconds: 1, to: questura}}
 """
+)
 AGENCIES = {f.PL: "PL Torino", f.QUESTURA: "Questura", f.CC: "Carabinieri"}
 
 

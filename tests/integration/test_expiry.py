@@ -83,14 +83,9 @@ async def test_a_later_session_does_not_see_the_dropped_delivery_again(hub: Loca
     await sender.close()
 
 
-AGREEMENT = f"""
-id: torino-expiry
-title: Torino, short-lived plate reads
-valid_from: 2020-01-01
-legal_basis:
-  law: "d.l. 14/2017 art. 2"
-  purposes: [PUBLIC_SECURITY]
-territory: {{provinces: ["001"]}}
+AGREEMENT = (
+    f.agreement_head("torino-expiry", "Torino, short-lived plate reads")
+    + f"""\
 parties:
   - {{agency: {f.PL}, role: polizia_locale}}
   - {{agency: {f.QUESTURA}, role: questura}}
@@ -109,6 +104,7 @@ rules:
     kinds: [REPORT]
     payloads: [incident]
 """
+)
 
 
 async def test_the_agreement_sets_the_expiry_when_the_sender_does_not(tmp_path: Path) -> None:

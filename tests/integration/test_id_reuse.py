@@ -29,14 +29,9 @@ from tests.integration.conftest import FAST_RETRY, nothing_more, take
 
 pytestmark = pytest.mark.integration
 
-AGREEMENT = f"""
-id: torino-ids
-title: Torino, every room writes to every room
-valid_from: 2020-01-01
-legal_basis:
-  law: "d.l. 14/2017 art. 2"
-  purposes: [PUBLIC_SECURITY]
-territory: {{provinces: ["001"]}}
+AGREEMENT = (
+    f.agreement_head("torino-ids", "Torino, every room writes to every room")
+    + f"""\
 parties:
   - {{agency: {f.CUR}, role: cur}}
   - {{agency: {f.PL}, role: polizia_locale}}
@@ -54,6 +49,7 @@ rules:
     kinds: [REPORT, UPDATE]
     payloads: [incident, alert]
 """
+)
 AGENCIES = {f.CUR: "CUR", f.PL: "PL Torino", f.QUESTURA: "Questura", f.CC: "Carabinieri"}
 
 

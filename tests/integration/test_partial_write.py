@@ -36,14 +36,9 @@ from tests.natsproxy import NatsProxy
 
 pytestmark = pytest.mark.integration
 
-AGREEMENT = f"""
-id: torino-cut
-title: Torino, writes cut half way
-valid_from: 2020-01-01
-legal_basis:
-  law: "d.l. 14/2017 art. 2"
-  purposes: [PUBLIC_SECURITY]
-territory: {{provinces: ["001"]}}
+AGREEMENT = (
+    f.agreement_head("torino-cut", "Torino, writes cut half way")
+    + f"""\
 parties:
   - {{agency: {f.CUR}, role: cur}}
   - {{agency: {f.PL}, role: polizia_locale, covers: {{comuni: ["001272"]}}}}
@@ -66,6 +61,7 @@ rules:
     payloads: [assistance_request]
     escalate: {{after_seconds: 3600, to: questura}}
 """
+)
 AGENCIES = {f.CUR: "CUR", f.PL: "PL Torino", f.QUESTURA: "Questura", f.CC: "Carabinieri"}
 # Generous: the hub reconnects through the proxy in about half a second; the client keeps trying for ~30 s.
 RETRY = RetryPolicy(attempts=20, first_delay=0.2, max_delay=2.0, timeout=10.0)

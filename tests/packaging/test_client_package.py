@@ -9,12 +9,13 @@ and runs the client's own tests there with nothing of the hub's environment.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import venv
 from pathlib import Path
 
 import pytest
+
+from tests.packaging import run
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "python"
@@ -26,29 +27,21 @@ BASE = {"pip", "setuptools", "wheel"}
 pytestmark = pytest.mark.packaging
 
 
-def _run(*args: str | Path, cwd: Path = ROOT, timeout: float = 600) -> str:
-    result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the client's wheel installed."""
     tmp = tmp_path_factory.mktemp("client-package")
     wheels = tmp / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, CLIENT)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, CLIENT)
     [wheel] = wheels.glob("opsroom_client-*.whl")
     env = tmp / "venv"
     venv.create(env, with_pip=True, clear=True)
-    _run(env / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel)
+    run(env / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel)
     return env
 
 
 def test_the_client_installs_with_grpcio_and_protobuf_and_the_google_rpc_types_only(client_venv: Path) -> None:
-    listed = json.loads(_run(client_venv / "bin" / "python", "-m", "pip", "list", "--format=json"))
+    listed = json.loads(run(client_venv / "bin" / "python", "-m", "pip", "list", "--format=json"))
     names = {entry["name"].lower().replace("_", "-") for entry in listed} - BASE
     assert "opsroom-client" in names
     assert names <= ALLOWED, f"the client pulled in more than it should: {sorted(names - ALLOWED)}"
@@ -62,13 +55,13 @@ def test_the_installed_client_imports_the_contract_and_not_the_hub(client_venv: 
         "print(opsroom_client.__file__);"
         "print(importlib.util.find_spec('broker') is None, importlib.util.find_spec('nats') is None)"
     )
-    out = _run(client_venv / "bin" / "python", "-I", "-c", code, cwd=client_venv).splitlines()
+    out = run(client_venv / "bin" / "python", "-I", "-c", code, cwd=client_venv).splitlines()
     assert out[0].startswith(str(client_venv)), f"imported from {out[0]}, not from the installed wheel"
     assert out[1] == "True True"
 
 
 def test_the_client_tests_pass_in_the_client_alone_environment(client_venv: Path) -> None:
-    _run(
+    run(
         client_venv / "bin" / "python",
         "-m",
         "pip",
@@ -77,7 +70,7 @@ def test_the_client_tests_pass_in_the_client_alone_environment(client_venv: Path
         "--disable-pip-version-check",
         "pytest>=8.3,<10",
     )
-    out = _run(
+    out = run(
         client_venv / "bin" / "python",
         "-m",
         "pytest",

@@ -25,6 +25,7 @@ from typing import IO
 import pytest
 
 from broker.dev.embedded import free_port
+from tests.packaging import run
 
 ROOT = Path(__file__).resolve().parents[2]
 # Liveness bounds, generous for a loaded 2-core machine.
@@ -41,26 +42,16 @@ PORTS = {  # address in the shipped files -> files that say it
 pytestmark = pytest.mark.packaging
 
 
-def _run(*args: str | Path, cwd: Path, timeout: float = STEP_LIVENESS) -> str:
-    result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    assert result.returncode == 0, (
-        f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def hub_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the hub's and the client's wheels installed (dependencies from PyPI or pip's cache)."""
     tmp = tmp_path_factory.mktemp("hub-wheel")
     wheels = tmp / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, ROOT / "clients" / "python", ROOT,
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, ROOT / "clients" / "python", ROOT,
          cwd=tmp, timeout=INSTALL_LIVENESS)  # fmt: skip
     env = tmp / "venv"
     venv.create(env, with_pip=True, clear=True)
-    _run(env / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *sorted(wheels.glob("*.whl")),
+    run(env / "bin" / "python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *sorted(wheels.glob("*.whl")),
          cwd=tmp, timeout=INSTALL_LIVENESS)  # fmt: skip
     return env
 
@@ -78,8 +69,8 @@ def test_the_installed_hub_starts_from_its_shipped_config(
     hub_venv: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     bin_dir = hub_venv / "bin"
-    assert "serve" in _run(bin_dir / "opsroom", "--help", cwd=tmp_path)
-    _run(bin_dir / "opsroom", "init", "site", cwd=tmp_path)
+    assert "serve" in run(bin_dir / "opsroom", "--help", cwd=tmp_path)
+    run(bin_dir / "opsroom", "init", "site", cwd=tmp_path)
     site = tmp_path / "site"
     ports = {address: free_port() for address in PORTS}
     for address, files in PORTS.items():
@@ -88,7 +79,7 @@ def test_the_installed_hub_starts_from_its_shipped_config(
             text = (site / rel).read_text(encoding="utf-8")
             assert address in text, f"the shipped {rel} no longer says {address}"
             (site / rel).write_text(text.replace(address, f"{host}:{ports[address]}"), encoding="utf-8")
-    _run(bin_dir / "opsroom", "dev-certs", "--config", "site/hub.toml", cwd=tmp_path)
+    run(bin_dir / "opsroom", "dev-certs", "--config", "site/hub.toml", cwd=tmp_path)
     assert (site / "pki" / "hub.pem").is_file()
     assert (site / "keys" / "audit.pem").is_file()
 
@@ -124,7 +115,7 @@ def _serve_until_ready(bin_dir: Path, tmp_path: Path, *, nats_log: IO[str], hub_
 
 
 def test_the_installed_demo_plays_with_the_shipped_agreements(hub_venv: Path, tmp_path: Path) -> None:
-    out = _run(hub_venv / "bin" / "opsroom", "demo", "--once", "--data", "demo", "--listen", "127.0.0.1:0",
+    out = run(hub_venv / "bin" / "opsroom", "demo", "--once", "--data", "demo", "--listen", "127.0.0.1:0",
                "--metrics-listen", "127.0.0.1:0", cwd=tmp_path, timeout=STEP_LIVENESS)  # fmt: skip
     assert "routing by the agreements in" in out
     assert str(hub_venv) in out.split("routing by the agreements in", 1)[1].splitlines()[0]

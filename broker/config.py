@@ -129,6 +129,9 @@ class HubConfig:
     overload_retry_after: timedelta = timedelta(seconds=1)
     # An envelope without expires_at is dropped, undelivered, this long after its acceptance.
     default_expiry: timedelta = timedelta(hours=24)
+    # A timer not yet due (an escalation deadline) is looked at again at least this often, against
+    # the hub's clock: a clock set forward or back is followed within this time.
+    timer_recheck: timedelta = timedelta(seconds=60)
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -378,6 +381,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         bulk_max_per_second=hub.at_least_zero("bulk_max_per_second", 1000),
         default_expiry=hub.seconds("default_expiry_seconds", timedelta(hours=24)),
         presence_timeout=hub.seconds("presence_timeout_seconds", timedelta(seconds=60)),
+        timer_recheck=hub.seconds("timer_recheck_seconds", timedelta(seconds=60)),
         max_calls_per_connection=hub.positive("max_calls_per_connection", 100),
         max_inflight_publishes=hub.positive("max_inflight_publishes", 10_000),
         max_inflight_publishes_per_agency=hub.positive("max_inflight_publishes_per_agency", 4_000),

@@ -181,7 +181,15 @@ class Hub:
     def _start_workers(self, js: JetStream, committer: Committer, *, audited: bool) -> None:
         """The escalation and expiry workers, under the supervisor."""
         cfg = self.cfg
-        self._escalation = Escalator(js, committer, self.router, self.metrics, self.clock, audited=audited)
+        self._escalation = Escalator(
+            js,
+            committer,
+            self.router,
+            self.metrics,
+            self.clock,
+            audited=audited,
+            recheck=cfg.timer_recheck.total_seconds(),
+        )
         self._supervisor.start(ESCALATIONS, self._escalation.run())
         expirer = Expirer(
             js,

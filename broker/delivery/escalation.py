@@ -3,7 +3,8 @@
 A request whose agreement rule sets `escalate: {after_seconds, to}` is stored with an
 EscalationTimer. Every hub replica runs this worker on one shared durable consumer of the
 timers: JetStream hands each timer to one replica; a timer not yet due is given back with a
-delay (NAK), so it comes back when due, after any restart, on whichever replica is alive.
+delay (NAK), so it comes back when due (or after `hub.timer_recheck_seconds`, whichever is
+first, to be judged again on the hub's clock), after any restart, on whichever replica is alive.
 When due, the request escalates unless some recipient's operator answered (a RESPONSE): the
 alternate room gets it (redacted to its own view, under an agreement that allows it), the
 sender gets a REQUEST_ESCALATED notice, the receipt shows the escalation, the audit log records
@@ -58,8 +59,15 @@ class Escalator:
         clock: Callable[[], datetime],
         *,
         audited: bool,
+        recheck: float = 60.0,
     ) -> None:
-        """A worker writing through committer (audited: with disclosure records)."""
+        """A worker writing through committer (audited: with disclosure records).
+
+        A timer not yet due is given back for at most recheck seconds: when it comes back it is
+        judged again against clock, the hub's one clock (a test moves it; a clock set forward or
+        back is followed).
+        """
+        self._recheck = recheck
         self._js = js
         self._committer = committer
         self._router = router
@@ -118,7 +126,7 @@ class Escalator:
         now = self._clock()
         wait = (timer.due_at.ToDatetime(tzinfo=UTC) - now).total_seconds()
         if wait > 0:
-            await self._js.nak(item.reply, wait)
+            await self._js.nak(item.reply, min(wait, self._recheck))
             return
         layout = self._js.layout
         answers = await self._js.last_per_subject(layout.responses_of_envelope(timer.distribution_id))

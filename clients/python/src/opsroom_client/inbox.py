@@ -73,6 +73,7 @@ class Inbox:
         self.backlog_at_open = 0  # as the hub counted them when the current session opened
         self.reconnects = 0
         self.duplicates_dropped = 0
+        self.heartbeats = 0  # heartbeats received from the hub (each answered with a keepalive)
         self.opened = asyncio.Event()
 
     def __aiter__(self) -> Inbox:
@@ -178,6 +179,7 @@ class Inbox:
                     for delivery in response.deliveries.deliveries:
                         self._put(delivery)
                 elif which == "heartbeat":  # say the room is alive (the hub ends silent sessions)
+                    self.heartbeats += 1
                     self._queue_keepalive()
                 elif which == "opened":
                     self.session_id = response.opened.session_id

@@ -29,6 +29,7 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker.delivery import handoff
+from broker.delivery.window import LaneWindow
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
@@ -59,25 +60,12 @@ class _Superseded(Exception):
         self.reason = reason
 
 
-class _LaneState:
-    """One lane of a session: its puller and the deliveries sent but not yet acknowledged to JetStream."""
+class _LaneState(LaneWindow):
+    """One lane of a session: its puller and its acknowledgement window."""
 
     def __init__(self, puller: Puller) -> None:
-        self.lane = puller.lane
+        super().__init__(puller.lane)
         self.puller = puller
-        self.unacked: dict[int, Pulled] = {}  # in stream order
-        self.acked: set[int] = set()  # acknowledged by the client and recorded as receipts
-        self.recording: set[int] = set()  # acknowledged by the client, receipt not yet stored
-        self.pending = 0  # deliveries the consumer still holds for the room, as of the last one pulled
-        # The consumer sequence of the last delivery pulled (0 at first: the consumer is new): the
-        # consumer counts every message it sends, so the next one pulled must carry one more.
-        self.consumer_seq = 0
-
-    def follow(self, item: Pulled) -> int:
-        """Take item as the lane's next delivery; returns how many the consumer sent in between (lost on the way)."""
-        lost = item.consumer_seq - self.consumer_seq - 1
-        self.consumer_seq = item.consumer_seq
-        return lost
 
 
 class DeliverySession:
@@ -200,7 +188,7 @@ class DeliverySession:
         if puller.stalled():
             log.warning("pull_stalled", agency=self.agency_id, session_id=self.session_id, lane=state.lane.value)
             puller.forget_outstanding()
-        room = self.window - len(state.unacked) - puller.outstanding - puller.queue.qsize()
+        room = state.room(self.window, puller.outstanding + puller.queue.qsize())
         threshold = max(1, min(self.max_batch, self.window // 4))
         if room >= threshold or (room > 0 and puller.outstanding == 0):
             await puller.request(room)
@@ -279,11 +267,10 @@ class DeliverySession:
                 self._metrics.session_gaps.labels(self.agency_id).inc()
                 log.warning("delivery_gap", agency=self.agency_id, lane=state.lane.value, count=lost)
                 raise StoreUnavailable("a delivery was lost on its way from the store; reconnect")
-            state.unacked[item.stream_seq] = item
-            state.pending = item.pending
+            state.sent(item)
             expires = receipts.expires_ns(item.headers)
             if 0 < expires < clock_ns:
-                state.recording.add(item.stream_seq)
+                state.acknowledge(item.stream_seq)  # dropped: recorded like an acknowledgement
                 self._expired.append((Layout.delivery_sequence(state.lane, item.stream_seq), item))
                 self._ack_event.set()
                 continue
@@ -310,8 +297,7 @@ class DeliverySession:
         for sequence in sequences:
             lane, seq = Layout.parse_sequence(sequence)
             state = self._lanes[LANES.index(lane)]
-            if seq in state.unacked and seq not in state.acked and seq not in state.recording:
-                state.recording.add(seq)
+            if state.acknowledge(seq):
                 self._to_record.append(sequence)
         if self._to_record:
             self._ack_event.set()
@@ -371,17 +357,7 @@ class DeliverySession:
             lane, seq = Layout.parse_sequence(sequence)
             by_lane.setdefault(lane, set()).add(seq)
         for state in self._lanes:
-            mine = state.recording.intersection(by_lane.get(state.lane, ()))
-            if not mine:
-                continue
-            state.recording.difference_update(mine)
-            state.acked.update(mine)
-            highest: Pulled | None = None
-            for seq in list(state.unacked):
-                if seq not in state.acked:
-                    break
-                highest = state.unacked.pop(seq)
-                state.acked.discard(seq)
+            highest = state.recorded(by_lane.get(state.lane, ()))
             if highest is not None:
                 await self._js.ack(highest.reply)
                 self._ready.set()  # the window has room again: pull more

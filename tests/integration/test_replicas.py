@@ -12,8 +12,10 @@ import pytest
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError, RetryPolicy
 
+from broker.delivery import handoff
 from broker.dev.testing import LocalHub, credentials
 from broker.hub import Hub
+from broker.lanes import Lane
 from tests import factories as f
 from tests.integration.conftest import take
 
@@ -46,6 +48,15 @@ async def replicas(hub: LocalHub) -> AsyncIterator[Replicas]:
     await second.stop(grace=1)
 
 
+async def acked_on_consumer(hub: Hub, agency: str, distribution_id: str) -> None:
+    """Wait until the agency's consumer is acknowledged past the envelope's delivery to it (liveness: 10 s)."""
+    stored = await hub.js.deliveries_of(distribution_id)
+    [delivery] = [d for d in stored if hub.js.layout.parse_delivery(d.subject)[0] == agency]
+    async with asyncio.timeout(10):
+        while await handoff.agency_floor(hub.js, agency, Lane.URGENT) < delivery.seq:
+            await asyncio.sleep(0.02)
+
+
 async def test_a_room_moving_to_another_replica_ends_its_old_session(replicas: Replicas) -> None:
     """The same agency opening a session on replica B ends its session on replica A; B serves the backlog."""
     first, second = replicas.env.hub, replicas.second
@@ -56,6 +67,9 @@ async def test_a_room_moving_to_another_replica_ends_its_old_session(replicas: R
     await sender.publish(sent[0])
     got = await take(inbox_a, 1)
     assert [sent[0].distribution_id] == [d.envelope.distribution_id for d in got]
+    # The room on A acknowledged it; once A acked the consumer, B's session starts after it.
+    # (Had B opened with the acknowledgement still on its way, B would be handed it again: at least once.)
+    await acked_on_consumer(first, f.QUESTURA, sent[0].distribution_id)
 
     on_b = replicas.client(f.QUESTURA, second)
     inbox_b = on_b.inbox(window=16)

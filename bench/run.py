@@ -8,10 +8,12 @@ receives and acknowledges them. Hub: a sender publishes ~1 KB envelopes over gRP
 the client's stream publisher, the hub validates, routes and stores them, and a receiver's inbox
 gets and acknowledges them over gRPC. The hub runs in its own process, as in production.
 
-Each scenario runs raw, hub, hub without audit, then again in that order; the better of the two runs counts,
-so that a burst of noise on a shared machine does not decide the ratio. Throughput is events
-delivered to the receiver per second (first send to last delivery); latency is publish to
-delivery, measured in the bench process for both paths. Results go to stdout and, as JSON, to
+Each scenario runs in rounds (--runs, default 5): raw, hub, hub without audit, one after the
+other, so that each round's ratios compare runs made under the same conditions. The report gives,
+per scenario and path, the median of the rounds with the range (min-max), and the ratios of each
+round summarized the same way: never the best run alone. Throughput is events delivered to the
+receiver per second (first send to last delivery); latency is publish to delivery, measured in
+the bench process for both paths. Results go to stdout and, every run of every round, as JSON, to
 bench/results/.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -70,6 +71,7 @@ class Result:
     p99_ms: float
     ack_p50_ms: float
     ack_p99_ms: float
+    round: int = 0  # the round of the scenario it was measured in (1, 2, ...)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -380,30 +382,45 @@ def scenarios(*, quick: bool) -> list[tuple[str, int, float | None]]:
     return [("max rate", 20_000, None), ("1000/s", 10_000, 1000.0), ("100/s", 1000, 100.0)]
 
 
+def spread(values: list[float], unit: str = "", digits: int = 2) -> str:
+    """The median of values with their range: "1.23x [1.10-1.40]"."""
+    return f"{statistics.median(values):.{digits}f}{unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
 def table(results: list[Result]) -> str:
-    """The results as a text table, with the hub/raw ratios."""
-    lines = [
-        f"{'scenario':<10} {'path':<14} {'events':>7} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ack p50':>8} {'ack p99':>8}"
-    ]
-    by_scenario: dict[str, dict[str, Result]] = {}
+    """Every run as a row, then per scenario the medians and ranges of the paths and of each round's ratios."""
+    head = f"{'scenario':<10} {'path':<14} {'round':>5} {'events':>7} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+    lines = [f"{head} {'ack p50':>8} {'ack p99':>8}"]
+    rounds: dict[str, dict[int, dict[str, Result]]] = {}
     for r in results:
-        by_scenario.setdefault(r.scenario, {})[r.path] = r
+        rounds.setdefault(r.scenario, {}).setdefault(r.round, {})[r.path] = r
         lines.append(
-            f"{r.scenario:<10} {r.path:<14} {r.events:>7} {r.throughput:>9.1f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
-            f" {r.ack_p50_ms:>8.2f} {r.ack_p99_ms:>8.2f}"
+            f"{r.scenario:<10} {r.path:<14} {r.round:>5} {r.events:>7} {r.throughput:>9.1f} {r.p50_ms:>8.2f}"
+            f" {r.p99_ms:>8.2f} {r.ack_p50_ms:>8.2f} {r.ack_p99_ms:>8.2f}"
         )
     lines.append("")
-    for scenario, pair in by_scenario.items():
-        raw, hub, bare = pair.get("raw JetStream"), pair.get("hub"), pair.get(NO_AUDIT)
-        if raw and hub:
+    for scenario, by_round in rounds.items():
+        n = len(by_round)
+        for path in ("raw JetStream", "hub", NO_AUDIT):
+            done = [runs[path] for runs in by_round.values() if path in runs]
+            if done:
+                lines.append(
+                    f"{scenario}: {path}: msg/s {spread([r.throughput for r in done], digits=1)},"
+                    f" p99 {spread([r.p99_ms for r in done], ' ms')} ({len(done)} runs)"
+                )
+        pairs = [
+            (runs["raw JetStream"], runs["hub"]) for runs in by_round.values() if {"raw JetStream", "hub"} <= set(runs)
+        ]
+        if pairs:
             lines.append(
-                f"{scenario}: hub/raw throughput {hub.throughput / raw.throughput:.2f}x, "
-                f"p99 hub/raw {hub.p99_ms / raw.p99_ms:.2f}x (hub p99 {hub.p99_ms:.2f} ms)"
+                f"{scenario}: hub/raw throughput {spread([h.throughput / r.throughput for r, h in pairs], 'x')}, "
+                f"p99 hub/raw {spread([h.p99_ms / r.p99_ms for r, h in pairs], 'x')} (median [min-max] of {n} rounds)"
             )
-        if hub and bare:
+        bare = [(runs["hub"], runs[NO_AUDIT]) for runs in by_round.values() if {"hub", NO_AUDIT} <= set(runs)]
+        if bare:
             lines.append(
-                f"{scenario}: audit on/off throughput {hub.throughput / bare.throughput:.2f}x, "
-                f"p99 on/off {hub.p99_ms / bare.p99_ms:.2f}x"
+                f"{scenario}: audit on/off throughput {spread([h.throughput / b.throughput for h, b in bare], 'x')}, "
+                f"p99 on/off {spread([h.p99_ms / b.p99_ms for h, b in bare], 'x')}"
             )
     return "\n".join(lines)
 
@@ -444,18 +461,11 @@ async def count_fsyncs(root: Path, *, quick: bool) -> list[str]:
     return lines
 
 
-def best(a: Result, b: Result, rate: float | None) -> Result:
-    """The better of two runs: higher throughput at max rate, lower p99 at a fixed rate."""
-    if rate is None:
-        return a if a.throughput >= b.throughput else b
-    return a if a.p99_ms <= b.p99_ms else b
-
-
 async def main() -> int:
     """Run every scenario on both paths and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer events (for CI)")
-    parser.add_argument("--runs", type=int, default=2, help="runs per path and scenario; the best counts")
+    parser.add_argument("--runs", type=int, default=5, help="rounds per scenario (each runs every path once)")
     parser.add_argument("--scenario", action="append", default=[], help="run only these scenarios (by name)")
     parser.add_argument("--nats", action="append", default=[], help="extra [nats] setting for the hub, key = value")
     parser.add_argument("--fsyncs", action="store_true", help="count fsyncs per event under strace instead")
@@ -482,21 +492,24 @@ async def main() -> int:
                     if args.scenario and name not in args.scenario:
                         continue
                     runs: dict[str, list[Result]] = {"raw JetStream": [], "hub": [], NO_AUDIT: []}
-                    for _ in range(args.runs):
-                        runs["raw JetStream"].append(await run_raw(server, name, count, rate))
+                    for round_ in range(1, args.runs + 1):
+                        raw = await run_raw(server, name, count, rate)
+                        raw.round = round_
+                        runs["raw JetStream"].append(raw)
                         for path, target, metrics, pid in (
                             ("hub", port, metrics_port, hub_proc.pid),
                             (NO_AUDIT, bare_port, bare_metrics, bare_proc.pid),
                         ):
                             before, cpu_before = scrape(metrics), (cpu_seconds(pid), cpu_seconds(server.pid))
                             result = await run_hub(f"127.0.0.1:{target}", root / "pki", name, count, rate, path)
+                            result.round = round_
                             runs[path].append(result)
                             cpu = (cpu_seconds(pid) - cpu_before[0], cpu_seconds(server.pid) - cpu_before[1])
                             inside = breakdown(before, scrape(metrics), result.events, cpu)
                             print(f"  {path} internals, {name}: {inside}", file=sys.stderr)
                     for path, done in runs.items():
-                        results.append(functools.reduce(lambda a, b: best(a, b, rate), done))
-                        print(f"{name}: {path} {[r.throughput for r in done]} msg/s", file=sys.stderr)
+                        results.extend(done)
+                        print(f"{name}: {path} {[round(r.throughput) for r in done]} msg/s", file=sys.stderr)
         finally:
             server.stop()
     report = table(results)
@@ -506,7 +519,6 @@ async def main() -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     meta = {"when": stamp, "cpus": os.cpu_count(), "python": platform.python_version(), "quick": args.quick}
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=1))
-    _ = statistics  # kept for ad-hoc analysis in an interactive session
     return 0
 
 

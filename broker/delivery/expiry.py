@@ -206,10 +206,23 @@ class Expirer:
             for agency, consumer in (await self._kept(groups, lane, now)).items():
                 if consumer.waiting > 0:
                     holding.append(((agency, lane), consumer.ack_floor, consumer.waiting))
-            for agency in sorted(set(self._agencies()) - set(groups)):
-                await self._js.ensure_consumer(agency, lane)
+            await self._first_consumers(sorted(set(self._agencies()) - set(groups)), lane)
         online = await self._online(sorted({agency for (agency, _), _, _ in holding}), now)
         return [entry for entry in holding if entry[0][0] not in online]
+
+    async def _first_consumers(self, agencies: list[str], lane: Lane) -> None:
+        """Give a consumer to those of the agencies that never had a session (they had none to take over).
+
+        An agency with a session record has consumers of its session: a listing that misses them
+        (taken while a cluster node is away) must not make the worker create a first consumer,
+        which would hold every delivery of the agency as waiting until it is swept.
+        """
+        if not agencies:
+            return
+        sessions = await self._current_sessions(agencies)
+        for agency in agencies:
+            if agency not in sessions:
+                await self._js.ensure_consumer(agency, lane)
 
     async def _kept(
         self, groups: dict[str, list[ConsumerState]], lane: Lane, now: datetime

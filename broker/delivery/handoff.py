@@ -138,10 +138,21 @@ def names_of(layout: Layout, agency_id: str, lane: Lane, session_id: str | None)
 
 
 def sweepable(consumers: Sequence[ConsumerState], names: Sequence[str], now: datetime) -> list[str]:
-    """Of one agency's consumers on one lane, those to delete: not the one kept, and old enough (SWEEP_AFTER)."""
+    """Of one agency's consumers on one lane, those to delete (names: see `names_of`, the agency's first one last).
+
+    Once the agency's floor is held by a session's consumer, its first consumer is never read
+    again: it goes at once (the expiry worker may have made it while the first session took
+    over). Any other consumer but the one kept goes once it is SWEEP_AFTER old.
+    """
     keep = kept(consumers, names)
+    first = names[-1]
+    by_session = keep is not None and keep.name != first
     return [
         consumer.name
         for consumer in consumers
-        if consumer is not keep and consumer.created is not None and now - consumer.created >= SWEEP_AFTER
+        if consumer is not keep
+        and (
+            (by_session and consumer.name == first)
+            or (consumer.created is not None and now - consumer.created >= SWEEP_AFTER)
+        )
     ]

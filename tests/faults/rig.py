@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,12 +28,12 @@ from opsroom_client import HubClient, RetryPolicy
 
 from broker.audit import tools
 from broker.config import HubConfig, NatsConfig
+from broker.delivery import handoff
 from broker.dev.certs import DevPki, make_dev_pki
 from broker.dev.embedded import NatsServer, free_port
 from broker.dev.testing import credentials, dev_config
-from broker.ids import agency_token
+from broker.lanes import LANES
 from broker.store.jetstream import JetStream
-from broker.times import parse_rfc3339
 from tests.faults.agreement import ROOMS, SENDERS, write_agreement
 from tests.faults.counts import Counts, Pair, Store, count
 from tests.faults.hubconf import write_hub_toml
@@ -170,23 +170,22 @@ class Rig:
         }
 
     async def _pending(self, js: JetStream) -> int:
-        """Pending and unacknowledged messages of the rooms' delivery consumers, on any stream.
+        """Pending and unacknowledged messages of the rooms' delivery consumers (their current sessions').
 
-        A room has one consumer per lane and session; a hand-over cut short may leave an earlier
-        one for a while: per filter, the most recently created counts.
+        A room has consumers of its own per session; a take-over cut short (a cluster node
+        away) may leave others behind for a while, which the hub sweeps later: the consumers
+        counted are the ones the hub reads the room's floor from (handoff.names_of).
         """
-        prefix = self.cfg.nats.subject_prefix
-        filters = tuple(f"{prefix}.dlv.{agency_token(agency)}." for agency in self.rooms)
-        latest: dict[str, tuple[datetime, int]] = {}  # filter -> (created, waiting)
-        for stream in await _listed(js, "STREAM.NAMES", "streams"):
-            for info in await _listed(js, f"CONSUMER.LIST.{stream}", "consumers"):
-                subject = str(info["config"].get("filter_subject", ""))
-                if subject.startswith(filters):
-                    waiting = int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
-                    created = parse_rfc3339(str(info.get("created", ""))) or datetime.min.replace(tzinfo=UTC)
-                    if subject not in latest or created > latest[subject][0]:
-                        latest[subject] = (created, waiting)
-        return sum(waiting for _, waiting in latest.values())
+        total = 0
+        for agency in self.rooms:
+            session = await handoff.current_session(js, agency)
+            for lane in LANES:
+                for name in handoff.names_of(js.layout, agency, lane, session):
+                    info: dict[str, Any] = await js.api(f"CONSUMER.INFO.{js.stream_of(lane)}.{name}")
+                    if "error" not in info:
+                        total += int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0))
+                        break
+        return total
 
     async def finish(self, test: str, ledger: Ledger, started: float, loads: Iterable[Load] = ()) -> Counts:
         """Close the rooms cleanly, then count from the ledger, the store, the audit log and the rooms' files."""

@@ -159,6 +159,16 @@ def test_only_consumers_other_than_the_kept_one_and_old_enough_are_swept() -> No
         consumer(name(Lane.BULK, "s3"), old),  # the current session's: kept, however old
         consumer(name(Lane.BULK, "s1"), old),  # left by a session cut short: swept
         consumer(name(Lane.BULK, "s4"), timedelta(seconds=5)),  # a hand-over in progress: left alone
-        consumer(name(Lane.BULK), None),  # no creation time known: left alone
+        consumer(name(Lane.BULK, "s5"), None),  # no creation time known: left alone
     ]
     assert [name(Lane.BULK, "s1")] == handoff.sweepable(group, names, NOW)
+
+
+def test_the_agencys_first_consumer_goes_at_once_when_a_sessions_consumer_holds_the_floor() -> None:
+    names = handoff.names_of(LAYOUT, AGENCY, Lane.URGENT, "s1")
+    young = timedelta(seconds=1)
+    assert [name(Lane.URGENT)] == handoff.sweepable(
+        [consumer(name(Lane.URGENT, "s1"), young), consumer(name(Lane.URGENT), young)], names, NOW
+    )
+    # The session's consumer is not there (a record from before session consumers): the first one holds the floor.
+    assert [] == handoff.sweepable([consumer(name(Lane.URGENT), handoff.SWEEP_AFTER * 2)], names, NOW)

@@ -1,5 +1,7 @@
 """The gRPC edge: HubService handlers, thin, turning calls into publisher and session work and errors into statuses.
 
+Publish, PublishStream and GetReceipt are here; Connect is in broker.edge.connect, what every
+handler does first (the caller, draining) and last (refusals as statuses) in broker.edge.common.
 Every handler first resolves the calling agency from the client certificate. Refusals become
 a google.rpc.Status with ErrorInfo (reason from the catalogue) and, for INVALID_ARGUMENT, a
 BadRequest whose field paths start at the request ("envelope.sender.agency_id"). One caller's
@@ -10,25 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
-import structlog
-from grpc_status import rpc_status
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
-from broker.audit import records as audit_records
 from broker.audit.log import AuditLog
 from broker.audit.records import Caller
 from broker.config import HubConfig
 from broker.delivery.receipt_reader import ReceiptReader
 from broker.delivery.registry import SessionRegistry
-from broker.delivery.sessions import DeliverySession
 from broker.edge.admission import Admission, Bounds
 from broker.edge.bulk_line import BulkLine
-from broker.edge.identity import IdentityResolver
+from broker.edge.common import Context, Edge
+from broker.edge.connect import ConnectHandler
 from broker.edge.requests import (
     Malformed,
     check_distribution_id,
@@ -39,10 +38,10 @@ from broker.edge.requests import (
     tolerant,
 )
 from broker.edge.status import status_of
-from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
+from broker.errors import OpsroomError, Reason, Refused
 from broker.lanes import Lane, lane_of
 from broker.ops.logging import get_logger
-from broker.ops.metrics import UNREGISTERED, Metrics
+from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer
 from broker.publish.publisher import Accepted, Publisher
 from broker.store.jetstream import JetStream
@@ -53,7 +52,6 @@ log = get_logger(__name__)
 SERVICE = "opsroom.hub.v1.HubService"
 # Requests on one PublishStream read ahead of their answers; a faster sender waits.
 STREAM_READ_AHEAD = 64
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _identity(frame: bytes) -> bytes:
@@ -87,18 +85,13 @@ class HubServicer:
         admission bounds the envelopes in flight (a default one when None).
         """
         self._admission = admission if admission is not None else Admission(Bounds())
-        self._audit = audit
+        self._edge = Edge(metrics, is_registered)
+        self._is_registered = is_registered
+        self._connect = ConnectHandler(self._edge, cfg, js, committer, sessions, metrics, clock, audit)
         self._cfg = cfg
-        self._js = js
         self._publisher = publisher
         self._receipts = receipts
-        self._sessions = sessions
         self._metrics = metrics
-        self._clock = clock
-        self._committer = committer
-        self._identity = IdentityResolver()
-        self._is_registered = is_registered
-        self.draining = False
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
         """The handler of each method, by name (a server registers them: each method then takes its calls apart)."""
@@ -127,27 +120,14 @@ class HubServicer:
 
     # -- common --------------------------------------------------------------------------
 
-    def _agency(self, context: Context) -> str:
-        return self._caller(context).agency_id
+    @property
+    def draining(self) -> bool:
+        """True once the hub is stopping: new calls are refused."""
+        return self._edge.draining
 
-    def _caller(self, context: Context) -> Caller:
-        caller = self._identity.caller(context)
-        if not self._is_registered(caller.agency_id):
-            raise Refused(Reason.AGENCY_NOT_REGISTERED, "the certificate's agency is not registered at this hub")
-        return caller
-
-    def _refused(self, agency: str, err: OpsroomError) -> None:
-        label = agency if self._is_registered(agency) else UNREGISTERED
-        self._metrics.refusals.labels(label, err.reason.code.name, err.reason.name).inc()
-
-    async def _abort(self, context: Context, agency: str, err: OpsroomError, prefix: str = "") -> NoReturn:
-        self._refused(agency, err)
-        status = rpc_status.to_status(status_of(err, prefix))
-        await context.abort(status.code, status.details, status.trailing_metadata)
-
-    def _check_draining(self) -> None:
-        if self.draining:
-            raise StoreUnavailable("the hub is stopping; retry on another replica")
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._edge.draining = value
 
     def _check_size(self, size: int) -> None:
         if size > self._cfg.max_envelope_bytes:
@@ -172,10 +152,10 @@ class HubServicer:
         started = time.perf_counter()
         agency = ""
         try:
-            caller = self._caller(context)
+            caller = self._edge.caller(context)
             agency = caller.agency_id
             request = parsed(request)
-            self._check_draining()
+            self._edge.check_draining()
             lane = lane_of(request.envelope)
             self._admission.enter(agency, lane)
             try:
@@ -197,7 +177,7 @@ class HubServicer:
                     distribution_id=safe_id(distribution_id_of(request)),
                     reason=err.reason.name,
                 )
-            await self._abort(context, agency, err, "envelope")
+            await self._edge.abort(context, agency, err, "envelope")
         self._accepted(agency, accepted, started)
         log.debug(
             "envelope_accepted",
@@ -215,9 +195,9 @@ class HubServicer:
     ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
         """Publish batches; answers each request in order while later ones are being stored."""
         try:
-            caller = self._caller(context)
+            caller = self._edge.caller(context)
         except OpsroomError as err:
-            await self._abort(context, "", err)
+            await self._edge.abort(context, "", err)
         agency = caller.agency_id
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
         answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None] = asyncio.Queue()
@@ -230,7 +210,7 @@ class HubServicer:
                 if item is None:
                     break
                 if isinstance(item, Malformed):
-                    await self._abort(context, agency, item.error())
+                    await self._edge.abort(context, agency, item.error())
                 request_id, pending, started = item
                 results = [await self._result(agency, p, started) for p in pending]
                 read_ahead.release()
@@ -281,7 +261,7 @@ class HubServicer:
         """
         agency = caller.agency_id
         try:
-            self._check_draining()
+            self._edge.check_draining()
             lane = lane_of(env)
             self._admission.enter(agency, lane)
         except OpsroomError as err:
@@ -314,74 +294,14 @@ class HubServicer:
                 self._accepted(agency, accepted, started)
                 return hub_pb2.PublishResult(acceptance=accepted.acceptance)
         self._metrics.publishes.labels(agency, "refused").inc()
-        self._refused(agency, err)
+        self._edge.refused(agency, err)
         return hub_pb2.PublishResult(error=status_of(err, f"envelopes[{index}]"))
 
     # -- Connect ---------------------------------------------------------------------------
 
-    async def connect(self, _requests: AsyncIterator[hub_pb2.ConnectRequest], context: Context) -> None:
-        """A room's delivery session."""
-        agency = ""
-        try:
-            caller = self._caller(context)
-            agency = caller.agency_id
-            self._check_draining()
-            first = await context.read()
-            if first is grpc.aio.EOF:
-                return
-            first = parsed(first)
-            if first.WhichOneof("request") != "open":
-                raise Refused(Reason.SESSION_NOT_OPENED, "the first message on Connect must be open")
-            session = DeliverySession(
-                agency,
-                self._js,
-                self._committer,
-                self._metrics,
-                self._clock,
-                heartbeat=self._cfg.heartbeat.total_seconds(),
-                presence_timeout=self._cfg.presence_timeout.total_seconds(),
-                max_batch=first.open.max_batch,
-                window=first.open.window,
-            )
-            backlog = await session.open()
-            if self._audit is not None:
-                read = audit_records.backlog_read(caller, self._clock.now(), backlog, session.session_id)
-                await self._audit.append([read])
-        except OpsroomError as err:
-            await self._abort(context, agency, err)
-        self._sessions.register(session)
-        structlog.contextvars.bind_contextvars(agency=agency, session_id=session.session_id)
-        log.info("session_opened", backlog=backlog)
-        error: OpsroomError | None = None
-        try:
-            opened = hub_pb2.SessionOpened(agency_id=agency, session_id=session.session_id, backlog=backlog)
-            await context.write(hub_pb2.ConnectResponse(opened=opened).SerializeToString())
-            error = await self._run_session(session, context)
-        finally:
-            self._sessions.unregister(session)
-            await session.close()
-            log.info("session_closed", reason=error.reason.name if error else "client_closed")
-            structlog.contextvars.unbind_contextvars("agency", "session_id")
-        if error is not None:
-            await self._abort(context, agency, error)
-
-    async def _run_session(self, session: DeliverySession, context: Context) -> OpsroomError | None:
-        """Send frames and take acks until the client closes or the session must end."""
-
-        async def read_acks() -> None:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    return
-                session.seen()
-                if parsed(request).WhichOneof("request") == "ack":
-                    session.on_ack(request.ack.sequences)
-
-        async def write_frames() -> None:
-            while True:
-                await context.write(await session.next_frame())
-
-        return await _first_to_end(read_acks(), write_frames(), session.record_acks_forever())
+    async def connect(self, requests: AsyncIterator[hub_pb2.ConnectRequest], context: Context) -> None:
+        """A room's delivery session (broker.edge.connect)."""
+        await self._connect.handle(requests, context)
 
     # -- GetReceipt ------------------------------------------------------------------------
 
@@ -389,29 +309,10 @@ class HubServicer:
         """The receipt of an envelope the caller sent."""
         agency = ""
         try:
-            agency = self._agency(context)
+            agency = self._edge.agency(context)
             request = parsed(request)
             check_distribution_id(request.distribution_id)
             receipt = await self._receipts.receipt(request.distribution_id, agency)
         except OpsroomError as err:
-            await self._abort(context, agency, err)
+            await self._edge.abort(context, agency, err)
         return hub_pb2.GetReceiptResponse(receipt=receipt)
-
-
-async def _first_to_end(*coroutines: Coroutine[Any, Any, None]) -> OpsroomError | None:
-    """Run the coroutines until one ends; cancel the others. Returns the refusal that ended it, if any."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    errors = [t.exception() for t in done if not t.cancelled()]
-    for exc in errors:
-        if isinstance(exc, OpsroomError):
-            return exc
-    for exc in errors:
-        if exc is not None:
-            raise exc
-    return None

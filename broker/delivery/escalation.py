@@ -33,7 +33,7 @@ from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.policy.routing import Route, Router, RoutingContext
 from broker.publish.committer import Committer
-from broker.publish.publisher import Copies
+from broker.publish.copies import Copies
 from broker.store import receipts
 from broker.store.consumers import Puller
 from broker.store.jetstream import JetStream

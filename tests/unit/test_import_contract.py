@@ -57,6 +57,7 @@ PURE = (
     "broker.store.receipts",
     "broker.store.memory",
     "broker.publish.plan",
+    "broker.publish.copies",
     "broker.delivery.window",
     "broker.audit.chain",
     "broker.audit.records",

@@ -118,7 +118,7 @@ class Counts:
         "than the room's role may see. dups at rooms: copies that arrived at a room's client beyond the first "
         "(before the client drops them by id); dups to app: handed twice by one room process; dups after room "
         "restart: handed again by a room process started after one was stopped; redelivered: copies that "
-        "arrived with attempt > 1; unacked at hub: deliveries pending on the rooms' consumers after they closed."
+        "arrived with attempt > 1; unacked at hub: deliveries pending on the rooms' current consumers after they closed."
     )
 
     # The counts that must be 0 after every fault test (dups after room restart are at-least-once, not harm).

@@ -36,7 +36,7 @@ from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
 from broker.store.jetstream import JetStream
 from broker.store.layout import Layout
-from broker.store.model import ConsumerState, DuplicateInBatch, OutMsg
+from broker.store.model import ConsumerState, DuplicateInBatch, OutMsg, StoredMsg
 
 log = get_logger(__name__)
 
@@ -56,10 +56,15 @@ class TakeOver:
     backlog: int
 
 
+async def _last_record(js: JetStream, agency_id: str) -> tuple[StoredMsg | None, str | None]:
+    """The agency's last session record as stored, and the session it names (None, None if there is none)."""
+    stored = await js.last_by_subject(js.layout.session_subject(agency_id))
+    return stored, store_pb2.SessionRecord.FromString(stored.data).session_id if stored is not None else None
+
+
 async def current_session(js: JetStream, agency_id: str) -> str | None:
     """The id of the agency's current delivery session on any replica (the last session record), if any."""
-    stored = await js.last_by_subject(js.layout.session_subject(agency_id))
-    return store_pb2.SessionRecord.FromString(stored.data).session_id if stored is not None else None
+    return (await _last_record(js, agency_id))[1]
 
 
 async def floor_of(js: JetStream, agency_id: str, lane: Lane, session_id: str | None) -> int:
@@ -92,8 +97,7 @@ async def take_over(js: JetStream, agency_id: str, session_id: str, record: OutM
     for attempt in range(ATTEMPTS):
         if attempt:
             await asyncio.sleep(RETRY_PAUSE * attempt)
-        last = await js.last_by_subject(layout.session_subject(agency_id))
-        previous = store_pb2.SessionRecord.FromString(last.data).session_id if last is not None else None
+        last, previous = await _last_record(js, agency_id)
         backlog = 0
         for lane in LANES:
             floor = await floor_of(js, agency_id, lane, previous)
@@ -107,15 +111,16 @@ async def take_over(js: JetStream, agency_id: str, session_id: str, record: OutM
         if isinstance(result, BaseException):
             await _delete_quietly(js, agency_id, session_id)
             raise result
-        await _delete_quietly(js, agency_id, previous)
-        await _delete_quietly(js, agency_id, "")  # the agency's first consumer, if still there
+        # The previous session's consumers; or, for the agency's first session, its first consumer
+        # (any first consumer left beside a session's is swept by the expiry worker: see sweepable).
+        await _delete_quietly(js, agency_id, previous if previous is not None else "")
         return TakeOver(result, backlog)
     await _delete_quietly(js, agency_id, session_id)
     raise StoreUnavailable("other sessions of this agency kept opening at the same moment; reconnect")
 
 
 async def _delete_quietly(js: JetStream, agency_id: str, session_id: str | None) -> None:
-    """Delete a session's consumers (the agency's first ones for ""); a failure is logged, `sweep` will retry."""
+    """Delete a session's consumers (the agency's first ones for ""); a failure is logged, the sweep retries."""
     if session_id is None:
         return
     for lane in LANES:

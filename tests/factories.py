@@ -137,6 +137,40 @@ def plate_read() -> alert_pb2.Alert:
     return read
 
 
+def cap_alert() -> alert_pb2.Alert:
+    """An alert with every CAP 1.2 element the contract carries set, as the CAP adapter decodes one."""
+    out = alert()
+    out.source = "varco-07"
+    out.codes.append("PLATE-READER")
+    out.note = "lettura confermata"
+    info = out.infos[0]
+    info.response_types.append("Monitor")
+    info.audience = "sale operative"
+    info.sender_name = "Polizia Locale di Torino"
+    info.web = "https://pl.example/varchi"
+    info.contact = "sala operativa"
+    info.resources.append(
+        common_pb2.MediaReference(
+            uri="https://x.example/c.mp4", sha1="c" * 40, description="clip", size_bytes=1024, media_type="video/mp4"
+        )
+    )
+    area = info.areas[0]
+    area.geocodes.append(alert_pb2.NamedValue(name="NUTS3", value="ITC11"))
+    area.altitude_ft = 0.0
+    area.ceiling_ft = 1000.0
+    return out
+
+
+def origin() -> envelope_pb2.Origin:
+    """The origin of an envelope the CAP adapter decoded."""
+    return envelope_pb2.Origin(
+        format="cap-1.2",
+        identifier="PLT-2026-000123",
+        sender="varchi@pl.torino.example",
+        unmapped=[envelope_pb2.OriginField(path="addresses", value="questura carabinieri")],
+    )
+
+
 def envelope(
     sender: str = CUR,
     recipients: tuple[str, ...] = (QUESTURA, PL),

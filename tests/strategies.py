@@ -40,6 +40,7 @@ FIELD_VALUES = {
     FieldDescriptor.TYPE_ENUM: int32_values,
     FieldDescriptor.TYPE_INT32: int32_values,
     FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1) | st.integers(0, 120),
+    FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1) | st.integers(0, 10**9),
     FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1) | st.integers(TS_MIN - 2, TS_MAX + 2),
     FieldDescriptor.TYPE_DOUBLE: st.floats(),
 }

@@ -52,6 +52,9 @@ PERSONAL_DATA: Mapping[str, tuple[str, ...]] = {
         "acknowledgement.description",
         "alert.infos.headline",
         "alert.infos.description",
+        "alert.infos.contact",
+        "alert.note",
+        "origin.unmapped",
     ),
     "media": ("incident.media", "handover_request.incident.media", "alert.infos.resources"),
     "staff": (

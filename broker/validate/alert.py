@@ -18,6 +18,11 @@ from broker.validate.fields import (
 )
 from broker.validate.incident import IncidentRules
 
+# CAP 1.2 responseType values (CAP-v1.2.xsd).
+_RESPONSE_TYPES = frozenset(
+    {"Shelter", "Evacuate", "Prepare", "Execute", "Avoid", "Monitor", "Assess", "AllClear", "None"}
+)
+
 
 class AlertRules(IncidentRules):
     """Rules of alert payloads (CAP 1.2 in protobuf)."""
@@ -36,6 +41,11 @@ class AlertRules(IncidentRules):
         self.max_items(f"{path}.vehicles", alert.vehicles, self.limits.max_items)
         for i, vehicle in enumerate(alert.vehicles[: self.limits.max_items]):
             self.vehicle(f"{path}.vehicles[{i}]", vehicle)
+        self.text(f"{path}.source", alert.source)
+        self.max_items(f"{path}.codes", alert.codes, self.limits.max_items)
+        for i, code in enumerate(alert.codes[: self.limits.max_items]):
+            self.text(f"{path}.codes[{i}]", code, required=True)
+        self.text(f"{path}.note", alert.note, max_len=self.limits.max_text)
 
     def alert_info(self, path: str, info: alert_pb2.AlertInfo) -> None:
         """Check the alert info at path; record each violation."""
@@ -64,6 +74,13 @@ class AlertRules(IncidentRules):
         self.max_items(f"{path}.areas", info.areas, lim.max_items)
         for i, area in enumerate(info.areas[: lim.max_items]):
             self.alert_area(f"{path}.areas[{i}]", area)
+        self.max_items(f"{path}.response_types", info.response_types, len(_RESPONSE_TYPES))
+        for i, response in enumerate(info.response_types[: len(_RESPONSE_TYPES)]):
+            self.code(f"{path}.response_types[{i}]", response, _RESPONSE_TYPES, "CAP responseType", required=True)
+        self.text(f"{path}.audience", info.audience)
+        self.text(f"{path}.sender_name", info.sender_name)
+        self.text(f"{path}.web", info.web, max_len=2048)
+        self.text(f"{path}.contact", info.contact)
 
     def named_values(self, path: str, values: Sequence[alert_pb2.NamedValue]) -> None:
         """Check the named values at path; record each violation."""
@@ -95,3 +112,7 @@ class AlertRules(IncidentRules):
         self.max_items(f"{path}.comuni_istat", area.comuni_istat, lim.max_items)
         for i, code in enumerate(area.comuni_istat[: lim.max_items]):
             self.comune(f"{path}.comuni_istat[{i}]", code, required=True)
+        self.named_values(f"{path}.geocodes", area.geocodes)
+        for name in ("altitude_ft", "ceiling_ft"):
+            if area.HasField(name) and not math.isfinite(getattr(area, name)):
+                self.fail(f"{path}.{name}", "range", "must be a finite number")

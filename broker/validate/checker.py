@@ -79,7 +79,20 @@ class _Checker(RequestRules, AlertRules):
             and _ts_seconds(env.expires_at) <= _ts_seconds(env.sent_at)
         ):
             self.fail("expires_at", "after_sent_at", "must be after sent_at")
+        if env.HasField("origin"):
+            self.origin(env.origin)
         self.payload(env)
+
+    def origin(self, origin: envelope_pb2.Origin) -> None:
+        """Check the origin (the standard document an adapter decoded); record each violation."""
+        lim = self.limits
+        self.code("origin.format", origin.format, ORIGIN_FORMATS, "the adapters' formats", required=True)
+        self.text("origin.identifier", origin.identifier)
+        self.text("origin.sender", origin.sender)
+        self.max_items("origin.unmapped", origin.unmapped, lim.max_unmapped)
+        for i, item in enumerate(origin.unmapped[: lim.max_unmapped]):
+            self.text(f"origin.unmapped[{i}].path", item.path, required=True)
+            self.text(f"origin.unmapped[{i}].value", item.value, max_len=lim.max_text)
 
     def recipients(self, env: envelope_pb2.Envelope) -> None:
         """Check the recipients; record each violation."""
@@ -171,6 +184,10 @@ class _Checker(RequestRules, AlertRules):
             self.acknowledgement("acknowledgement", env.acknowledgement)
 
     # -- payloads ------------------------------------------------------------------------
+
+
+# Formats of Origin.format: the standards the adapters decode.
+ORIGIN_FORMATS = frozenset({"cap-1.2", "eido-1.0", "emsi-1.0", "nue112-rev3"})
 
 
 def validate_envelope(env: envelope_pb2.Envelope, ctx: ValidationContext, now: datetime) -> list[Violation]:

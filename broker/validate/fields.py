@@ -31,6 +31,7 @@ _PLATE_RE = re.compile(r"[A-Z0-9]{1,12}")
 _COUNTRY_RE = re.compile(r"[A-Z]{2}")
 _VIN_RE = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_SHA1_RE = re.compile(r"[0-9a-f]{40}")
 _MEDIA_TYPE_RE = re.compile(r"[a-z]+/[A-Za-z0-9.+-]{1,100}")
 _POSTAL_RE = re.compile(r"[0-9]{5}")
 _CODE_RE = re.compile(r"[A-Z0-9_]{1,64}")
@@ -74,6 +75,7 @@ class Limits:
     max_items: int = 64
     max_media: int = 16
     max_text: int = 4000
+    max_unmapped: int = 256
     max_short: int = 200
     max_future_skew: timedelta = timedelta(minutes=5)
     max_sent_age: timedelta = timedelta(days=7)

@@ -24,6 +24,7 @@ from broker.validate.fields import (
     _PLATE_RE,
     _POSTAL_RE,
     _PRIORITY,
+    _SHA1_RE,
     _SHA256_RE,
     _VIN_RE,
     Fields,
@@ -178,9 +179,11 @@ class IncidentRules(Fields):
                 self.fail(f"{p}.uri", "required", "is required")
             elif not m.uri.startswith("https://") or len(m.uri) > 2048:
                 self.fail(f"{p}.uri", "format", "must be an https URI of at most 2048 characters")
-            self.pattern(f"{p}.sha256", m.sha256, _SHA256_RE, "64 lowercase hex digits", required=True)
+            self.pattern(f"{p}.sha256", m.sha256, _SHA256_RE, "64 lowercase hex digits", required=not m.sha1)
+            self.pattern(f"{p}.sha1", m.sha1, _SHA1_RE, "40 lowercase hex digits (a CAP digest)")
             self.pattern(f"{p}.media_type", m.media_type, _MEDIA_TYPE_RE, "a MIME type")
             self.timestamp(f"{p}.captured_at", m.captured_at, present=m.HasField("captured_at"))
+            self.text(f"{p}.description", m.description)
 
     def closure(self, path: str, c: incident_pb2.IncidentClosure) -> None:
         """Check the closure at path; record each violation."""

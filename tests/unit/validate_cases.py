@@ -101,6 +101,7 @@ BASES: dict[str, Callable[[], envelope_pb2.Envelope]] = {
         sent=f.NOW, kind=common_pb2.KIND_ACK, references=REFS, acknowledgement=f.acknowledgement()
     ),
     "cancel": lambda: f.envelope(sent=f.NOW, kind=common_pb2.KIND_CANCEL, references=REFS, alert=f.alert()),
+    "cap": lambda: f.envelope(sent=f.NOW, alert=f.cap_alert(), origin=f.origin()),
 }
 
 
@@ -1106,5 +1107,55 @@ MUTATIONS = [
         append("alert.vehicles", VEHICLE, VEHICLE),
         [("alert.vehicles", "max_items")],
         Limits(max_items=2),
+    ),
+    # CAP elements beyond the core, and the origin of a decoded document
+    case("cap-ok", "cap", seq(), []),
+    case(
+        "cap-response-type-unknown",
+        "cap",
+        put(f"{INFO0}.response_types[0]", "Run"),
+        [(f"{INFO0}.response_types[0]", "code_list")],
+    ),
+    case("cap-web-too-long", "cap", put(f"{INFO0}.web", "h" * 2049), [(f"{INFO0}.web", "max_length")]),
+    case("cap-code-empty", "cap", put("alert.codes[0]", ""), [("alert.codes[0]", "required")]),
+    case("cap-note-control", "cap", put("alert.note", "a\x00b"), [("alert.note", "control_characters")]),
+    case(
+        "cap-geocode-without-name",
+        "cap",
+        put(f"{INFO0}.areas[0].geocodes[0].name", ""),
+        [(f"{INFO0}.areas[0].geocodes[0].name", "required")],
+    ),
+    case(
+        "cap-altitude-nan",
+        "cap",
+        put(f"{INFO0}.areas[0].altitude_ft", float("nan")),
+        [(f"{INFO0}.areas[0].altitude_ft", "range")],
+    ),
+    case(
+        "cap-media-no-digest",
+        "cap",
+        put(f"{INFO0}.resources[1].sha1", ""),
+        [(f"{INFO0}.resources[1].sha256", "required")],
+    ),
+    case(
+        "cap-media-sha1-bad",
+        "cap",
+        put(f"{INFO0}.resources[1].sha1", "C" * 40),
+        [(f"{INFO0}.resources[1].sha1", "format")],
+    ),
+    case("origin-format-unknown", "cap", put("origin.format", "cap-1.1"), [("origin.format", "code_list")]),
+    case("origin-format-missing", "cap", put("origin.format", ""), [("origin.format", "required")]),
+    case(
+        "origin-unmapped-path-missing",
+        "cap",
+        put("origin.unmapped[0].path", ""),
+        [("origin.unmapped[0].path", "required")],
+    ),
+    case(
+        "origin-unmapped-too-many",
+        "cap",
+        copy_item("origin.unmapped", 0, 2),
+        [("origin.unmapped", "max_items")],
+        Limits(max_unmapped=2),
     ),
 ]

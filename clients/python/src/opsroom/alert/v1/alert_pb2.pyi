@@ -313,8 +313,15 @@ class AlertArea(_message.Message):
     POLYGONS_FIELD_NUMBER: _builtins.int
     CIRCLES_FIELD_NUMBER: _builtins.int
     COMUNI_ISTAT_FIELD_NUMBER: _builtins.int
+    GEOCODES_FIELD_NUMBER: _builtins.int
+    ALTITUDE_FT_FIELD_NUMBER: _builtins.int
+    CEILING_FT_FIELD_NUMBER: _builtins.int
     area_desc: _builtins.str
     """CAP areaDesc, e.g. "Torino, corso Regina Margherita"."""
+    altitude_ft: _builtins.float
+    """CAP altitude, in feet above mean sea level as CAP defines it, if given."""
+    ceiling_ft: _builtins.float
+    """CAP ceiling, in feet above mean sea level, if given."""
     @_builtins.property
     def polygons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Polygon]:
         """CAP polygon."""
@@ -327,6 +334,10 @@ class AlertArea(_message.Message):
     def comuni_istat(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CAP geocode with valueName "ISTAT": six-digit comune codes."""
 
+    @_builtins.property
+    def geocodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedValue]:
+        """CAP geocodes of other schemes (e.g. SAME, NUTS), in document order."""
+
     def __init__(
         self,
         *,
@@ -334,12 +345,22 @@ class AlertArea(_message.Message):
         polygons: _abc.Iterable[Global___Polygon] | None = ...,
         circles: _abc.Iterable[Global___Circle] | None = ...,
         comuni_istat: _abc.Iterable[_builtins.str] | None = ...,
+        geocodes: _abc.Iterable[Global___NamedValue] | None = ...,
+        altitude_ft: _builtins.float | None = ...,
+        ceiling_ft: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_altitude_ft", b"_altitude_ft", "_ceiling_ft", b"_ceiling_ft", "altitude_ft", b"altitude_ft", "ceiling_ft", b"ceiling_ft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["area_desc", b"area_desc", "circles", b"circles", "comuni_istat", b"comuni_istat", "polygons", b"polygons"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_altitude_ft", b"_altitude_ft", "_ceiling_ft", b"_ceiling_ft", "altitude_ft", b"altitude_ft", "area_desc", b"area_desc", "ceiling_ft", b"ceiling_ft", "circles", b"circles", "comuni_istat", b"comuni_istat", "geocodes", b"geocodes", "polygons", b"polygons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__altitude_ft: _TypeAlias = _typing.Literal["altitude_ft"]  # noqa: Y015
+    _WhichOneofArgType__altitude_ft: _TypeAlias = _typing.Literal["_altitude_ft", b"_altitude_ft"]  # noqa: Y015
+    _WhichOneofReturnType__ceiling_ft: _TypeAlias = _typing.Literal["ceiling_ft"]  # noqa: Y015
+    _WhichOneofArgType__ceiling_ft: _TypeAlias = _typing.Literal["_ceiling_ft", b"_ceiling_ft"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__altitude_ft) -> _WhichOneofReturnType__altitude_ft | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ceiling_ft) -> _WhichOneofReturnType__ceiling_ft | None: ...
 
 Global___AlertArea: _TypeAlias = AlertArea  # noqa: Y015
 
@@ -365,6 +386,11 @@ class AlertInfo(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     AREAS_FIELD_NUMBER: _builtins.int
+    RESPONSE_TYPES_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    SENDER_NAME_FIELD_NUMBER: _builtins.int
+    WEB_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """CAP language, BCP 47 (default "it-IT")."""
     event: _builtins.str
@@ -381,6 +407,14 @@ class AlertInfo(_message.Message):
     """CAP description. Free text: personal data."""
     instruction: _builtins.str
     """CAP instruction."""
+    audience: _builtins.str
+    """CAP audience."""
+    sender_name: _builtins.str
+    """CAP senderName: the originating organisation's name."""
+    web: _builtins.str
+    """CAP web: a link to more information."""
+    contact: _builtins.str
+    """CAP contact. Free text, often a person: personal data."""
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[Global___Category.ValueType]:
         """CAP category, at least one."""
@@ -413,6 +447,10 @@ class AlertInfo(_message.Message):
     def areas(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertArea]:
         """CAP area, at least one."""
 
+    @_builtins.property
+    def response_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CAP responseType values, e.g. "Shelter", "Monitor"."""
+
     def __init__(
         self,
         *,
@@ -432,10 +470,15 @@ class AlertInfo(_message.Message):
         parameters: _abc.Iterable[Global___NamedValue] | None = ...,
         resources: _abc.Iterable[_common_pb2.MediaReference] | None = ...,
         areas: _abc.Iterable[Global___AlertArea] | None = ...,
+        response_types: _abc.Iterable[_builtins.str] | None = ...,
+        audience: _builtins.str = ...,
+        sender_name: _builtins.str = ...,
+        web: _builtins.str = ...,
+        contact: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective", b"effective", "expires", b"expires", "onset", b"onset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["areas", b"areas", "categories", b"categories", "certainty", b"certainty", "description", b"description", "effective", b"effective", "event", b"event", "event_codes", b"event_codes", "expires", b"expires", "headline", b"headline", "instruction", b"instruction", "language", b"language", "onset", b"onset", "parameters", b"parameters", "resources", b"resources", "severity", b"severity", "urgency", b"urgency"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["areas", b"areas", "audience", b"audience", "categories", b"categories", "certainty", b"certainty", "contact", b"contact", "description", b"description", "effective", b"effective", "event", b"event", "event_codes", b"event_codes", "expires", b"expires", "headline", b"headline", "instruction", b"instruction", "language", b"language", "onset", b"onset", "parameters", b"parameters", "resources", b"resources", "response_types", b"response_types", "sender_name", b"sender_name", "severity", b"severity", "urgency", b"urgency", "web", b"web"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,10 +494,17 @@ class Alert(_message.Message):
     RESTRICTION_FIELD_NUMBER: _builtins.int
     INFOS_FIELD_NUMBER: _builtins.int
     VEHICLES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CODES_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     scope: Global___Scope.ValueType
     """CAP scope."""
     restriction: _builtins.str
     """CAP restriction, required when the scope is RESTRICTED."""
+    source: _builtins.str
+    """CAP source: the particular source of the alert, e.g. an operator or a device id."""
+    note: _builtins.str
+    """CAP note. Free text: personal data."""
     @_builtins.property
     def infos(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertInfo]:
         """CAP info blocks, one per language, at least one."""
@@ -466,6 +516,10 @@ class Alert(_message.Message):
         them as parameters.
         """
 
+    @_builtins.property
+    def codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CAP code values: special handling codes, e.g. "IPAWSv1.0"."""
+
     def __init__(
         self,
         *,
@@ -473,10 +527,13 @@ class Alert(_message.Message):
         restriction: _builtins.str = ...,
         infos: _abc.Iterable[Global___AlertInfo] | None = ...,
         vehicles: _abc.Iterable[_incident_pb2.Vehicle] | None = ...,
+        source: _builtins.str = ...,
+        codes: _abc.Iterable[_builtins.str] | None = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["infos", b"infos", "restriction", b"restriction", "scope", b"scope", "vehicles", b"vehicles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["codes", b"codes", "infos", b"infos", "note", b"note", "restriction", b"restriction", "scope", b"scope", "source", b"source", "vehicles", b"vehicles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eopsroom/common/v1/common.proto\x12\x11opsroom.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x06Sender\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x13\n\x0boperator_id\x18\x02 \x01(\t\x12\x16\n\x0eworkstation_id\x18\x03 \x01(\t\"\\\n\nLegalBasis\x12\x0b\n\x03law\x18\x01 \x01(\t\x12+\n\x07purpose\x18\x02 \x01(\x0e\x32\x1a.opsroom.common.v1.Purpose\x12\x14\n\x0c\x61greement_id\x18\x03 \x01(\t\"Z\n\x04\x41rea\x12\x16\n\x0c\x63omune_istat\x18\x01 \x01(\tH\x00\x12\x19\n\x0fprovincia_istat\x18\x02 \x01(\tH\x00\x12\x17\n\rregione_istat\x18\x03 \x01(\tH\x00\x42\x06\n\x04\x63ode\"/\n\x08GeoPoint\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\"o\n\x07\x41\x64\x64ress\x12\x0e\n\x06street\x18\x01 \x01(\t\x12\x14\n\x0c\x63ivic_number\x18\x02 \x01(\t\x12\x10\n\x08locality\x18\x03 \x01(\t\x12\x13\n\x0bpostal_code\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x64\x64itional_info\x18\x05 \x01(\t\"\xed\x01\n\x08Location\x12\x0c\n\x04type\x18\x01 \x01(\t\x12*\n\x05point\x18\x02 \x01(\x0b\x32\x1b.opsroom.common.v1.GeoPoint\x12\x15\n\runcertainty_m\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onfidence_percent\x18\x04 \x01(\r\x12+\n\x07\x61\x64\x64ress\x18\x05 \x01(\x0b\x32\x1a.opsroom.common.v1.Address\x12\x14\n\x0c\x63omune_istat\x18\x06 \x01(\t\x12\x31\n\x06source\x18\x07 \x01(\x0e\x32!.opsroom.common.v1.LocationSource\">\n\tReference\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12\x18\n\x10sender_agency_id\x18\x02 \x01(\t\"r\n\x0eMediaReference\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12/\n\x0b\x63\x61ptured_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*l\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_ACTUAL\x10\x01\x12\x13\n\x0fSTATUS_EXERCISE\x10\x02\x12\x11\n\rSTATUS_SYSTEM\x10\x03\x12\x0f\n\x0bSTATUS_TEST\x10\x04*\x92\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_REPORT\x10\x01\x12\x0f\n\x0bKIND_UPDATE\x10\x02\x12\x0f\n\x0bKIND_CANCEL\x10\x03\x12\x10\n\x0cKIND_REQUEST\x10\x04\x12\x11\n\rKIND_RESPONSE\x10\x05\x12\x0c\n\x08KIND_ACK\x10\x06\x12\x0e\n\nKIND_ERROR\x10\x07*\x96\x01\n\x0f\x43onfidentiality\x12\x1f\n\x1b\x43ONFIDENTIALITY_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ONFIDENTIALITY_UNCLASSIFIED\x10\x01\x12\x1e\n\x1a\x43ONFIDENTIALITY_RESTRICTED\x10\x02\x12 \n\x1c\x43ONFIDENTIALITY_CONFIDENTIAL\x10\x03*\xf4\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x16\n\x12PURPOSE_PREVENTION\x10\x01\x12\x19\n\x15PURPOSE_INVESTIGATION\x10\x02\x12\x15\n\x11PURPOSE_DETECTION\x10\x03\x12\x17\n\x13PURPOSE_PROSECUTION\x10\x04\x12\"\n\x1ePURPOSE_EXECUTION_OF_PENALTIES\x10\x05\x12\x1b\n\x17PURPOSE_PUBLIC_SECURITY\x10\x06\x12\x16\n\x12PURPOSE_STATISTICS\x10\x07\x12\x14\n\x10PURPOSE_TRAINING\x10\x08*v\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x16\n\x12PRIORITY_IMMEDIATE\x10\x01\x12\x11\n\rPRIORITY_HIGH\x10\x02\x12\x13\n\x0fPRIORITY_NORMAL\x10\x03\x12\x10\n\x0cPRIORITY_LOW\x10\x04*n\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x1e\n\x1aOUTCOME_PARTIALLY_ACCEPTED\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03*\xfb\x01\n\x0eLocationSource\x12\x1f\n\x1bLOCATION_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13LOCATION_SOURCE_AML\x10\x01\x12\"\n\x1eLOCATION_SOURCE_CED_INTERFORZE\x10\x02\x12\x1a\n\x16LOCATION_SOURCE_CALLER\x10\x03\x12\x1c\n\x18LOCATION_SOURCE_OPERATOR\x10\x04\x12\x1a\n\x16LOCATION_SOURCE_DEVICE\x10\x05\x12\x19\n\x15LOCATION_SOURCE_ECALL\x10\x06\x12\x1a\n\x16LOCATION_SOURCE_SENSOR\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eopsroom/common/v1/common.proto\x12\x11opsroom.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x06Sender\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x13\n\x0boperator_id\x18\x02 \x01(\t\x12\x16\n\x0eworkstation_id\x18\x03 \x01(\t\"\\\n\nLegalBasis\x12\x0b\n\x03law\x18\x01 \x01(\t\x12+\n\x07purpose\x18\x02 \x01(\x0e\x32\x1a.opsroom.common.v1.Purpose\x12\x14\n\x0c\x61greement_id\x18\x03 \x01(\t\"Z\n\x04\x41rea\x12\x16\n\x0c\x63omune_istat\x18\x01 \x01(\tH\x00\x12\x19\n\x0fprovincia_istat\x18\x02 \x01(\tH\x00\x12\x17\n\rregione_istat\x18\x03 \x01(\tH\x00\x42\x06\n\x04\x63ode\"/\n\x08GeoPoint\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\"o\n\x07\x41\x64\x64ress\x12\x0e\n\x06street\x18\x01 \x01(\t\x12\x14\n\x0c\x63ivic_number\x18\x02 \x01(\t\x12\x10\n\x08locality\x18\x03 \x01(\t\x12\x13\n\x0bpostal_code\x18\x04 \x01(\t\x12\x17\n\x0f\x61\x64\x64itional_info\x18\x05 \x01(\t\"\xed\x01\n\x08Location\x12\x0c\n\x04type\x18\x01 \x01(\t\x12*\n\x05point\x18\x02 \x01(\x0b\x32\x1b.opsroom.common.v1.GeoPoint\x12\x15\n\runcertainty_m\x18\x03 \x01(\x01\x12\x1a\n\x12\x63onfidence_percent\x18\x04 \x01(\r\x12+\n\x07\x61\x64\x64ress\x18\x05 \x01(\x0b\x32\x1a.opsroom.common.v1.Address\x12\x14\n\x0c\x63omune_istat\x18\x06 \x01(\t\x12\x31\n\x06source\x18\x07 \x01(\x0e\x32!.opsroom.common.v1.LocationSource\">\n\tReference\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12\x18\n\x10sender_agency_id\x18\x02 \x01(\t\"\xbd\x01\n\x0eMediaReference\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12/\n\x0b\x63\x61ptured_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x17\n\nsize_bytes\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04sha1\x18\x07 \x01(\tB\r\n\x0b_size_bytes*l\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rSTATUS_ACTUAL\x10\x01\x12\x13\n\x0fSTATUS_EXERCISE\x10\x02\x12\x11\n\rSTATUS_SYSTEM\x10\x03\x12\x0f\n\x0bSTATUS_TEST\x10\x04*\x92\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_REPORT\x10\x01\x12\x0f\n\x0bKIND_UPDATE\x10\x02\x12\x0f\n\x0bKIND_CANCEL\x10\x03\x12\x10\n\x0cKIND_REQUEST\x10\x04\x12\x11\n\rKIND_RESPONSE\x10\x05\x12\x0c\n\x08KIND_ACK\x10\x06\x12\x0e\n\nKIND_ERROR\x10\x07*\x96\x01\n\x0f\x43onfidentiality\x12\x1f\n\x1b\x43ONFIDENTIALITY_UNSPECIFIED\x10\x00\x12 \n\x1c\x43ONFIDENTIALITY_UNCLASSIFIED\x10\x01\x12\x1e\n\x1a\x43ONFIDENTIALITY_RESTRICTED\x10\x02\x12 \n\x1c\x43ONFIDENTIALITY_CONFIDENTIAL\x10\x03*\xf4\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x16\n\x12PURPOSE_PREVENTION\x10\x01\x12\x19\n\x15PURPOSE_INVESTIGATION\x10\x02\x12\x15\n\x11PURPOSE_DETECTION\x10\x03\x12\x17\n\x13PURPOSE_PROSECUTION\x10\x04\x12\"\n\x1ePURPOSE_EXECUTION_OF_PENALTIES\x10\x05\x12\x1b\n\x17PURPOSE_PUBLIC_SECURITY\x10\x06\x12\x16\n\x12PURPOSE_STATISTICS\x10\x07\x12\x14\n\x10PURPOSE_TRAINING\x10\x08*v\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x16\n\x12PRIORITY_IMMEDIATE\x10\x01\x12\x11\n\rPRIORITY_HIGH\x10\x02\x12\x13\n\x0fPRIORITY_NORMAL\x10\x03\x12\x10\n\x0cPRIORITY_LOW\x10\x04*n\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x1e\n\x1aOUTCOME_PARTIALLY_ACCEPTED\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03*\xfb\x01\n\x0eLocationSource\x12\x1f\n\x1bLOCATION_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13LOCATION_SOURCE_AML\x10\x01\x12\"\n\x1eLOCATION_SOURCE_CED_INTERFORZE\x10\x02\x12\x1a\n\x16LOCATION_SOURCE_CALLER\x10\x03\x12\x1c\n\x18LOCATION_SOURCE_OPERATOR\x10\x04\x12\x1a\n\x16LOCATION_SOURCE_DEVICE\x10\x05\x12\x19\n\x15LOCATION_SOURCE_ECALL\x10\x06\x12\x1a\n\x16LOCATION_SOURCE_SENSOR\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'opsroom.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUS']._serialized_start=928
-  _globals['_STATUS']._serialized_end=1036
-  _globals['_KIND']._serialized_start=1039
-  _globals['_KIND']._serialized_end=1185
-  _globals['_CONFIDENTIALITY']._serialized_start=1188
-  _globals['_CONFIDENTIALITY']._serialized_end=1338
-  _globals['_PURPOSE']._serialized_start=1341
-  _globals['_PURPOSE']._serialized_end=1585
-  _globals['_PRIORITY']._serialized_start=1587
-  _globals['_PRIORITY']._serialized_end=1705
-  _globals['_OUTCOME']._serialized_start=1707
-  _globals['_OUTCOME']._serialized_end=1817
-  _globals['_LOCATIONSOURCE']._serialized_start=1820
-  _globals['_LOCATIONSOURCE']._serialized_end=2071
+  _globals['_STATUS']._serialized_start=1004
+  _globals['_STATUS']._serialized_end=1112
+  _globals['_KIND']._serialized_start=1115
+  _globals['_KIND']._serialized_end=1261
+  _globals['_CONFIDENTIALITY']._serialized_start=1264
+  _globals['_CONFIDENTIALITY']._serialized_end=1414
+  _globals['_PURPOSE']._serialized_start=1417
+  _globals['_PURPOSE']._serialized_end=1661
+  _globals['_PRIORITY']._serialized_start=1663
+  _globals['_PRIORITY']._serialized_end=1781
+  _globals['_OUTCOME']._serialized_start=1783
+  _globals['_OUTCOME']._serialized_end=1893
+  _globals['_LOCATIONSOURCE']._serialized_start=1896
+  _globals['_LOCATIONSOURCE']._serialized_end=2147
   _globals['_SENDER']._serialized_start=86
   _globals['_SENDER']._serialized_end=158
   _globals['_LEGALBASIS']._serialized_start=160
@@ -60,6 +60,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOCATION']._serialized_end=746
   _globals['_REFERENCE']._serialized_start=748
   _globals['_REFERENCE']._serialized_end=810
-  _globals['_MEDIAREFERENCE']._serialized_start=812
-  _globals['_MEDIAREFERENCE']._serialized_end=926
+  _globals['_MEDIAREFERENCE']._serialized_start=813
+  _globals['_MEDIAREFERENCE']._serialized_end=1002
 # @@protoc_insertion_point(module_scope)

@@ -544,12 +544,23 @@ class MediaReference(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     CAPTURED_AT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA1_FIELD_NUMBER: _builtins.int
     uri: _builtins.str
     """Where the media can be fetched by an authorised recipient (https)."""
     sha256: _builtins.str
-    """SHA-256 of the media, 64 lowercase hex digits."""
+    """SHA-256 of the media, 64 lowercase hex digits; required unless sha1 is given."""
     media_type: _builtins.str
     """MIME type, e.g. "video/mp4"."""
+    description: _builtins.str
+    """A short description (CAP resourceDesc)."""
+    size_bytes: _builtins.int
+    """Size in bytes, if known (CAP size)."""
+    sha1: _builtins.str
+    """SHA-1 of the media as a CAP 1.2 digest carries it, 40 lowercase hex digits; a message
+    needs sha256 or this.
+    """
     @_builtins.property
     def captured_at(self) -> _timestamp_pb2.Timestamp:
         """When it was captured."""
@@ -561,11 +572,16 @@ class MediaReference(_message.Message):
         sha256: _builtins.str = ...,
         media_type: _builtins.str = ...,
         captured_at: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+        size_bytes: _builtins.int | None = ...,
+        sha1: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "captured_at", b"captured_at", "size_bytes", b"size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["captured_at", b"captured_at", "media_type", b"media_type", "sha256", b"sha256", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "captured_at", b"captured_at", "description", b"description", "media_type", b"media_type", "sha1", b"sha1", "sha256", b"sha256", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__size_bytes: _TypeAlias = _typing.Literal["size_bytes"]  # noqa: Y015
+    _WhichOneofArgType__size_bytes: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_bytes) -> _WhichOneofReturnType__size_bytes | None: ...
 
 Global___MediaReference: _TypeAlias = MediaReference  # noqa: Y015

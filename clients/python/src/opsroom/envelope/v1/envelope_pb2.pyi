@@ -56,6 +56,74 @@ class Acknowledgement(_message.Message):
 Global___Acknowledgement: _TypeAlias = Acknowledgement  # noqa: Y015
 
 @_typing.final
+class OriginField(_message.Message):
+    """One element of a standard document that the contract has no field for, kept by its path in
+    the document so that the document can be encoded back whole.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path of the element in the document, e.g. "info[0]/contact" (CAP) or
+    "EVENT/EXTERNAL_INFO[1]/FREETEXT" (EMSI).
+    """
+    value: _builtins.str
+    """Its text. May hold personal data: recipients see it only with the free_text category."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OriginField: _TypeAlias = OriginField  # noqa: Y015
+
+@_typing.final
+class Origin(_message.Message):
+    """The standard document a message was decoded from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    UNMAPPED_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """Format and version, one of "cap-1.2", "eido-1.0", "emsi-1.0", "nue112-rev3"."""
+    identifier: _builtins.str
+    """The document's own id when it is not the distribution id (CAP identifier, EMSI
+    CONTEXT.ID, the card's ID); the distribution id is derived from it and the sender.
+    """
+    sender: _builtins.str
+    """The document's sender as written in it (CAP sender, EMSI ORIGIN.ORG_ID)."""
+    @_builtins.property
+    def unmapped(self) -> _containers.RepeatedCompositeFieldContainer[Global___OriginField]:
+        """The elements the contract has no field for, in document order."""
+
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        identifier: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        unmapped: _abc.Iterable[Global___OriginField] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "identifier", b"identifier", "sender", b"sender", "unmapped", b"unmapped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Origin: _TypeAlias = Origin  # noqa: Y015
+
+@_typing.final
 class Envelope(_message.Message):
     """One message between rooms (EDXL-DE EDXLDistribution)."""
 
@@ -73,6 +141,7 @@ class Envelope(_message.Message):
     REFERENCES_FIELD_NUMBER: _builtins.int
     LEGAL_BASIS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     INCIDENT_FIELD_NUMBER: _builtins.int
     ASSISTANCE_REQUEST_FIELD_NUMBER: _builtins.int
     ASSISTANCE_RESPONSE_FIELD_NUMBER: _builtins.int
@@ -127,6 +196,13 @@ class Envelope(_message.Message):
         """Time after which an undelivered copy is of no use (EDXL-DE dateTimeExpires)."""
 
     @_builtins.property
+    def origin(self) -> Global___Origin:
+        """The standard document an adapter decoded this message from (CAP, EIDO, EMSI, the 112 NUE
+        contact card), kept so that the message can be encoded back as it came. Empty for messages
+        sent in the contract itself.
+        """
+
+    @_builtins.property
     def incident(self) -> _incident_pb2.Incident:
         """An incident report or update (REPORT, UPDATE, CANCEL)."""
 
@@ -173,6 +249,7 @@ class Envelope(_message.Message):
         references: _abc.Iterable[_common_pb2.Reference] | None = ...,
         legal_basis: _common_pb2.LegalBasis | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        origin: Global___Origin | None = ...,
         incident: _incident_pb2.Incident | None = ...,
         assistance_request: _request_pb2.AssistanceRequest | None = ...,
         assistance_response: _request_pb2.AssistanceResponse | None = ...,
@@ -182,9 +259,9 @@ class Envelope(_message.Message):
         closure: _incident_pb2.IncidentClosure | None = ...,
         acknowledgement: Global___Acknowledgement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "alert", b"alert", "assistance_request", b"assistance_request", "assistance_response", b"assistance_response", "closure", b"closure", "expires_at", b"expires_at", "handover_request", b"handover_request", "handover_response", b"handover_response", "incident", b"incident", "legal_basis", b"legal_basis", "payload", b"payload", "sender", b"sender", "sent_at", b"sent_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "alert", b"alert", "assistance_request", b"assistance_request", "assistance_response", b"assistance_response", "closure", b"closure", "expires_at", b"expires_at", "handover_request", b"handover_request", "handover_response", b"handover_response", "incident", b"incident", "legal_basis", b"legal_basis", "origin", b"origin", "payload", b"payload", "sender", b"sender", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "alert", b"alert", "assistance_request", b"assistance_request", "assistance_response", b"assistance_response", "closure", b"closure", "confidentiality", b"confidentiality", "distribution_id", b"distribution_id", "expires_at", b"expires_at", "handover_request", b"handover_request", "handover_response", b"handover_response", "incident", b"incident", "incident_ids", b"incident_ids", "kind", b"kind", "legal_basis", b"legal_basis", "payload", b"payload", "recipients", b"recipients", "references", b"references", "sender", b"sender", "sent_at", b"sent_at", "status", b"status", "target_areas", b"target_areas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "alert", b"alert", "assistance_request", b"assistance_request", "assistance_response", b"assistance_response", "closure", b"closure", "confidentiality", b"confidentiality", "distribution_id", b"distribution_id", "expires_at", b"expires_at", "handover_request", b"handover_request", "handover_response", b"handover_response", "incident", b"incident", "incident_ids", b"incident_ids", "kind", b"kind", "legal_basis", b"legal_basis", "origin", b"origin", "payload", b"payload", "recipients", b"recipients", "references", b"references", "sender", b"sender", "sent_at", b"sent_at", "status", b"status", "target_areas", b"target_areas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["incident", "assistance_request", "assistance_response", "handover_request", "handover_response", "alert", "closure", "acknowledgement"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015

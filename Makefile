@@ -32,7 +32,7 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit tests/contract
+	$(BIN)/pytest tests/unit tests/contract tests/adapters
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration

@@ -8,7 +8,10 @@ importing anything:
   layout, lanes, plans, receipts, the delivery window, the error catalogue, ids and times) imports neither asyncio,
   gRPC nor nats-py, and no broker module that is not pure itself;
 - only broker.store imports nats-py; only broker.edge imports gRPC (and the development helpers);
-- nothing of the hub imports broker.dev, but the CLI's development commands, inside a function.
+- nothing of the hub imports broker.dev, but the CLI's development commands, inside a function;
+- the adapters are clients of the hub: they use the hub's pure modules only (code lists, the
+  validation), their codecs are pure, only their connectors (adapters.connect) do I/O; the hub
+  never imports them, but the CLI's convert and adapter commands, inside a function.
 
 `check` is tested on made-up modules too, so that a contract that cannot fail is noticed.
 """
@@ -69,6 +72,9 @@ ONLY_IN = {"nats": ("broker.store",), "grpc": ("broker.edge", "broker.dev"), "gr
            "grpc_status": ("broker.edge",)}  # fmt: skip
 DEV = "broker.dev"
 DEV_LAZY_OK = ("broker.cli",)
+ADAPTERS = "adapters"
+ADAPTERS_IO = ("adapters.connect",)
+ADAPTERS_LAZY_OK = ("broker.cli",)
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,10 @@ def check(sources: dict[str, str]) -> list[str]:
     """Every breach of the contract in these modules (name -> source), one line each."""
     problems: list[str] = []
     for module, source in sorted(sources.items()):
-        if module == "broker":
+        if module in ("broker", ADAPTERS):
+            continue
+        if _under(module, ADAPTERS):
+            problems += _check_adapter(module, source)
             continue
         own = layer_of(module)
         if own is None:
@@ -128,6 +137,8 @@ def check(sources: dict[str, str]) -> list[str]:
         for imp in imports_of(module, source):
             where = f"{module}:{imp.line} imports {imp.target}"
             root = imp.target.split(".")[0]
+            if root == ADAPTERS and not (_under(module, ADAPTERS_LAZY_OK) and not imp.top):
+                problems.append(f"{where}: the hub never imports the adapters")
             if _under(module, PURE) and (root in IO or (_under(imp.target, "broker") and not _under(imp.target, PURE))):
                 problems.append(f"{where}: a pure module imports neither I/O nor impure hub code")
             if root in ONLY_IN and not _under(module, ONLY_IN[root]):
@@ -144,8 +155,21 @@ def check(sources: dict[str, str]) -> list[str]:
     return problems
 
 
+def _check_adapter(module: str, source: str) -> list[str]:
+    problems: list[str] = []
+    for imp in imports_of(module, source):
+        where = f"{module}:{imp.line} imports {imp.target}"
+        root = imp.target.split(".")[0]
+        if _under(imp.target, "broker") and not _under(imp.target, PURE):
+            problems.append(f"{where}: an adapter uses only the hub's pure modules")
+        if root in IO and not _under(module, ADAPTERS_IO):
+            problems.append(f"{where}: a codec is pure; only {', '.join(ADAPTERS_IO)} does I/O")
+    return problems
+
+
 def _sources() -> dict[str, str]:
-    return {module_name(p, ROOT): p.read_text(encoding="utf-8") for p in sorted((ROOT / "broker").rglob("*.py"))}
+    paths = sorted((ROOT / "broker").rglob("*.py")) + sorted((ROOT / "adapters").rglob("*.py"))
+    return {module_name(p, ROOT): p.read_text(encoding="utf-8") for p in paths}
 
 
 def test_the_hub_keeps_the_import_contract() -> None:
@@ -172,6 +196,10 @@ def test_every_pure_module_named_exists() -> None:
         ("broker.hub", "from broker.dev.embedded import NatsServer\n", "never imports the development helpers"),
         ("broker.cli", "from broker.dev import commands\n", "never imports the development helpers"),
         ("broker.newthing", "x = 1\n", "in no layer of the contract"),
+        ("adapters.cap", "import asyncio\n", "a codec is pure"),
+        ("adapters.cap", "from broker.store.jetstream import JetStream\n", "only the hub's pure modules"),
+        ("broker.edge.servicer", "from adapters import cap\n", "the hub never imports the adapters"),
+        ("broker.cli", "from adapters import convert\n", "the hub never imports the adapters"),
     ],
 )
 def test_the_contract_catches_a_wrong_import(module: str, source: str, expected: str) -> None:
@@ -182,3 +210,8 @@ def test_the_contract_catches_a_wrong_import(module: str, source: str, expected:
 
 def test_the_cli_may_load_the_development_commands_inside_a_function() -> None:
     assert check({"broker.cli": "def dev():\n    from broker.dev import commands\n"}) == []
+
+
+def test_the_cli_may_load_the_adapters_inside_a_function_and_connectors_do_io() -> None:
+    assert check({"broker.cli": "def convert():\n    from adapters import convert\n"}) == []
+    assert check({"adapters.connect.cap": "import asyncio\nfrom broker.validate import checker\n"}) == []

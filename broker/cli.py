@@ -1,4 +1,4 @@
-"""The `opsroom` command: serve the hub, the embedded demo, development certificates, agreements, the audit log."""
+"""The `opsroom` command: the hub, the demo, development certificates, agreements, the audit log, convert."""
 
 from __future__ import annotations
 
@@ -182,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sim.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the hub to serve (default 30)")
 
     audit_command.add_commands(commands)
+    from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
+
+    convert.add_command(commands)
 
     args = parser.parse_args(argv)
     level = logging.getLevelNamesMapping().get(args.log_level.upper(), logging.WARNING)
@@ -198,8 +201,8 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args.config))
     if args.command in {"demo", "sim", "dev-certs"}:
         return _run_dev(args)
-    if args.command == "audit":
-        return audit_command.run(args)
+    if args.command in {"audit", "convert"}:
+        return _run_tool(args)
     if args.command == "init":
         return init(args.folder, force=args.force)
     if args.command == "policy":
@@ -207,6 +210,15 @@ def _run(args: argparse.Namespace) -> int:
             return policy_check(args.folder)
         return policy_explain(args.envelope, args.agreements, args.sender, args.at)
     raise AssertionError(args.command)
+
+
+def _run_tool(args: argparse.Namespace) -> int:
+    """The audit log's commands and `convert`, which reads standard documents (adapters/)."""
+    if args.command == "audit":
+        return audit_command.run(args)
+    from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
+
+    return convert.run(args)
 
 
 def _run_dev(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,7 @@ _VEHICLE_RE = re.compile(r"VEHICLE_([1-9][0-9]{0,2})_(" + "|".join(_VEHICLE_FIEL
 _RESOURCE_SHA256_RE = re.compile(r"RESOURCE_([1-9][0-9]{0,2})_SHA256")
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[+-][0-9]{2}:[0-9]{2}")
+_NOT_POLYGON_RE = re.compile(r"[^0-9.+\-,\s]")
 _TOKEN_RE = re.compile(r'"([^"]*)"|(\S+)')
 _TIME_ELEMENTS: tuple[Literal["effective", "onset", "expires"], ...] = ("effective", "onset", "expires")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -166,8 +168,23 @@ def decode(data: bytes, ctx: Context) -> envelope_pb2.Envelope:
         raise UnsupportedDocument(
             xml_path(root), f"root {{{qname.namespace or ''}}}{qname.localname} is not a CAP 1.2 alert"
         )
-    schemas.check_xml(root, XSD)
+    _check(root)
     return _Decoder(root, ctx).envelope()
+
+
+def _check(root: etree._Element) -> None:
+    """Validate against the XSD; the error's path as local names ("/alert/info/urgency"), like every other."""
+    try:
+        schemas.check_xml(root, XSD)
+    except DocumentError as exc:
+        path = exc.path
+        try:
+            found = root.getroottree().xpath(path) if path.startswith("/") else []
+        except etree.XPathError:
+            found = []
+        if isinstance(found, list) and found and isinstance(found[0], etree.ElementBase | type(root)):
+            path = xml_path(found[0])
+        raise DocumentError(path, exc.reason) from None
 
 
 class _Decoder:
@@ -471,6 +488,40 @@ def _point(pair: str, path: str) -> common_pb2.GeoPoint:
     )
 
 
+def _points_wire(numbers: list[float]) -> bytes:
+    """Polygon.points in protobuf wire form: per point, field 1 holding a GeoPoint of two doubles (18 bytes)."""
+    count = len(numbers) // 2
+    size = 20  # tag 0x0A, length 18, tag 0x09, 8 bytes latitude, tag 0x11, 8 bytes longitude
+    out = bytearray(size * count)
+    out[0::size] = b"\x0a" * count
+    out[1::size] = b"\x12" * count
+    out[2::size] = b"\x09" * count
+    out[11::size] = b"\x11" * count
+    latitudes = struct.pack(f"<{count}d", *numbers[0::2])
+    longitudes = struct.pack(f"<{count}d", *numbers[1::2])
+    for k in range(8):
+        out[3 + k :: size] = latitudes[k::8]
+        out[12 + k :: size] = longitudes[k::8]
+    return bytes(out)
+
+
+def _polygon(text: str, pairs: list[str], path: str) -> alert_pb2.Polygon:
+    """A polygon's points; a megabyte of them in well under a second.
+
+    The common case (only digits, signs, dots, one comma per pair) is read in bulk and the
+    Polygon parsed from its wire form in one call, which is several times faster than building
+    one GeoPoint object per point; anything else is read pair by pair, for the precise error.
+    """
+    if len(pairs) == text.count(",") and not _NOT_POLYGON_RE.search(text):
+        try:
+            numbers = list(map(float, text.replace(",", " ").split()))
+        except ValueError:
+            numbers = []
+        if len(numbers) == 2 * len(pairs) and all(map(math.isfinite, numbers)):
+            return alert_pb2.Polygon.FromString(_points_wire(numbers))
+    return alert_pb2.Polygon(points=[_point(pair, path) for pair in pairs])
+
+
 def _area(element: etree._Element) -> alert_pb2.AlertArea:
     description = element.find(_q("areaDesc"))
     area = alert_pb2.AlertArea(area_desc=(description.text or "") if description is not None else "")
@@ -481,7 +532,7 @@ def _area(element: etree._Element) -> alert_pb2.AlertArea:
             raise DocumentError(
                 path, f"has {len(pairs)} points; a CAP polygon has at least 4, the first equal to the last"
             )
-        area.polygons.append(alert_pb2.Polygon(points=[_point(pair, path) for pair in pairs]))
+        area.polygons.append(_polygon(polygon.text or "", pairs, path))
     for circle in element.findall(_q("circle")):
         path = xml_path(circle)
         parts = (circle.text or "").split()
@@ -642,7 +693,7 @@ class _Encoder:
         out = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
         checked = document.parse_xml(out)
         try:
-            schemas.check_xml(checked, XSD)
+            _check(checked)
         except DocumentError as exc:
             raise DocumentError(exc.path, f"the encoded CAP is not valid: {exc.reason}") from None
         return out

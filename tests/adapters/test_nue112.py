@@ -310,7 +310,10 @@ def test_factory_envelope_encodes_to_a_valid_card_and_back() -> None:
     assert [n.text for n in b.notes] == [n.text for n in a.notes]
     # what it cannot express (the module docstring lists it)
     assert b.id != a.id
-    assert not b.persons and not b.vehicles and not b.media and not b.agencies
+    assert not b.persons
+    assert not b.vehicles
+    assert not b.media
+    assert not b.agencies
     assert b.call.network_location.imsi == ""
     assert b.locations[0].address.street == ""
 

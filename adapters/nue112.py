@@ -69,6 +69,7 @@ from adapters.document import (
     DEFAULT_LIMITS,
     Context,
     DocumentError,
+    DocumentTooLarge,
     Limits,
     UnsupportedDocument,
     distribution_id,
@@ -170,6 +171,9 @@ _XML_DECLARATION_RE = re.compile(r"\A\s*<\?xml[^>]*\?>")
 _SHORT_MIN, _SHORT_MAX = -32768, 32767
 _UINT_MAX = 2**32 - 1
 _LOCAL_REFERENCE_MAX = 64
+# Elements a card may have: a real one has fewer than a hundred, and the hub admits 64 notes and
+# 64 locations per incident; a card with thousands of notes is refused before it is validated.
+MAX_ELEMENTS = 5000
 
 Key = tuple[tuple[str, int], ...]
 
@@ -184,11 +188,6 @@ def _key(path: str) -> Key:
         name, _, index = part.partition("[")
         out.append((name, int(index.rstrip("]")) if index else 0))
     return tuple(out)
-
-
-def _card_path(element: etree._Element) -> str:
-    """The element's path relative to ContactCard, as origin.unmapped stores it."""
-    return xml_path(element).removeprefix("/ContactCard/")
 
 
 def _q(name: str) -> str:
@@ -319,6 +318,9 @@ def decode(data: bytes, ctx: Context, *, companies: Mapping[str, str] | None = N
         raise UnsupportedDocument(
             f"/{local_name(root)}", f"root {where} is not a 112 NUE contact card (ContactCard in {NS})"
         )
+    count = sum(1 for _ in root.iter())
+    if count > MAX_ELEMENTS:
+        raise DocumentTooLarge("/ContactCard", f"has {count} elements, over the card bound of {MAX_ELEMENTS}")
     check_card(root)
     env = _Decoder(root, ctx, directory).envelope()
     typed = _typed_leaves(env, env.incident, _reverse(directory), with_companies=False)
@@ -353,15 +355,31 @@ def _is_manual(key: Key | str) -> bool:
 
 
 def _leaves(root: etree._Element) -> list[tuple[str, str]]:
-    """Every leaf of the card (and every empty complex element, with ""), in document order."""
+    """Every leaf of the card (and every empty complex element, with ""), in document order.
+
+    Paths as document.xml_path spells them, computed in one walk (a card may have thousands of notes).
+    """
     out: list[tuple[str, str]] = []
-    for element in root.iterdescendants():
-        name = local_name(element)
-        if name in _CHILDREN:
-            if len(element) == 0:
-                out.append((_card_path(element), ""))
-        else:
-            out.append((_card_path(element), element.text or ""))
+
+    def walk(element: etree._Element, prefix: str) -> None:
+        children = list(element.iterchildren(tag=etree.Element))
+        counts: dict[str, int] = {}
+        for child in children:
+            counts[str(child.tag)] = counts.get(str(child.tag), 0) + 1
+        seen: dict[str, int] = {}
+        for child in children:
+            name, tag = local_name(child), str(child.tag)
+            index = seen.get(tag, 0)
+            seen[tag] = index + 1
+            path = f"{prefix}{name}[{index}]" if counts[tag] > 1 else f"{prefix}{name}"
+            if name not in _CHILDREN:
+                out.append((path, child.text or ""))
+            elif len(child) == 0:
+                out.append((path, ""))
+            else:
+                walk(child, path + "/")
+
+    walk(root, "")
     return out
 
 

@@ -5,6 +5,8 @@ Integrators test their files with it before connecting:
     opsroom convert --from cap alert.xml                 # the envelope, as protobuf JSON
     opsroom convert --from nue112 --to eido card.xml     # the card as an EIDO
     opsroom convert --from emsi --validate dc.json       # also the hub's own validation
+    opsroom convert --from nue112 --company QUESTURA-MI=it.ps.questura-mi card.xml
+    opsroom convert --from cap --to emsi --syntax xml alert.xml
     cat alert.xml | opsroom convert --from cap -
 
 A document that cannot be decoded (or an envelope that the target format cannot carry) exits with
@@ -20,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 from google.protobuf import json_format
 from opsroom.envelope.v1 import envelope_pb2
@@ -40,10 +42,10 @@ class Codec(Protocol):
 
     FORMAT: str
 
-    def decode(self, data: bytes, ctx: Context) -> envelope_pb2.Envelope:
+    def decode(self, data: bytes, ctx: Context, **options: Any) -> envelope_pb2.Envelope:
         """The envelope of a document."""
 
-    def encode(self, env: envelope_pb2.Envelope) -> bytes:
+    def encode(self, env: envelope_pb2.Envelope, **options: Any) -> bytes:
         """The document of an envelope."""
 
 
@@ -61,6 +63,14 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--to", dest="target", choices=[*sorted(CODECS), "json"], default="json", help="default: json")
     p.add_argument("--agency", default=DEFAULT_AGENCY, help=f"sending agency id (default {DEFAULT_AGENCY})")
     p.add_argument("--validate", action="store_true", help="also check the envelope as the hub would")
+    p.add_argument(
+        "--company",
+        action="append",
+        default=[],
+        metavar="CODE=AGENCY",
+        help="nue112: a CUR company code and the agency id it stands for; repeat for several",
+    )
+    p.add_argument("--syntax", choices=["json", "xml"], default="json", help="emsi output: json (default) or xml")
     p.add_argument("file", help="the document, or - for standard input")
 
 
@@ -74,7 +84,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
         print(f"opsroom convert: {args.file}: cannot read ({exc.strerror})", file=err)
         return 2
     try:
-        env = codec(args.source).decode(data, Context(agency_id=args.agency))
+        companies = _companies(args.company)
+        env = codec(args.source).decode(data, Context(agency_id=args.agency), **_options(args.source, args, companies))
     except DocumentError as exc:
         print(f"opsroom convert: {exc}", file=err)
         return 2
@@ -88,7 +99,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
         out.write(json_format.MessageToJson(env, preserving_proto_field_name=True) + "\n")
         return status
     try:
-        encoded = codec(args.target).encode(env)
+        encoded = codec(args.target).encode(env, **_options(args.target, args, companies, encoding=True))
     except DocumentError as exc:
         print(f"opsroom convert: {exc}", file=err)
         return 2
@@ -96,6 +107,27 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
     if not encoded.endswith(b"\n"):
         out.write("\n")
     return status
+
+
+def _companies(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        code, sep, agency = pair.partition("=")
+        if not (sep and code and agency):
+            raise DocumentError("--company", f"{pair!r} is not CODE=AGENCY")
+        out[code] = agency
+    return out
+
+
+def _options(
+    fmt: str, args: argparse.Namespace, companies: dict[str, str], *, encoding: bool = False
+) -> dict[str, Any]:
+    """The format's own keyword options: the CUR's company directory, EMSI's output syntax."""
+    if fmt == "nue112":
+        return {"companies": companies}
+    if fmt == "emsi" and encoding:
+        return {"syntax": args.syntax}
+    return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

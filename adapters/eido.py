@@ -54,7 +54,6 @@ from functools import cache
 from typing import Any
 
 import jsonschema
-import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from lxml import etree
 from opsroom.common.v1 import common_pb2
@@ -71,21 +70,13 @@ from adapters.document import (
     load_json,
     parse_xml,
 )
-from adapters.schemas import DATA, check_json, validator_for
+from adapters.schemas import DATE_TIME, check_json, from_openapi, validator_for
 from broker import ids
 
 FORMAT = "eido-1.0"
 VERSION = "1.0"
 ROOT = "EmergencyIncidentDataObjectType"
 _OPENAPI = "eido/eido-openapi.yaml"
-_COMPONENT_REF = "#/components/schemas/"
-
-# RFC 3339 date-time: jsonschema checks `format: date-time` only with an optional package, so
-# the derived schema also carries it as a pattern.
-_DATE_TIME = (
-    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:"
-    r"([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
-)
 
 # Top-level keys that exist only in the 2019-2020 drafts (Samples/Sample_EIDO.json of the
 # NENA repository): a document carrying one is an older shape, never read as 1.0.
@@ -141,51 +132,10 @@ Path = tuple[str | int, ...]
 # -- the schema ---------------------------------------------------------------------------
 
 
-def _convert(node: Any) -> Any:
-    """An OpenAPI 3.0 schema object as JSON Schema 2020-12 (refs, NIEM refs, minItems, nullable)."""
-    if isinstance(node, list):
-        return [_convert(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if isinstance(node.get("$ref"), str):
-        return _convert_ref(node)
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {name: _convert(sub) for name, sub in value.items()}
-        elif key == "minItems" and isinstance(value, str):
-            out[key] = int(value.strip().rstrip(","))  # AgentType.agentRoleRegistryText: "1,"
-        elif key == "nullable":
-            continue
-        else:
-            out[key] = _convert(value)
-    if node.get("nullable") is True and isinstance(out.get("type"), str):
-        out["type"] = [out["type"], "null"]
-    if out.get("format") == "date-time" and "pattern" not in out:
-        out["pattern"] = _DATE_TIME
-    return out
-
-
-def _convert_ref(node: dict[str, Any]) -> dict[str, Any]:
-    ref: str = node["$ref"]
-    if ref.startswith(_COMPONENT_REF):
-        out: dict[str, Any] = {k: _convert(v) for k, v in node.items() if k != "$ref"}
-        out["$ref"] = "#/$defs/" + ref.removeprefix(_COMPONENT_REF)
-        return out
-    # NIEM components (NIEMComponents/nc.yaml, j.yaml) are not copied: any object.
-    return {"type": "object", **{k: v for k, v in node.items() if k == "description"}}
-
-
 @cache
 def json_schema() -> dict[str, Any]:
     """The EIDO 1.0 JSON Schema derived from the OpenAPI components; root EmergencyIncidentDataObjectType."""
-    openapi = yaml.safe_load((DATA / _OPENAPI).read_text(encoding="utf-8"))
-    components = openapi["components"]["schemas"]
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$ref": f"#/$defs/{ROOT}",
-        "$defs": {name: _convert(schema) for name, schema in components.items()},
-    }
+    return from_openapi(_OPENAPI, ROOT)
 
 
 @cache
@@ -213,7 +163,7 @@ def _tokens(text: str) -> list[str | int]:
 
 
 def _timestamp(value: Any, path: Path) -> Timestamp:
-    if not isinstance(value, str) or re.fullmatch(_DATE_TIME, value) is None:
+    if not isinstance(value, str) or re.fullmatch(DATE_TIME, value) is None:
         raise DocumentError(pointer(path), "must be an RFC 3339 date-time with a time zone")
     try:
         moment = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))

@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -366,7 +367,7 @@ def _scalar(spec: _Field, text: str, path: str, syntax: Syntax) -> Any:
             return int(text)
         if spec.scalar == "number":
             value = float(text)
-            if value == value and abs(value) != float("inf"):
+            if math.isfinite(value):
                 return value
     except ValueError:
         pass
@@ -481,11 +482,8 @@ def _render(
     if env.status in _MODE_OUT:
         out["CONTEXT/MODE"] = _MODE_OUT[env.status]
     payload = env.WhichOneof("payload")
-    kind = env.kind
-    if payload == "assistance_request" and kind == common_pb2.KIND_CANCEL:
-        out["CONTEXT/MSGTYPE"] = "CANCEL"
-    elif kind in _MSGTYPE_OUT:
-        out["CONTEXT/MSGTYPE"] = _MSGTYPE_OUT[kind]
+    if env.kind in _MSGTYPE_OUT:
+        out["CONTEXT/MSGTYPE"] = _MSGTYPE_OUT[env.kind]
     if env.HasField("sent_at"):
         out["CONTEXT/CREATION"] = _time_text(env.sent_at)
     for i, ref in enumerate(env.references):
@@ -509,7 +507,18 @@ def _render(
     )
     if priority in _URGENCY_OUT:
         out["CONTEXT/URGENCY"] = _URGENCY_OUT[priority]
+    _render_payload(env, base, [by_id[r.distribution_id] for r in env.references if r.distribution_id in by_id], out)
+    return out
 
+
+def _render_payload(
+    env: envelope_pb2.Envelope,
+    base: Mapping[str, str],
+    requests: Sequence[envelope_pb2.Envelope],
+    out: dict[str, str],
+) -> None:
+    """The EVENT, MISSION and RESOURCE leaves of the payload."""
+    payload = env.WhichOneof("payload")
     if payload == "incident":
         _render_incident(env.incident, out)
     elif payload == "closure":
@@ -520,11 +529,9 @@ def _render(
     elif payload == "assistance_request":
         _render_request(env, base, out)
     elif payload == "assistance_response":
-        _render_response(env, base, out, [by_id[r.distribution_id] for r in env.references if r.distribution_id in by_id])
+        _render_response(env, base, out, requests)
     else:
-        event_id = env.incident_ids[0] if env.incident_ids else env.distribution_id
-        out["EVENT/ID"] = event_id
-    return out
+        out["EVENT/ID"] = env.incident_ids[0] if env.incident_ids else env.distribution_id
 
 
 def _render_point(point: common_pb2.GeoPoint, prefix: str, out: dict[str, str]) -> None:
@@ -645,9 +652,7 @@ def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
         qname = etree.QName(root)
         if (qname.namespace, qname.localname) != (NAMESPACE, "emsi"):
             found = f"{{{qname.namespace}}}{qname.localname}" if qname.namespace else qname.localname
-            raise UnsupportedDocument(
-                f"/{qname.localname}", f"root element {found} is not EMSI ({{{NAMESPACE}}}emsi)"
-            )
+            raise UnsupportedDocument(f"/{qname.localname}", f"root element {found} is not EMSI ({{{NAMESPACE}}}emsi)")
         schemas.check_xml(root, XSD)
         return "/emsi", _from_xml(root, "")
     doc = document.load_json(data, ctx.limits)
@@ -659,7 +664,7 @@ def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
     else:
         keys = sorted(message)[:10] if isinstance(message, dict) else type(message).__name__
         raise UnsupportedDocument(
-            where or "/", f"has {keys}; an EMSI document is {{\"emsi\": {{\"CONTEXT\": ..., \"EVENT\": ...}}}}"
+            where or "/", f'has {keys}; an EMSI document is {{"emsi": {{"CONTEXT": ..., "EVENT": ...}}}}'
         )
     try:
         schemas.check_json(inner, _validator())
@@ -668,9 +673,7 @@ def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
     return where, inner
 
 
-def decode(
-    data: bytes, ctx: Context, *, referenced: Sequence[envelope_pb2.Envelope] = ()
-) -> envelope_pb2.Envelope:
+def decode(data: bytes, ctx: Context, *, referenced: Sequence[envelope_pb2.Envelope] = ()) -> envelope_pb2.Envelope:
     """The envelope of an EMSI document (JSON or XML, bare or in EDXL-DE); DocumentError if it is not one.
 
     referenced: envelopes the document's LINKs may name (by their EMSI CONTEXT.ID or
@@ -733,6 +736,13 @@ class _Reader:
         while f"CONTEXT/LINK[{i}]/ID" in self.leaves:
             env.references.append(self.reference(self.leaves[f"CONTEXT/LINK[{i}]/ID"]))
             i += 1
+        self.payload(env)
+        return env
+
+    def payload(self, env: envelope_pb2.Envelope) -> None:
+        """Kind and payload, from the missions and CONTEXT.MSGTYPE."""
+        get = self.leaves.get
+        sent = env.sent_at if env.HasField("sent_at") else None
         incident_id = get("EVENT/MAIN_EVENT_ID") or get("EVENT/ID", "")
         if incident_id:
             env.incident_ids.append(incident_id)
@@ -757,7 +767,6 @@ class _Reader:
                     env.closure.closed_at.CopyFrom(sent)
             else:
                 self.incident(env.incident, incident_id, priority)
-        return env
 
     def reference(self, link_id: str) -> common_pb2.Reference:
         for known in self.referenced:

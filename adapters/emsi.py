@@ -444,6 +444,21 @@ def _mission_index(base: Mapping[str, str], pattern: re.Pattern[str]) -> int | N
     return None
 
 
+def _mission_slot(base: Mapping[str, str], pattern: re.Pattern[str]) -> int:
+    """Where the request's (or answer's) mission is written: where base names it, else the first free place.
+
+    Every other mission keeps its NAME (required) in base, so the first index without one is
+    the place of the mission whose NAME the typed fields render.
+    """
+    found = _mission_index(base, pattern)
+    if found is not None:
+        return found
+    index = 0
+    while f"MISSION[{index}]/NAME" in base:
+        index += 1
+    return index
+
+
 def _is_rdc(base: Mapping[str, str]) -> int | None:
     return _mission_index(base, _RDC_RE)
 
@@ -576,16 +591,14 @@ def _render_request(env: envelope_pb2.Envelope, base: Mapping[str, str], out: di
     out["EVENT/ID"] = req.incident_id
     if req.HasField("location") and req.location.HasField("point"):
         _render_point(req.location.point, "EVENT/EGEO[0]/POSITION", out)
-    index = _is_dc(base)
-    at = f"MISSION[{index if index is not None else 0}]"
+    at = f"MISSION[{_mission_slot(base, _DC_RE)}]"
     first = req.resources[0].resource_type if req.resources else ""
     mission_type = emsi_resource_code(first, "MISSION.TYPE") or _DEFAULT_MISSION_TYPE
     out[f"{at}/TYPE"] = mission_type
     if req.remarks:
         out[f"{at}/FREETEXT"] = req.remarks
-    out[f"{at}/ID"] = env.distribution_id
-    if index is None:
-        out[f"{at}/NAME"] = _DC_NAME
+    out[f"{at}/ID"] = document_id(env)
+    out[f"{at}/NAME"] = _DC_NAME
     out[f"{at}/STATUS"] = "NST"
     if req.HasField("needed_by"):
         out[f"{at}/START_TIME"] = _time_text(req.needed_by)
@@ -597,7 +610,7 @@ def _render_request(env: envelope_pb2.Envelope, base: Mapping[str, str], out: di
     for i, need in enumerate(req.resources):
         at = f"RESOURCE[{i}]"
         _render_rclass(need.resource_type, at, base, out, f"assistance_request.resources[{i}].resource_type")
-        out[f"{at}/ID"] = f"{env.distribution_id}-{i + 1}"
+        out[f"{at}/ID"] = f"{document_id(env)}-{i + 1}"
         out[f"{at}/NAME"] = need.resource_type
         if need.quantity != 1:
             out[f"{at}/QUANTITY"] = str(need.quantity)
@@ -620,14 +633,12 @@ def _render_response(
         out["EVENT/ID"] = request.incident_ids[0]
     else:
         out["EVENT/ID"] = env.distribution_id
-    index = _is_rdc(base)
-    at = f"MISSION[{index if index is not None else 0}]"
+    at = f"MISSION[{_mission_slot(base, _RDC_RE)}]"
     out[f"{at}/TYPE"] = asked.get(f"MISSION[{asked_at}]/TYPE", _DEFAULT_MISSION_TYPE)
     if resp.outcome == common_pb2.OUTCOME_REJECTED and resp.cause:
         out[f"{at}/FREETEXT"] = resp.cause
-    out[f"{at}/ID"] = env.distribution_id
-    if index is None:
-        out[f"{at}/NAME"] = f"#REPONSE_DEMANDE_CONCOURS#{_OUTCOME_OUT.get(resp.outcome, 'ACCEPTE')}#"
+    out[f"{at}/ID"] = document_id(env)
+    out[f"{at}/NAME"] = f"#REPONSE_DEMANDE_CONCOURS#{_OUTCOME_OUT.get(resp.outcome, 'ACCEPTE')}#"
     out[f"{at}/STATUS"] = "ABO" if resp.outcome == common_pb2.OUTCOME_REJECTED else "NST"
     if asked_at is not None and f"MISSION[{asked_at}]/ID" in asked:
         out[f"{at}/MAIN_MISSION_ID"] = asked[f"MISSION[{asked_at}]/ID"]
@@ -642,6 +653,20 @@ def _render_response(
 # -- decode ---------------------------------------------------------------------------------
 
 
+def _check_xml(root: etree._Element) -> None:
+    """schemas.check_xml, the failing element named by its path of local names."""
+    try:
+        schemas.check_xml(root, XSD)
+    except DocumentError as exc:
+        try:
+            found = root.getroottree().xpath(exc.path)
+        except etree.XPathError:
+            found = None
+        if isinstance(found, list) and found and isinstance(found[0], etree._Element):
+            raise DocumentError(document.xml_path(found[0]), exc.reason) from None
+        raise
+
+
 def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
     """The document's own path and its JSON-shaped tree, after the schema check."""
     head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
@@ -653,7 +678,7 @@ def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
         if (qname.namespace, qname.localname) != (NAMESPACE, "emsi"):
             found = f"{{{qname.namespace}}}{qname.localname}" if qname.namespace else qname.localname
             raise UnsupportedDocument(f"/{qname.localname}", f"root element {found} is not EMSI ({{{NAMESPACE}}}emsi)")
-        schemas.check_xml(root, XSD)
+        _check_xml(root)
         return "/emsi", _from_xml(root, "")
     doc = document.load_json(data, ctx.limits)
     where, message = edxl.unwrap_json(doc)
@@ -683,10 +708,26 @@ def decode(data: bytes, ctx: Context, *, referenced: Sequence[envelope_pb2.Envel
     leaves = dict(_flatten(tree))
     env = _Reader(leaves, ctx, referenced, where).envelope()
     rendered = _render(env, leaves, referenced)
-    unmapped = [(path, value) for path, value in leaves.items() if rendered.get(path) != value]
-    unmapped += [(f"!{path}", "") for path in rendered if path not in leaves]
-    env.origin.unmapped.extend(envelope_pb2.OriginField(path=p, value=v) for p, v in unmapped)
-    return env
+    kept = {path for path, value in leaves.items() if rendered.get(path) != value}
+    absent = {path for path in rendered if path not in leaves}
+    for _ in range(4):  # what the typed fields render may depend on what is kept: settle it
+        _set_unmapped(env, leaves, kept, absent)
+        rebuilt = _leaves_of(env, referenced)
+        missed = {path for path, value in leaves.items() if rebuilt.get(path) != value} - kept
+        extra = {path for path in rebuilt if path not in leaves} - absent
+        if not missed and not extra:
+            return env
+        kept |= missed
+        absent |= extra
+    raise DocumentError(where, "cannot be kept whole; please report this document")  # pragma: no cover
+
+
+def _set_unmapped(env: envelope_pb2.Envelope, leaves: Mapping[str, str], kept: set[str], absent: set[str]) -> None:
+    del env.origin.unmapped[:]
+    env.origin.unmapped.extend(
+        envelope_pb2.OriginField(path=path, value=value) for path, value in leaves.items() if path in kept
+    )
+    env.origin.unmapped.extend(envelope_pb2.OriginField(path=f"!{path}") for path in sorted(absent))
 
 
 class _Reader:
@@ -904,5 +945,5 @@ def encode(
         return json.dumps({"emsi": tree}, ensure_ascii=False, indent=2).encode("utf-8")
     root = etree.Element(f"{{{NAMESPACE}}}emsi", nsmap={None: NAMESPACE})
     _to_xml(tree, root)
-    schemas.check_xml(root, XSD)
+    _check_xml(root)
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))

@@ -659,11 +659,12 @@ def _check_xml(root: etree._Element) -> None:
         schemas.check_xml(root, XSD)
     except DocumentError as exc:
         try:
-            found = root.getroottree().xpath(exc.path)
+            found: Any = root.getroottree().xpath(exc.path)
         except etree.XPathError:
             found = None
-        if isinstance(found, list) and found and isinstance(found[0], etree._Element):
-            raise DocumentError(document.xml_path(found[0]), exc.reason) from None
+        elements = [item for item in found or () if isinstance(getattr(item, "tag", None), str)]
+        if isinstance(found, list) and elements:
+            raise DocumentError(document.xml_path(elements[0]), exc.reason) from None
         raise
 
 

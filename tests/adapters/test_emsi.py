@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker.policy import redact
-from broker.validate import codelists
-from broker.validate.checker import validate_envelope
-from broker.validate.fields import ValidationContext
 from lxml import etree
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
@@ -20,6 +16,10 @@ from opsroom.incident.v1 import incident_pb2
 
 from adapters import codes, document, emsi, schemas
 from adapters.document import Context, DocumentError, UnsupportedDocument
+from broker.policy import redact
+from broker.validate import codelists
+from broker.validate.checker import validate_envelope
+from broker.validate.fields import ValidationContext
 from tests import factories
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -158,7 +158,9 @@ def test_context_maps_to_the_envelope_header() -> None:
     kept = unmapped(env)
     assert kept["CONTEXT/LEVEL"] == "OPR"
     assert kept["CONTEXT/ORIGIN/NAME"] == "SAMU 69"
-    assert "CONTEXT/ID" not in kept and "CONTEXT/CREATION" not in kept and "CONTEXT/MSGTYPE" not in kept
+    assert "CONTEXT/ID" not in kept
+    assert "CONTEXT/CREATION" not in kept
+    assert "CONTEXT/MSGTYPE" not in kept
 
 
 def test_an_ongoing_operation_is_an_incident_update() -> None:
@@ -320,7 +322,8 @@ def test_a_request_for_assistance_is_a_request() -> None:
     kept = unmapped(env)
     assert kept["MISSION[0]/NAME"] == "#DEMANDE_CONCOURS#CARENCE#Z.01.00.00#"
     assert kept["MISSION[0]/ID"] == "ABC1YU3454"
-    assert "MISSION[0]/TYPE" not in kept and "MISSION[0]/FREETEXT" not in kept
+    assert "MISSION[0]/TYPE" not in kept
+    assert "MISSION[0]/FREETEXT" not in kept
     assert "CONTEXT/MSGTYPE" not in kept  # requests are written as UPDATE, as the example is
 
 
@@ -502,7 +505,7 @@ def expressible(env: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
 
 
 HUB_ENVELOPES = {
-    "incident": lambda: factories.envelope(),
+    "incident": factories.envelope,
     "closure": lambda: factories.envelope(kind=common_pb2.KIND_UPDATE, closure=factories.closure()),
     "request": lambda: factories.envelope(
         kind=common_pb2.KIND_REQUEST, assistance_request=factories.assistance_request()
@@ -590,7 +593,7 @@ def test_other_xml_documents_are_unsupported_naming_their_root() -> None:
     with pytest.raises(UnsupportedDocument, match="message"):
         emsi.decode(raw_de("xml"), CTX)  # a Hub Santé message, not EMSI
     other_ns = raw(FULL_XML).replace(emsi.NAMESPACE.encode(), b"urn:emergency:eda:2.0:emsi")
-    with pytest.raises(UnsupportedDocument, match="urn:emergency:eda:2.0:emsi"):
+    with pytest.raises(UnsupportedDocument, match=r"urn:emergency:eda:2\.0:emsi"):
         emsi.decode(other_ns, CTX)
 
 
@@ -639,7 +642,8 @@ def test_xml_documents_the_schema_refuses_name_the_element() -> None:
     bad_mode = raw(FULL_XML).replace(b"<MODE>ACTUAL</MODE>", b"<MODE>LIVE</MODE>")
     with pytest.raises(DocumentError) as err:
         emsi.decode(bad_mode, CTX)
-    assert "MODE" in err.value.path and "LIVE" in err.value.reason
+    assert "MODE" in err.value.path
+    assert "LIVE" in err.value.reason
     bad_date = raw(FULL_XML).replace(b"<CREATION>2024-01-09T16:00:00+01:00", b"<CREATION>yesterday")
     with pytest.raises(DocumentError) as err:
         emsi.decode(bad_date, CTX)
@@ -647,7 +651,8 @@ def test_xml_documents_the_schema_refuses_name_the_element() -> None:
     no_id = raw(FULL_XML).replace(b"<ID>d350c9d2-9d76-4568-b0b7-a747ffadc949</ID>", b"")
     with pytest.raises(DocumentError) as err:
         emsi.decode(no_id, CTX)
-    assert "CONTEXT" in err.value.path and "ID" in err.value.reason
+    assert "CONTEXT" in err.value.path
+    assert "ID" in err.value.reason
 
 
 def test_an_xml_time_without_offset_is_refused() -> None:
@@ -664,7 +669,8 @@ def test_an_unknown_answer_code_is_refused_with_its_mission() -> None:
     with pytest.raises(DocumentError) as err:
         emsi.decode(dumps(doc), CTX)
     assert err.value.path == "/emsi/MISSION[0]/NAME"
-    assert "PEUTETRE" in err.value.reason and "ACCEPTE" in err.value.reason
+    assert "PEUTETRE" in err.value.reason
+    assert "ACCEPTE" in err.value.reason
 
 
 def test_coordinates_out_of_range_are_refused() -> None:

@@ -92,6 +92,7 @@ Everything else (other missions, the OPG operations, resources of an update) -> 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -110,7 +111,8 @@ from opsroom.incident.v1 import incident_pb2
 from opsroom.request.v1 import request_pb2
 
 from adapters import codes, document, edxl, schemas
-from adapters.document import Context, DocumentError, UnsupportedDocument
+from adapters.document import Context, DocumentError, DocumentTooLarge, UnsupportedDocument
+from broker import ids
 
 FORMAT = "emsi-1.0"
 NAMESPACE = "urn:emergency:eda:1.9:emsi"
@@ -121,8 +123,6 @@ RESOURCE_TYPES = "emsi-resource-types.csv"
 Syntax = Literal["json", "xml"]
 
 _ROME = ZoneInfo("Europe/Rome")
-_LOCAL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")  # broker.ids.LOCAL_ID_RE
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _DC_RE = re.compile(r"#DEMANDE_CONCOURS#", re.IGNORECASE)
 _RDC_RE = re.compile(r"#REPONSE_DEMANDE_CONCOURS#([^#]*)#", re.IGNORECASE)
 _SEGMENT_RE = re.compile(r"([A-Z][A-Z_]*)(?:\[(\d{1,6})\])?")
@@ -182,6 +182,10 @@ _DC_NAME = "#DEMANDE_CONCOURS#AUTRE#AUTRE#"
 _INCIDENT_LOCATION = "CurrentIncident"
 _WGS84 = ("EPSG-4326", "EPSG:4326")
 _ACK_CODES = {common_pb2.KIND_ACK: "RECEIVED", common_pb2.KIND_ERROR: "ERROR"}
+# Elements (XML) or objects, arrays and values (JSON) an EMSI document may have: 10,000 is a
+# polygon of some 2,400 vertices. jsonschema spends some 50 us on each, and the mapping a few us,
+# so the bound keeps a decode near a second; a larger document is refused as DocumentTooLarge.
+MAX_NODES = 10_000
 
 
 # -- the schema's shape ---------------------------------------------------------------------
@@ -315,7 +319,7 @@ def _from_xml(element: etree._Element, definition: str) -> dict[str, Any]:
     for child in element:
         if not isinstance(child.tag, str):
             continue
-        name = document.local_name(child)
+        name = child.tag.rpartition("}")[2]
         spec = fields[name]
         value: Any = _from_xml(child, spec.ref) if spec.ref else (child.text or "")
         if spec.array:
@@ -438,9 +442,8 @@ def document_id(env: envelope_pb2.Envelope) -> str:
 
 def _mission_index(base: Mapping[str, str], pattern: re.Pattern[str]) -> int | None:
     for path, value in base.items():
-        match = re.fullmatch(r"MISSION\[(\d+)\]/NAME", path)
-        if match and pattern.match(value):
-            return int(match.group(1))
+        if path.startswith("MISSION[") and path.endswith("]/NAME") and pattern.match(value):
+            return int(path[len("MISSION[") : -len("]/NAME")])
     return None
 
 
@@ -668,6 +671,19 @@ def _check_xml(root: etree._Element) -> None:
         raise
 
 
+def _json_nodes(doc: Any, limit: int) -> int:
+    """How many objects, arrays and values a JSON document has (counting stops past limit)."""
+    count, stack = 0, [doc]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
 def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
     """The document's own path and its JSON-shaped tree, after the schema check."""
     head = data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
@@ -675,6 +691,9 @@ def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
         root = document.parse_xml(data, ctx.limits)
         if edxl.is_wrapper(root):
             root = edxl.unwrap_xml(root)
+        limit = min(MAX_NODES, ctx.limits.max_elements)
+        if any(True for _ in itertools.islice(root.iter(), limit, None)):
+            raise DocumentTooLarge("/", f"has more than {limit} elements; EMSI documents are bounded to {MAX_NODES}")
         qname = etree.QName(root)
         if (qname.namespace, qname.localname) != (NAMESPACE, "emsi"):
             found = f"{{{qname.namespace}}}{qname.localname}" if qname.namespace else qname.localname
@@ -682,6 +701,9 @@ def _parse(data: bytes, ctx: Context) -> tuple[str, dict[str, Any]]:
         _check_xml(root)
         return "/emsi", _from_xml(root, "")
     doc = document.load_json(data, ctx.limits)
+    limit = min(MAX_NODES, ctx.limits.max_elements)
+    if _json_nodes(doc, limit) > limit:
+        raise DocumentTooLarge("/", f"has more than {limit} JSON values; EMSI documents are bounded to {MAX_NODES}")
     where, message = edxl.unwrap_json(doc)
     if isinstance(message, dict) and list(message) == ["emsi"] and isinstance(message["emsi"], dict):
         where, inner = f"{where}/emsi", message["emsi"]
@@ -761,7 +783,7 @@ class _Reader:
             origin=envelope_pb2.Origin(format=FORMAT, identifier=identifier, sender=org),
         )
         user = get("CONTEXT/ORIGIN/USER_ID", "")
-        if _LOCAL_ID_RE.fullmatch(user):
+        if ids.LOCAL_ID_RE.fullmatch(user):
             env.sender.operator_id = user
         env.status = _MODE[get("CONTEXT/MODE", "ACTUAL")]
         sent = self.time("CONTEXT/CREATION")
@@ -816,7 +838,7 @@ class _Reader:
                 return common_pb2.Reference(
                     distribution_id=known.distribution_id, sender_agency_id=known.sender.agency_id
                 )
-        if _UUID_RE.fullmatch(link_id):
+        if ids.is_uuid(link_id):
             return common_pb2.Reference(distribution_id=link_id)
         return common_pb2.Reference(distribution_id=document.distribution_id(FORMAT, "", link_id))
 

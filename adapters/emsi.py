@@ -77,16 +77,22 @@ each RESOURCE -> a ResourceNeed (RTYPE.RCLASS[0] -> resource_type by the table
 adapters/data/emsi-resource-types.csv, longest listed prefix; QUANTITY -> quantity, default
 1). A DC without RESOURCE asks for one resource of the type its MISSION.TYPE maps to in the
 same table. Encode writes the DC mission (TYPE from the table, default FSTT/TA; ID the
-distribution id; NAME "#DEMANDE_CONCOURS#AUTRE#AUTRE#"; STATUS NST) and one RESOURCE per need
-(ID "<distribution id>-<n>", NAME the EIDO type, STATUS VIRTUAL).
+CONTEXT.ID; NAME "#DEMANDE_CONCOURS#AUTRE#AUTRE#"; STATUS NST) and one RESOURCE per need (ID
+"<CONTEXT.ID>-<n>", NAME the EIDO type, STATUS VIRTUAL), except when the one need is what the
+mission type implies. The request's (answer's) mission is written where origin.unmapped names
+it, else at the first MISSION index without a NAME there.
 
 Answer (RDC): the RDC mission's NAME code ACCEPTE/DIFFEREE -> outcome ACCEPTED, PARTIELLE/
 DIVERGENTE -> PARTIALLY_ACCEPTED, REFUS -> REJECTED (its FREETEXT -> cause); every RESOURCE ->
 a CommittedResource (ID, NAME, RCLASS[0] -> resource_type; STATUS RESRVD written by default);
-responded_at = sent_at. With the DC among `referenced`, encode copies the DC mission's TYPE
-and names it in MAIN_MISSION_ID, and LINK names the DC's CONTEXT.ID.
+responded_at = sent_at. Encode writes the RDC mission with ID the CONTEXT.ID and STATUS NST
+(ABO when rejected); with the DC among `referenced`, it copies the DC mission's TYPE, names that
+mission in MAIN_MISSION_ID, and LINK names the DC's CONTEXT.ID.
 
 Everything else (other missions, the OPG operations, resources of an update) -> unmapped.
+
+Bounds: besides document.Limits, an EMSI document has at most MAX_NODES elements (XML) or
+values (JSON), so that its schema check stays near a second; a larger one is DocumentTooLarge.
 """
 
 from __future__ import annotations

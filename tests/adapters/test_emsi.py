@@ -695,3 +695,13 @@ def test_decoding_does_not_change_the_document() -> None:
     before = copy.deepcopy(doc)
     emsi.decode(dumps(doc), CTX)
     assert doc == before
+
+
+def test_a_cancelled_request_for_assistance_is_a_cancel_of_the_request() -> None:
+    doc = as_json(DC)
+    doc["emsi"]["CONTEXT"]["MSGTYPE"] = "CANCEL"
+    env = emsi.decode(dumps(doc), CTX)
+    assert env.kind == common_pb2.KIND_CANCEL
+    assert env.WhichOneof("payload") == "assistance_request"
+    assert "CONTEXT/MSGTYPE" not in unmapped(env)
+    assert json.loads(emsi.encode(env)) == doc

@@ -37,6 +37,8 @@ def run(*argv: str) -> tuple[int, str, str]:
         ("cap", EXAMPLES / "cap" / "cap-1.2-appendix-A2.xml", "cap-1.2"),
         ("eido", EXAMPLES / "eido" / "sample-call-transfer-eido.json", "eido-1.0"),
         ("nue112", CARD, "nue112-rev3"),
+        ("emsi", EXAMPLES / "emsi" / "example-emsi-DC-message.json", "emsi-1.0"),
+        ("emsi", EXAMPLES / "emsi" / "example-EMSI-Complet-DC-RDC-OPG-message.xml", "emsi-1.0"),
     ],
 )
 def test_each_format_prints_the_envelope_as_json(fmt: str, path: Path, origin: str) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
 from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
 
 
 class DocumentError(ValueError):
@@ -78,6 +80,17 @@ _ID_NAMESPACE = uuid.UUID("6b1f3c1e-7f0e-5d4a-9a59-0b8f6d0c2a11")
 def distribution_id(fmt: str, sender: str, identifier: str) -> str:
     """The distribution id of a document, derived from its format, its sender and its own id."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{fmt}\n{sender}\n{identifier}"))
+
+
+def classify(origin: envelope_pb2.Origin, rules: Sequence[tuple[str, str]]) -> None:
+    """Give each unmapped element the personal-data category of the first rule its path matches.
+
+    rules are (regular expression searched in the path, category); an element no rule matches
+    stays free text. A recipient then needs the category, besides free text, to see the element.
+    """
+    compiled = [(re.compile(pattern), category) for pattern, category in rules]
+    for item in origin.unmapped:
+        item.category = next((category for regex, category in compiled if regex.search(item.path)), "")
 
 
 def check_size(data: bytes, limits: Limits) -> None:

@@ -61,7 +61,7 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.incident.v1 import incident_pb2
 from opsroom.request.v1 import request_pb2
 
-from adapters import codes
+from adapters import codes, document
 from adapters.document import (
     Context,
     DocumentError,
@@ -278,7 +278,35 @@ def decode(
     _refuse_older(doc)
     _check_strings(doc, ())
     check_json(doc, validator())
-    return _Decoder(doc, ctx).envelope(status)
+    env = _Decoder(doc, ctx).envelope(status)
+    document.classify(env.origin, _personal_paths(doc))
+    return env
+
+
+def _personal_paths(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """The personal-data category of the document's unmapped parts, by JSON Pointer (see decode)."""
+    callers = [
+        str(i)
+        for i, person in enumerate(doc.get("personComponent", []))
+        if isinstance(person, dict) and CALLER in (person.get("personIncidentRoleRegistryText") or [])
+    ]
+    caller_places = [
+        str(i)
+        for i, place in enumerate(doc.get("locationComponent", []))
+        if isinstance(place, dict) and place.get("locationTypeDescriptionRegistryText") == CALLER
+    ]
+    rules = [(r"/updatedByAgentReference|^/agentComponent/", "staff")]
+    if callers:
+        rules.append((rf"^/personComponent/({'|'.join(callers)})(/|$)", "caller"))
+    if caller_places:
+        rules.append((rf"^/locationComponent/({'|'.join(caller_places)})(/|$)", "caller"))
+    return [
+        *rules,
+        (r"^/(callbackComponent|callComponent|additionalDataComponent)/", "caller"),
+        (r"^/personComponent/", "persons"),
+        (r"^/vehicleComponent/", "vehicles"),
+        (r"^/mediaComponent/", "media"),
+    ]
 
 
 class _Decoder:

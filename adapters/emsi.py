@@ -745,6 +745,7 @@ def decode(data: bytes, ctx: Context, *, referenced: Sequence[envelope_pb2.Envel
         missed = {path for path, value in leaves.items() if rebuilt.get(path) != value} - kept
         extra = {path for path in rebuilt if path not in leaves} - absent
         if not missed and not extra:
+            document.classify(env.origin, ((r"(^|/)USER_ID$", "staff"),))
             return env
         kept |= missed
         absent |= extra

@@ -64,7 +64,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.incident.v1 import incident_pb2
 
-from adapters import codes, schemas
+from adapters import codes, document, schemas
 from adapters.document import (
     DEFAULT_LIMITS,
     Context,
@@ -331,7 +331,19 @@ def decode(data: bytes, ctx: Context, *, companies: Mapping[str, str] | None = N
         if key in typed and typed[key] == value and not (manual_differs and _is_manual(key)):
             continue
         env.origin.unmapped.append(envelope_pb2.OriginField(path=path, value=value))
+    document.classify(env.origin, PERSONAL_PATHS)
     return env
+
+
+# The personal-data category of a card's unmapped elements, by path: the network's data about
+# the caller (CED Interforze, eCall, alarms; vehicle data of an eCall as vehicles), anything
+# else about the caller, and the CUR operator.
+PERSONAL_PATHS = (
+    (r"^Caller/Location/Automatic/.*(Eucaris|VIN|Vehicle)", "vehicles"),
+    (r"^Caller/Location/Automatic/", "network_location"),
+    (r"^Caller/", "caller"),
+    (r"^Operator$", "staff"),
+)
 
 
 def _directory(companies: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -24,12 +24,14 @@ PERSONAL_DATA: Mapping[str, tuple[str, ...]] = {
         "incident.locations[type=Caller]",
         "handover_request.incident.call.caller",
         "handover_request.incident.locations[type=Caller]",
+        "origin.unmapped[category=caller]",
     ),
     "network_location": (
         "incident.call.network_location",
         "handover_request.incident.call.network_location",
+        "origin.unmapped[category=network_location]",
     ),
-    "persons": ("incident.persons", "handover_request.incident.persons"),
+    "persons": ("incident.persons", "handover_request.incident.persons", "origin.unmapped[category=persons]"),
     "vehicles": (
         "incident.vehicles.plate",
         "incident.vehicles.vin",
@@ -37,6 +39,7 @@ PERSONAL_DATA: Mapping[str, tuple[str, ...]] = {
         "handover_request.incident.vehicles.vin",
         "alert.vehicles.plate",
         "alert.vehicles.vin",
+        "origin.unmapped[category=vehicles]",
     ),
     "free_text": (
         "incident.description",
@@ -56,12 +59,18 @@ PERSONAL_DATA: Mapping[str, tuple[str, ...]] = {
         "alert.note",
         "origin.unmapped",
     ),
-    "media": ("incident.media", "handover_request.incident.media", "alert.infos.resources"),
+    "media": (
+        "incident.media",
+        "handover_request.incident.media",
+        "alert.infos.resources",
+        "origin.unmapped[category=media]",
+    ),
     "staff": (
         "sender.operator_id",
         "sender.workstation_id",
         "incident.notes.author_operator_id",
         "handover_request.incident.notes.author_operator_id",
+        "origin.unmapped[category=staff]",
     ),
 }
 CATEGORIES = frozenset(PERSONAL_DATA)

@@ -93,6 +93,9 @@ class _Checker(RequestRules, AlertRules):
         for i, item in enumerate(origin.unmapped[: lim.max_unmapped]):
             self.text(f"origin.unmapped[{i}].path", item.path, required=True)
             self.text(f"origin.unmapped[{i}].value", item.value, max_len=lim.max_text)
+            self.code(
+                f"origin.unmapped[{i}].category", item.category, ORIGIN_CATEGORIES, "the personal-data categories"
+            )
 
     def recipients(self, env: envelope_pb2.Envelope) -> None:
         """Check the recipients; record each violation."""
@@ -188,6 +191,8 @@ class _Checker(RequestRules, AlertRules):
 
 # Formats of Origin.format: the standards the adapters decode.
 ORIGIN_FORMATS = frozenset({"cap-1.2", "eido-1.0", "emsi-1.0", "nue112-rev3"})
+# Categories an OriginField may name: the redaction catalogue's, free text aside (the default).
+ORIGIN_CATEGORIES = frozenset({"caller", "network_location", "persons", "vehicles", "media", "staff"})
 
 
 def validate_envelope(env: envelope_pb2.Envelope, ctx: ValidationContext, now: datetime) -> list[Violation]:

@@ -442,3 +442,16 @@ def test_decode_does_not_change_the_input() -> None:
     before = copy.deepcopy(doc)
     eido.decode(dump(doc), CTX)
     assert doc == before
+
+
+def test_unmapped_caller_and_staff_data_need_their_category_not_only_free_text() -> None:
+    env = eido.decode(SAMPLE, CTX)
+    by_path = {u.path: u.category for u in env.origin.unmapped}
+    assert by_path["/callbackComponent/0/callBackInformationUri/0"] == "caller"
+    assert by_path["/updatedByAgentReference"] == "staff"
+    assert by_path.get("/@context", "") == ""
+    seen = redact.redact(env, redact.mask_for({"free_text"}, ()))
+    kept = json.dumps([u.value for u in seen.origin.unmapped])
+    assert "8195551212" not in kept
+    assert "tjones.atroop" not in kept
+    assert "8195551212" in json.dumps([u.value for u in env.origin.unmapped])

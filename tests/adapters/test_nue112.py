@@ -492,3 +492,17 @@ def test_soap_fault_carries_path_and_reason() -> None:
     assert b"bad ? value" in hostile
     with pytest.raises(ValueError, match="soap_version"):
         nue112.soap_fault(caught.value, soap_version="2.0")
+
+
+def test_unmapped_caller_data_is_masked_as_caller_and_network_data() -> None:
+    card = EXAMPLE.read_bytes().replace(
+        b"</CEDInterforze>",
+        b"</CEDInterforze><eCall><Localization><Value>VIN WVWZZZ1JZXW000001 cella 222-01</Value></Localization></eCall>",
+    )
+    env = nue112.decode(card, CTX)
+    categories = {u.path: u.category for u in env.origin.unmapped if u.path.startswith("Caller/")}
+    assert categories
+    assert set(categories.values()) <= {"network_location", "vehicles"}
+    seen = redact.redact(env, redact.mask_for({"free_text", "caller"}, ()))
+    assert "WVWZZZ" not in str(seen)
+    assert "WVWZZZ" in str(env)

@@ -17,6 +17,7 @@ from broker.policy.redact import (
     present_hidden,
     redact,
 )
+from broker.validate.checker import ORIGIN_CATEGORIES
 from tests import factories as f
 
 ALL_PERSONAL = frozenset(path for paths in PERSONAL_DATA.values() for path in paths)
@@ -270,3 +271,31 @@ def test_selector_on_unknown_field_is_rejected() -> None:
     """A selector naming no field of the repeated message is refused up front."""
     with pytest.raises(PathError):
         check_path("incident.locations[kind=Caller]")
+
+
+def test_unmapped_elements_of_a_decoded_document_are_masked_by_their_category() -> None:
+    env = f.envelope()
+    env.origin.CopyFrom(
+        envelope_pb2.Origin(
+            format="eido-1.0",
+            unmapped=[
+                envelope_pb2.OriginField(
+                    path="/callbackComponent/0/callBackInformationUri/0", value="sip:1@x", category="caller"
+                ),
+                envelope_pb2.OriginField(path="/vehicleComponent/0/vehicle", value="{}", category="vehicles"),
+                envelope_pb2.OriginField(path="/@context", value='"x"'),
+            ],
+        )
+    )
+    paths = lambda e: [u.path for u in e.origin.unmapped]  # noqa: E731
+    free_text_only = redact(env, mask_for({"free_text"}, ()))
+    assert paths(free_text_only) == ["/@context"]
+    with_caller = redact(env, mask_for({"free_text", "caller"}, ()))
+    assert paths(with_caller) == ["/callbackComponent/0/callBackInformationUri/0", "/@context"]
+    without_free_text = redact(env, mask_for({"caller", "vehicles"}, ()))
+    assert paths(without_free_text) == []
+    assert paths(redact(env, mask_for(CATEGORIES, ()))) == paths(env)
+
+
+def test_origin_categories_are_the_catalogue_but_free_text() -> None:
+    assert ORIGIN_CATEGORIES == CATEGORIES - {"free_text"}

@@ -1152,6 +1152,12 @@ MUTATIONS = [
         [("origin.unmapped[0].path", "required")],
     ),
     case(
+        "origin-unmapped-category-unknown",
+        "cap",
+        put("origin.unmapped[0].category", "free_text"),
+        [("origin.unmapped[0].category", "code_list")],
+    ),
+    case(
         "origin-unmapped-too-many",
         "cap",
         copy_item("origin.unmapped", 0, 2),

@@ -65,21 +65,28 @@ class OriginField(_message.Message):
 
     PATH_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     """Path of the element in the document, e.g. "info[0]/contact" (CAP) or
     "EVENT/EXTERNAL_INFO[1]/FREETEXT" (EMSI).
     """
     value: _builtins.str
     """Its text. May hold personal data: recipients see it only with the free_text category."""
+    category: _builtins.str
+    """The personal-data category of the element when it is not only free text ("caller",
+    "network_location", "persons", "vehicles", "media", "staff"; the agreements' categories):
+    a recipient then needs that category too to see it. Empty for free text or no personal data.
+    """
     def __init__(
         self,
         *,
         path: _builtins.str = ...,
         value: _builtins.str = ...,
+        category: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "path", b"path", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,3 +120,23 @@ def test_the_installed_demo_plays_with_the_shipped_agreements(hub_venv: Path, tm
     assert "routing by the agreements in" in out
     assert str(hub_venv) in out.split("routing by the agreements in", 1)[1].splitlines()[0]
     assert "scenario complete" in out
+
+
+def test_the_installed_convert_reads_a_document_with_the_shipped_schemas(hub_venv: Path, tmp_path: Path) -> None:
+    """`opsroom convert` from the wheel: the codecs find their schemas and code lists in the package."""
+    [site] = (hub_venv / "lib").glob("python3.*/site-packages")
+    assert (site / "adapters" / "data" / "cap" / "CAP-v1.2.xsd").is_file()
+    assert (site / "adapters" / "data" / "edxl-de" / "other-supporting-schema" / "xlink.xsd").is_file()
+    card = ROOT / "tests" / "adapters" / "examples" / "nue112" / "example-synthetic-contactcard.xml"
+    done = subprocess.run(
+        [str(hub_venv / "bin" / "opsroom"), "convert", "--from", "nue112", "--to", "eido", str(card)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=STEP_LIVENESS, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"incidentTypeCommonRegistryText": "FIGHT"' in done.stdout
+    bad = subprocess.run(
+        [str(hub_venv / "bin" / "opsroom"), "convert", "--from", "cap", "-"],
+        input="<alert/>", cwd=tmp_path, capture_output=True, text=True, timeout=STEP_LIVENESS, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("opsroom convert: /alert: ")

@@ -1,4 +1,4 @@
-"""The `opsroom` command: the hub, the demo, development certificates, agreements, the audit log, convert."""
+"""The `opsroom` command: the hub, the demo, dev certificates, agreements, the audit log, convert, adapters."""
 
 from __future__ import annotations
 
@@ -185,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
 
     convert.add_command(commands)
+    p_adapter = commands.add_parser("adapter", help="run a connector: cap (CAP over HTTP in, Atom feed out)")
+    p_adapter.add_argument("format", choices=["cap"], help="the standard the connector speaks")
+    p_adapter.add_argument("options", nargs=argparse.REMAINDER, help="the connector's options (--help for them)")
 
     args = parser.parse_args(argv)
     level = logging.getLevelNamesMapping().get(args.log_level.upper(), logging.WARNING)
@@ -201,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args.config))
     if args.command in {"demo", "sim", "dev-certs"}:
         return _run_dev(args)
-    if args.command in {"audit", "convert"}:
+    if args.command in {"audit", "convert", "adapter"}:
         return _run_tool(args)
     if args.command == "init":
         return init(args.folder, force=args.force)
@@ -213,9 +216,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_tool(args: argparse.Namespace) -> int:
-    """The audit log's commands and `convert`, which reads standard documents (adapters/)."""
+    """The audit log's commands, `convert` and `adapter` (adapters/: standard documents, connectors)."""
     if args.command == "audit":
         return audit_command.run(args)
+    if args.command == "adapter":
+        from adapters.connect import cap  # noqa: PLC0415 - the hub never imports the adapters; its command line does
+
+        return cap.main(args.options)
     from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
 
     return convert.run(args)

@@ -1,0 +1,113 @@
+"""What every connector shares: its settings and command line, its hub client, refusals as HTTP statuses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from opsroom_client import Credentials, HubClient, HubError
+
+from adapters.document import DocumentError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the hub is, who the connector is, where it listens and keeps its state."""
+
+    hub: str
+    ca: Path
+    cert: Path
+    key: Path
+    agency: str
+    listen: str
+    data: Path
+    server_name: str | None = None
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The listen address split (port 0: any free port)."""
+        host, _, port = self.listen.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every connector takes."""
+    parser.add_argument("--hub", required=True, help="host:port of the hub")
+    parser.add_argument("--ca", type=Path, required=True, help="the CA that signs the hub's certificate")
+    parser.add_argument("--cert", type=Path, required=True, help="this agency's client certificate")
+    parser.add_argument("--key", type=Path, required=True, help="its private key")
+    parser.add_argument("--agency", required=True, help="this agency's id (the one in its certificate)")
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to listen on (port 0: any free port)")
+    parser.add_argument("--data", type=Path, required=True, help="folder for the connector's state")
+    parser.add_argument("--server-name", help="name to check in the hub's certificate, if not the host")
+    parser.add_argument("--recipient", action="append", default=[], help="agency to address besides the agreements'")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings the parsed options give."""
+    return Settings(
+        hub=args.hub,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        agency=args.agency,
+        listen=args.listen,
+        data=args.data,
+        server_name=args.server_name,
+        recipients=tuple(args.recipient),
+    )
+
+
+def client(settings: Settings) -> HubClient:
+    """The connector's client of the hub, as its agency."""
+    creds = Credentials.from_files(settings.ca, settings.cert, settings.key)
+    return HubClient(settings.hub, creds, server_name=settings.server_name)
+
+
+# A refusal by the hub as the HTTP status a posting system understands.
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 422,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+}
+
+
+def refusal(error: HubError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """HTTP status, JSON body and headers for a refusal by the hub (Retry-After when it asks for one)."""
+    status = _HTTP_STATUS.get(error.code, 502)
+    body: dict[str, Any] = {"reason": error.reason, "message": error.message}
+    if error.fields:
+        body["fields"] = [{"field": p.field, "rule": p.rule, "description": p.description} for p in error.fields]
+    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after is not None else {}
+    return status, body, headers
+
+
+def bad_document(error: DocumentError) -> dict[str, str]:
+    """The JSON body of a document refused before it reached the hub (HTTP 400)."""
+    return {"reason": "BAD_DOCUMENT", "path": error.path, "message": error.reason}
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log JSON lines to standard error, as the hub does (standard output is for what the command says)."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

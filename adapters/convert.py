@@ -27,6 +27,7 @@ from typing import IO, Any, Protocol, cast
 from google.protobuf import json_format
 from opsroom.envelope.v1 import envelope_pb2
 
+from adapters import nue112
 from adapters.document import Context, DocumentError
 from broker.validate import codelists
 from broker.validate.checker import ValidationContext, validate_envelope
@@ -110,13 +111,10 @@ def run(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | Non
 
 
 def _companies(pairs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        code, sep, agency = pair.partition("=")
-        if not (sep and code and agency):
-            raise DocumentError("--company", f"{pair!r} is not CODE=AGENCY")
-        out[code] = agency
-    return out
+    try:
+        return nue112.company_directory(pairs)
+    except ValueError as exc:
+        raise DocumentError("--company", str(exc)) from None
 
 
 def _options(

@@ -51,7 +51,7 @@ import csv
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -849,18 +849,22 @@ def gest_contatto(data: bytes, limits: Limits = DEFAULT_LIMITS) -> GestContatto:
     return GestContatto(versions[qname.namespace], parameters, card)
 
 
-def soap_fault(error: DocumentError, *, soap_version: str = "1.1") -> bytes:
-    """The SOAP fault answering a card the codec refused: faultstring "<path>: <reason>", the sender's fault."""
+def soap_fault(error: DocumentError, *, soap_version: str = "1.1", server: bool = False) -> bytes:
+    """The SOAP fault answering a refused card: faultstring "<path>: <reason>".
+
+    The sender's fault (Client, Sender) unless server: then the receiver's (Server, Receiver), a
+    call worth making again later.
+    """
     if soap_version == "1.1":
         envelope = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
         fault = etree.SubElement(etree.SubElement(envelope, f"{{{SOAP11_NS}}}Body"), f"{{{SOAP11_NS}}}Fault")
-        etree.SubElement(fault, "faultcode").text = "soap:Client"
+        etree.SubElement(fault, "faultcode").text = "soap:Server" if server else "soap:Client"
         etree.SubElement(fault, "faultstring").text = _xml_safe(f"{error.path}: {error.reason}")
     elif soap_version == "1.2":
         envelope = etree.Element(f"{{{SOAP12_NS}}}Envelope", nsmap={"env": SOAP12_NS})
         fault = etree.SubElement(etree.SubElement(envelope, f"{{{SOAP12_NS}}}Body"), f"{{{SOAP12_NS}}}Fault")
         code = etree.SubElement(fault, f"{{{SOAP12_NS}}}Code")
-        etree.SubElement(code, f"{{{SOAP12_NS}}}Value").text = "env:Sender"
+        etree.SubElement(code, f"{{{SOAP12_NS}}}Value").text = "env:Receiver" if server else "env:Sender"
         reason = etree.SubElement(fault, f"{{{SOAP12_NS}}}Reason")
         text = etree.SubElement(reason, f"{{{SOAP12_NS}}}Text")
         text.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
@@ -877,3 +881,55 @@ def _xml_safe(text: str) -> str:
 
 def _xml_char(c: str) -> bool:
     return c in "\t\n\r" or " " <= c <= "\ud7ff" or "\ue000" <= c <= "\ufffd" or c >= "\U00010000"
+
+
+# The GestContatto answer of the published PSAP2 service (vvfosprojects/sovvf, SO115App.WSNue:
+# GestContattoResponse, one string field `response`, "OK" or "Error: <why>"), as WCF writes it.
+RESULT_NS = "http://schemas.datacontract.org/2004/07/SO115App.WSNue.DataContract"
+OK = "OK"
+
+
+def gest_contatto_request(card: bytes, parameters: Mapping[str, str]) -> bytes:
+    """A SOAP 1.1 GestContatto call carrying a card (the SchedaContatto string) and the other parameters."""
+    envelope = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
+    body = etree.SubElement(envelope, f"{{{SOAP11_NS}}}Body")
+    call = etree.SubElement(body, f"{{{SERVICE_NS}}}GestContatto", nsmap={None: SERVICE_NS})
+    for name in GEST_CONTATTO_PARAMETERS:
+        value = card.decode("utf-8") if name == "SchedaContatto" else parameters.get(name)
+        if value is not None:
+            etree.SubElement(call, f"{{{SERVICE_NS}}}{name}").text = _xml_safe(value)
+    return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+
+
+def gest_contatto_response(result: str) -> bytes:
+    """The SOAP 1.1 answer of a GestContatto call: "OK", or "Error: <why>"."""
+    envelope = etree.Element(f"{{{SOAP11_NS}}}Envelope", nsmap={"soap": SOAP11_NS})
+    body = etree.SubElement(envelope, f"{{{SOAP11_NS}}}Body")
+    answer = etree.SubElement(body, f"{{{SERVICE_NS}}}GestContattoResponse", nsmap={None: SERVICE_NS})
+    result_element = etree.SubElement(answer, f"{{{SERVICE_NS}}}GestContattoResult", nsmap={"a": RESULT_NS})
+    etree.SubElement(result_element, f"{{{RESULT_NS}}}response").text = _xml_safe(result)
+    return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
+
+
+def gest_contatto_result(data: bytes, limits: Limits = DEFAULT_LIMITS) -> str:
+    """The result string of a GestContatto answer ("OK", "Error: ..."); a SOAP fault as "Fault: <reason>"."""
+    root = parse_xml(data, limits)
+    fault = next(root.iter(f"{{{SOAP11_NS}}}Fault", f"{{{SOAP12_NS}}}Fault"), None)
+    if fault is not None:
+        reason = fault.findtext("faultstring") or "".join(fault.itertext()).strip()
+        return f"Fault: {reason}"
+    response = next(root.iter(f"{{{RESULT_NS}}}response", "response", f"{{{SERVICE_NS}}}response"), None)
+    if response is None:
+        raise DocumentError(xml_path(root), "holds no GestContatto result")
+    return (response.text or "").strip()
+
+
+def company_directory(pairs: Sequence[str]) -> dict[str, str]:
+    """The CUR company directory from "CODE=AGENCY" pairs; ValueError naming a malformed pair."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        code, sep, agency = pair.partition("=")
+        if not (sep and code and agency):
+            raise ValueError(f"{pair!r} is not CODE=AGENCY")
+        out[code] = agency
+    return out

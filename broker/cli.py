@@ -185,8 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
 
     convert.add_command(commands)
-    p_adapter = commands.add_parser("adapter", help="run a connector: cap (CAP over HTTP in, Atom feed out)")
-    p_adapter.add_argument("format", choices=["cap"], help="the standard the connector speaks")
+    p_adapter = commands.add_parser(
+        "adapter", help="run a connector: cap (CAP over HTTP, Atom feed), nue112 (contact cards over SOAP)"
+    )
+    p_adapter.add_argument("format", choices=["cap", "nue112"], help="the standard the connector speaks")
     p_adapter.add_argument("options", nargs=argparse.REMAINDER, help="the connector's options (--help for them)")
 
     args = parser.parse_args(argv)
@@ -220,9 +222,10 @@ def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return audit_command.run(args)
     if args.command == "adapter":
-        from adapters.connect import cap  # noqa: PLC0415 - the hub never imports the adapters; its command line does
+        from adapters.connect import cap, nue112  # noqa: PLC0415 - the hub never imports the adapters; its CLI does
 
-        return cap.main(args.options)
+        run = cap.main if args.format == "cap" else nue112.main
+        return run(args.options)
     from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
 
     return convert.run(args)

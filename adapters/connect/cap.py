@@ -22,12 +22,9 @@ distribution id and acknowledged: it stays in the hub's audit, not in the feed.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -164,6 +161,10 @@ class CapConnector:
         """Liveness."""
         return web.Response(text="ok\n")
 
+    def close(self) -> None:
+        """Close the feed's store."""
+        self.store.close()
+
     async def pump(self) -> None:
         """Deliveries to the feed: each stored, then acknowledged."""
         async for delivery in self.hub.inbox():
@@ -189,56 +190,13 @@ def _title(env: envelope_pb2.Envelope) -> str:
     return common_pb2.Kind.Name(env.kind)
 
 
-async def serve(settings: common.Settings, stop: asyncio.Event, on_ready: Callable[[int], None] | None = None) -> None:
-    """Run the connector until stop is set; on_ready is told the port it listens on."""
-    store = AlertStore(settings.data / "alerts.sqlite")
-    hub = common.client(settings)
-    connector = CapConnector(settings, hub, store)
-    runner = web.AppRunner(connector.app, access_log=None)
-    await runner.setup()
-    host, port = settings.host_port
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]
-    log.info("cap_connector_listening", port=bound, agency=settings.agency)
-    if on_ready is not None:
-        on_ready(bound)
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            pump = tasks.create_task(connector.pump())
-            await stop.wait()
-            pump.cancel()
-    finally:
-        await runner.cleanup()
-        await hub.close()
-        store.close()
-
-
-def _announce(settings: common.Settings) -> Callable[[int], None]:
-    def say(port: int) -> None:
-        # The port, for whoever started the connector (port 0 in the settings: any free one).
-        print(f"listening on {settings.host_port[0]}:{port}", flush=True)  # noqa: T201
-
-    return say
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adapters.connect.cap` (and `opsroom adapter cap`): run until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(prog="opsroom adapter cap", description=__doc__.split("\n", 1)[0])
-    common.add_arguments(parser)
-    settings = common.settings_from(parser.parse_args(argv))
-    common.configure_logging()
+    return common.main(argv, "opsroom adapter cap", __doc__.split("\n", 1)[0], _make)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop, _announce(settings))
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-    return 0
+def _make(settings: common.Settings, hub: HubClient, _args: argparse.Namespace) -> CapConnector:
+    return CapConnector(settings, hub, AlertStore(settings.data / "alerts.sqlite"))
 
 
 if __name__ == "__main__":

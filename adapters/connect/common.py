@@ -1,16 +1,21 @@
-"""What every connector shares: its settings and command line, its hub client, refusals as HTTP statuses."""
+"""What every connector shares: settings and command line, the hub client, refusals as HTTP statuses, the run loop."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import structlog
+from aiohttp import web
 from opsroom_client import Credentials, HubClient, HubError
 
 from adapters.document import DocumentError
@@ -111,3 +116,80 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class Connector(Protocol):
+    """A connector: its HTTP application, the loop taking the agency's deliveries, what to close at the end."""
+
+    app: web.Application
+
+    async def pump(self) -> None:
+        """Take the agency's deliveries until cancelled (return at once if the connector takes none)."""
+
+    def close(self) -> None:
+        """Release what the connector holds (its store)."""
+
+
+async def serve(
+    settings: Settings,
+    make: Callable[[Settings, HubClient], Connector],
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run a connector until stop is set: its HTTP endpoint and its delivery loop, under one owner."""
+    log = structlog.get_logger("adapters.connect")
+    hub = client(settings)
+    connector = make(settings, hub)
+    runner = web.AppRunner(connector.app, access_log=None)
+    try:
+        await runner.setup()
+        host, port = settings.host_port
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
+        log.info("connector_listening", port=bound, agency=settings.agency)
+        if on_ready is not None:
+            on_ready(bound)
+        async with asyncio.TaskGroup() as tasks:
+            pump = tasks.create_task(connector.pump())
+            await stop.wait()
+            pump.cancel()
+    finally:
+        await runner.cleanup()
+        await hub.close()
+        connector.close()
+
+
+def main(
+    argv: Sequence[str] | None,
+    prog: str,
+    description: str,
+    make: Callable[[Settings, HubClient, argparse.Namespace], Connector],
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """Parse the options, run the connector until SIGTERM or SIGINT, print the port it listens on first.
+
+    make builds the connector from the settings, its hub client and the parsed options (its own
+    ones, which extra adds to the parser).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    settings = settings_from(args)
+    configure_logging()
+
+    def say(port: int) -> None:
+        # The port, for whoever started the connector (port 0 in the settings: any free one).
+        print(f"listening on {settings.host_port[0]}:{port}", flush=True)  # noqa: T201
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, lambda s, hub: make(s, hub, args), stop, say)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0

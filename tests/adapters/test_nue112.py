@@ -506,3 +506,27 @@ def test_unmapped_caller_data_is_masked_as_caller_and_network_data() -> None:
     seen = redact.redact(env, redact.mask_for({"free_text", "caller"}, ()))
     assert "WVWZZZ" not in str(seen)
     assert "WVWZZZ" in str(env)
+
+
+def test_gest_contatto_call_and_answer_round_trip() -> None:
+    card = EXAMPLE.read_bytes()
+    call = nue112.gest_contatto(nue112.gest_contatto_request(card, {"EnteMittente": "CUR-MI", "Bogus": "x"}))
+    assert call.soap_version == "1.1"
+    assert call.parameters == {"EnteMittente": "CUR-MI"}
+    assert nue112.decode(call.card, CTX).incident.call.call_id == "1234567"
+    assert nue112.gest_contatto_result(nue112.gest_contatto_response("OK")) == "OK"
+    assert (
+        nue112.gest_contatto_result(nue112.gest_contatto_response("Error: SCHEDA DUPLICATA"))
+        == "Error: SCHEDA DUPLICATA"
+    )
+    fault = nue112.soap_fault(DocumentError("hub", "HUB_OVERLOADED: later"), server=True)
+    assert b"soap:Server" in fault
+    assert nue112.gest_contatto_result(fault) == "Fault: hub: HUB_OVERLOADED: later"
+    with pytest.raises(DocumentError, match="no GestContatto result"):
+        nue112.gest_contatto_result(b"<x/>")
+
+
+def test_company_directory() -> None:
+    assert nue112.company_directory(["A=it.ps.a", "B=it.cc.b"]) == {"A": "it.ps.a", "B": "it.cc.b"}
+    with pytest.raises(ValueError, match="is not CODE=AGENCY"):
+        nue112.company_directory(["A"])

@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,10 +25,10 @@ from broker.dev.testing import LocalHub
 from tests import factories as f
 from tests.adapters.test_cap import PLATE_READER
 from tests.integration.conftest import take
+from tests.integration.connectors import call, start_connector, stop
 
 pytestmark = pytest.mark.integration
 
-START_LIVENESS = 60.0  # a connector says it listens within this (it takes about a second)
 FEED_LIVENESS = 60.0  # an alert reaches the other agency's feed within this (well under a second)
 
 
@@ -49,57 +44,19 @@ def fresh_alert(identifier: str) -> bytes:
     )
 
 
-async def start(hub: LocalHub, agency: str, data: Path, processes: list[subprocess.Popen[str]], *extra: str) -> str:
-    """Start a CAP connector process for an agency; its base URL once it says where it listens."""
-    pair = hub.pki.agency(agency)
-    argv = [sys.executable, "-m", "adapters.connect.cap", "--hub", hub.target, "--server-name", "localhost",
-            "--ca", str(hub.pki.ca), "--cert", str(pair.cert), "--key", str(pair.key), "--agency", agency,
-            "--listen", "127.0.0.1:0", "--data", str(data), *extra]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    processes.append(proc)
-    assert proc.stdout is not None
-    async with asyncio.timeout(START_LIVENESS):
-        line = await asyncio.to_thread(proc.stdout.readline)
-    proc.stdout.close()  # the connector says nothing more there (its logs go to standard error)
-    assert line.startswith("listening on "), line
-    return "http://" + line.removeprefix("listening on ").strip()
-
-
-def http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-async def call(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    return await asyncio.to_thread(http, method, url, body, headers)
-
-
 async def feed_entries(url: str) -> list[etree._Element]:
     status, _headers, body = await call("GET", f"{url}/feed")
     assert status == 200
     return etree.fromstring(body).findall(f"{{{atom.ATOM}}}entry")
 
 
-def stop(processes: list[subprocess.Popen[str]]) -> list[int]:
-    """SIGTERM each connector by its PID; their exit statuses."""
-    for proc in processes:
-        os.kill(proc.pid, signal.SIGTERM)
-    return [proc.wait(timeout=30) for proc in processes]
-
-
 async def test_a_posted_alert_reaches_the_feed_and_the_stream_of_its_recipient(
     hub: LocalHub, clients: dict[str, HubClient], tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    pl = await start(hub, f.PL, tmp_path / "pl", processes, "--recipient", f.QUESTURA, "--recipient", f.CC)
-    questura = await start(hub, f.QUESTURA, tmp_path / "questura", processes)
+    pl = await start_connector(
+        "cap", hub, f.PL, tmp_path / "pl", processes, "--recipient", f.QUESTURA, "--recipient", f.CC
+    )
+    questura = await start_connector("cap", hub, f.QUESTURA, tmp_path / "questura", processes)
     document = fresh_alert(f"PLT-{uuid.uuid4()}")
 
     status, _h, body = await call("POST", f"{pl}/alerts", document, {"Content-Type": atom.CAP_MEDIA_TYPE})
@@ -137,7 +94,7 @@ async def test_a_posted_alert_reaches_the_feed_and_the_stream_of_its_recipient(
 async def test_refusals_name_the_element_or_the_hub_reason(
     hub: LocalHub, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    pl = await start(hub, f.PL, tmp_path / "pl", processes, "--recipient", f.QUESTURA)
+    pl = await start_connector("cap", hub, f.PL, tmp_path / "pl", processes, "--recipient", f.QUESTURA)
 
     status, _h, body = await call("POST", f"{pl}/alerts", b'<alert xmlns="urn:oasis:names:tc:emergency:cap:1.1"/>')
     assert status == 400
@@ -154,7 +111,7 @@ async def test_refusals_name_the_element_or_the_hub_reason(
     assert refusal["reason"] == "INVALID_ENVELOPE"
     assert any((p["field"], p["rule"]) == ("envelope.sent_at", "too_old") for p in refusal["fields"]), refusal
 
-    unknown = await start(hub, f.PL, tmp_path / "pl2", processes, "--recipient", "it.pl.999999")
+    unknown = await start_connector("cap", hub, f.PL, tmp_path / "pl2", processes, "--recipient", "it.pl.999999")
     status, _h, body = await call("POST", f"{unknown}/alerts", fresh_alert(f"PLT-{uuid.uuid4()}"))
     assert status == 422, body
     assert any(p["rule"] == "registered" for p in json.loads(body)["fields"]), body

@@ -186,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     convert.add_command(commands)
     p_adapter = commands.add_parser(
-        "adapter", help="run a connector: cap (HTTP, Atom), nue112 (SOAP), eido (STA-024 WebSocket, HTTP)"
+        "adapter", help="run a connector: cap (HTTP, Atom), nue112 (SOAP), eido (STA-024 WebSocket), emsi (HTTP)"
     )
-    p_adapter.add_argument("format", choices=["cap", "eido", "nue112"], help="the standard the connector speaks")
+    p_adapter.add_argument("format", choices=["cap", "eido", "emsi", "nue112"], help="the standard it speaks")
     p_adapter.add_argument("options", nargs=argparse.REMAINDER, help="the connector's options (--help for them)")
 
     args = parser.parse_args(argv)
@@ -222,9 +222,9 @@ def _run_tool(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return audit_command.run(args)
     if args.command == "adapter":
-        from adapters.connect import cap, eido, nue112  # noqa: PLC0415 - the hub never imports the adapters; its CLI does
+        from adapters.connect import cap, eido, emsi, nue112  # noqa: PLC0415 - the hub never imports them; its CLI does
 
-        run = {"cap": cap.main, "eido": eido.main, "nue112": nue112.main}[args.format]
+        run = {"cap": cap.main, "eido": eido.main, "emsi": emsi.main, "nue112": nue112.main}[args.format]
         return run(args.options)
     from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
 

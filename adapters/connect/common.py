@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import grpc
 import structlog
 from aiohttp import web
@@ -193,3 +194,37 @@ def main(
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0
+
+
+RETRY_FIRST, RETRY_MAX = 0.5, 60.0
+
+
+async def push_until_accepted(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    *,
+    headers: dict[str, str],
+    accepted: Callable[[int, bytes], str | None],
+    distribution_id: str,
+) -> None:
+    """POST body to a room's endpoint until `accepted` (status, answer) says it has it.
+
+    accepted returns None when the room has the document, else what went wrong (logged, by
+    distribution id only). The wait doubles from half a second to a minute; the loop is bounded
+    by the connector's life (it is cancelled at stop), so a delivery is never given up silently.
+    """
+    log = structlog.get_logger("adapters.connect")
+    delay = RETRY_FIRST
+    while True:
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                problem = accepted(response.status, await response.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = f"unreachable ({type(exc).__name__})"
+        if problem is None:
+            log.info("delivery_pushed", distribution_id=distribution_id)
+            return
+        log.warning("push_failed", distribution_id=distribution_id, problem=problem[:200], retry_in=delay)
+        await asyncio.sleep(delay)
+        delay = min(RETRY_MAX, delay * 2)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -36,7 +35,6 @@ from adapters.document import Context, DocumentError
 
 log = structlog.get_logger("adapters.connect.nue112")
 MAX_BODY = 4 * 1024 * 1024
-RETRY_FIRST, RETRY_MAX = 0.5, 60.0
 DUPLICATE = "Error: SCHEDA DUPLICATA"
 _RETRY_AT_HUB = frozenset({503})
 
@@ -102,36 +100,25 @@ class NueConnector:
         call = nue112.gest_contatto_request(
             card, {"EnteMittente": env.sender.agency_id, "EnteDestinatario": self.settings.agency}
         )
-        delay = RETRY_FIRST
         assert self.push_url is not None
-        while True:  # bounded by the connector's life: it is cancelled at stop
-            result = await _post(session, self.push_url, call)
-            if result in (nue112.OK, DUPLICATE):
-                log.info("nue_delivery_pushed", distribution_id=env.distribution_id, result=result)
-                return
-            log.warning("nue_push_failed", distribution_id=env.distribution_id, result=result[:200], retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_MAX, delay * 2)
+        await common.push_until_accepted(
+            session, self.push_url, call, headers=_HEADERS, accepted=_accepted, distribution_id=env.distribution_id
+        )
 
     def close(self) -> None:
         """Nothing to close: the connector keeps no state of its own."""
 
 
-async def _post(session: aiohttp.ClientSession, url: str, call: bytes) -> str:
-    """The endpoint's GestContatto result, or what went wrong."""
-    headers = {
-        "Content-Type": "text/xml; charset=utf-8",
-        "SOAPAction": f'"{nue112.SERVICE_NS}IEntiService/GestContatto"',
-    }
+_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{nue112.SERVICE_NS}IEntiService/GestContatto"'}
+
+
+def _accepted(status: int, body: bytes) -> str | None:
+    """None when the room's endpoint has the card (OK, or a duplicate of one it has), else what it said."""
     try:
-        async with session.post(url, data=call, headers=headers) as response:
-            body = await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return f"Unreachable: {type(exc).__name__}"
-    try:
-        return nue112.gest_contatto_result(body)
+        result = nue112.gest_contatto_result(body)
     except DocumentError as exc:
-        return f"HTTP {response.status}: {exc}"
+        return f"HTTP {status}: {exc}"
+    return None if result in (nue112.OK, DUPLICATE) else result
 
 
 def _soap(body: bytes, status: int, version: str) -> web.Response:

@@ -1,0 +1,109 @@
+"""End to end across the formats, under an agreement: a 112 card in over SOAP, out on gRPC and as EIDO, each redacted.
+
+The CUR's system pushes a contact card to the CUR's NUE connector (GestContatto). The hub routes
+it, by the card's companies, to the Polizia Locale (a room speaking the contract, on its gRPC
+stream) and to the Carabinieri (a CAD speaking EIDO, subscribed on its connector's STA-024
+WebSocket). The agreement lets the Polizia Locale see the caller but not the network's location
+data, and the Carabinieri the network's data but not the caller: each copy shows exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from adapters import nue112
+from broker.dev.testing import local_hub
+from tests import factories as f
+from tests.integration.conftest import take
+from tests.integration.connectors import call, start_connector, stop
+from tests.integration.test_eido_connector import receive, subscribe
+from tests.integration.test_nue_connector import fresh_card
+
+pytestmark = pytest.mark.integration
+
+AGREEMENT = f"""
+id: torino-adapters
+title: Torino, the adapters end to end
+valid_from: 2020-01-01
+legal_basis:
+  law: "d.l. 14/2017 art. 2"
+  purposes: [PUBLIC_SECURITY]
+territory: {{provinces: ["001"]}}
+parties:
+  - {{agency: {f.CUR}, role: cur}}
+  - {{agency: {f.PL}, role: polizia_locale, covers: {{comuni: ["001272"]}}}}
+  - {{agency: {f.CC}, role: carabinieri}}
+roles:
+  polizia_locale: {{personal_data: [caller, persons, vehicles, free_text, media]}}
+  carabinieri: {{personal_data: [network_location, free_text]}}
+rules:
+  - id: cards
+    from: [cur]
+    to: [carabinieri, polizia_locale]
+    kinds: [REPORT, UPDATE]
+    payloads: [incident]
+"""
+AGENCIES = {f.CUR: "CUR Torino", f.PL: "Polizia Locale di Torino", f.CC: "Carabinieri Torino"}
+CALLER_NUMBER = "+39333000000"
+CED_TEXT = "cella: area circa 800 m"
+
+
+def torino_card() -> bytes:
+    """The synthetic card, fresh, its place and companies moved to Torino."""
+    return (
+        fresh_card()
+        .replace(b"<Latitude>45.464211</Latitude>", b"<Latitude>45.070312</Latitude>")
+        .replace(b"<Longitude>9.191383</Longitude>", b"<Longitude>7.686856</Longitude>")
+        .replace(b"<City>Milano</City>", b"<City>Torino</City>")
+        .replace(b"<Province>MI</Province>", b"<Province>TO</Province>")
+        .replace(b"QUESTURA-MI", b"PL-TO")
+        .replace(b"CC-MI", b"CC-TO")
+    )
+
+
+async def test_a_card_over_soap_reaches_a_grpc_room_and_an_eido_cad_each_redacted(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    folder = tmp_path / "agreements"
+    folder.mkdir()
+    (folder / "torino.yaml").write_text(AGREEMENT)
+    async with local_hub(tmp_path / "run", AGENCIES, (), agreements=folder) as hub:
+        companies = ["--company", f"PL-TO={f.PL}", "--company", f"CC-TO={f.CC}"]
+        cur = await start_connector("nue112", hub, f.CUR, tmp_path / "cur", processes, *companies)
+        cc = await start_connector("eido", hub, f.CC, tmp_path / "cc", processes)
+        pl_room = hub.client(f.PL)
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(f"{cc.replace('http', 'ws')}/eido/ws") as ws,
+            ):
+                await subscribe(ws, "r1")
+                card = torino_card()
+                status, _h, body = await call("POST", f"{cur}/GestContatto", nue112.gest_contatto_request(card, {}))
+                assert (status, nue112.gest_contatto_result(body)) == (200, "OK")
+
+                [delivery] = await take(pl_room.inbox(), 1)
+                pl_copy = delivery.envelope
+                assert pl_copy.incident.call.caller.phone == CALLER_NUMBER
+                assert pl_copy.incident.description.startswith("Persone che litigano")
+                assert not pl_copy.incident.call.HasField("network_location")
+                assert CED_TEXT not in str(pl_copy)
+
+                [document] = (await receive(ws))["event"]["notification"]
+                text = json.dumps(document, ensure_ascii=False)
+                assert document["$id"] == pl_copy.incident.id
+                assert "Persone che litigano" in text
+                assert CALLER_NUMBER not in text
+                assert "Rossi" not in text
+                assert all(
+                    "Caller" not in p.get("personIncidentRoleRegistryText", [])
+                    for p in document.get("personComponent", [])
+                )
+        finally:
+            await pl_room.close()
+        assert stop(processes) == [0, 0]

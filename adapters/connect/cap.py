@@ -15,8 +15,8 @@
 
 A delivery is acknowledged to the hub only once it is in the feed's store (SQLite under --data),
 so an alert is never lost between the hub and the feed. A delivery CAP cannot express (another
-payload, a hub-native cancel without the referenced message's sent time) is logged by
-distribution id and acknowledged: it stays in the hub's audit, not in the feed.
+payload, a hub-native cancel without the referenced message's sent time) is answered to its
+sender with an ERROR (NOT_EXPRESSIBLE) and acknowledged.
 """
 
 from __future__ import annotations
@@ -168,16 +168,17 @@ class CapConnector:
     async def pump(self) -> None:
         """Deliveries to the feed: each stored, then acknowledged."""
         async for delivery in self.hub.inbox():
-            self.keep(delivery)
+            await self.keep(delivery)
             await self.hub.ack(delivery)
 
-    def keep(self, delivery: hub_pb2.Delivery) -> None:
-        """Put a delivery in the feed's store, if CAP can express it."""
+    async def keep(self, delivery: hub_pb2.Delivery) -> None:
+        """Put a delivery in the feed's store; one CAP cannot express is told to its sender."""
         env = delivery.envelope
         try:
             document = cap.encode(env)
         except DocumentError as exc:
             log.warning("cap_delivery_not_expressible", distribution_id=env.distribution_id, path=exc.path)
+            await common.tell_sender(self.hub, self.settings.agency, cap.FORMAT, delivery, exc)
             return
         stored = self.store.add(env.distribution_id, datetime.now(UTC), _title(env), document)
         log.info("cap_delivery_stored", distribution_id=env.distribution_id, new=stored)

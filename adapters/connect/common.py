@@ -17,8 +17,12 @@ import aiohttp
 import grpc
 import structlog
 from aiohttp import web
+from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
+from opsroom.hub.v1 import hub_pb2
 from opsroom_client import Credentials, HubClient, HubError
 
+from adapters import document
 from adapters.document import DocumentError
 
 
@@ -228,3 +232,44 @@ async def push_until_accepted(
         log.warning("push_failed", distribution_id=distribution_id, problem=problem[:200], retry_in=delay)
         await asyncio.sleep(delay)
         delay = min(RETRY_MAX, delay * 2)
+
+
+NOT_EXPRESSIBLE = "NOT_EXPRESSIBLE"
+
+
+async def tell_sender(hub: HubClient, agency: str, fmt: str, delivery: hub_pb2.Delivery, error: DocumentError) -> None:
+    """Tell the sender of a delivery the agency's format cannot carry that it was not passed on.
+
+    An ERROR envelope (CAP "Error") to the sender, referencing the delivery, code NOT_EXPRESSIBLE,
+    the format and the path in its description; its distribution id is derived from the
+    delivery's, so a redelivery does not send it twice. The delivery is then acknowledged by the
+    caller: the agency's connector took it, and the sender knows the room did not get it. A
+    refusal of the ERROR itself (an agreement without ERROR from this role) is logged. An
+    acknowledgement or error is not answered so (errors about errors would go back and forth).
+    """
+    env = delivery.envelope
+    log = structlog.get_logger("adapters.connect")
+    if env.kind in (common_pb2.KIND_ACK, common_pb2.KIND_ERROR):
+        log.info("not_expressible_acknowledgement_dropped", distribution_id=env.distribution_id, path=error.path)
+        return
+    notice = envelope_pb2.Envelope(
+        distribution_id=document.distribution_id("not-expressible", agency, env.distribution_id),
+        sender=common_pb2.Sender(agency_id=agency),
+        status=env.status,
+        kind=common_pb2.KIND_ERROR,
+        recipients=[env.sender.agency_id],
+        confidentiality=env.confidentiality,
+        incident_ids=list(env.incident_ids),
+        references=[common_pb2.Reference(distribution_id=env.distribution_id, sender_agency_id=env.sender.agency_id)],
+        legal_basis=env.legal_basis,
+        acknowledgement=envelope_pb2.Acknowledgement(
+            code=NOT_EXPRESSIBLE, description=f"{fmt} cannot carry this message ({error.path}: {error.reason})"[:1000]
+        ),
+    )
+    notice.sent_at.GetCurrentTime()
+    try:
+        await hub.publish(notice)
+    except HubError as exc:
+        log.warning("not_expressible_notice_refused", distribution_id=env.distribution_id, reason=exc.reason)
+        return
+    log.info("not_expressible_notice_sent", distribution_id=env.distribution_id, path=error.path)

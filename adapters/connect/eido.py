@@ -13,7 +13,9 @@
 The incidents delivered to the agency (incidents and hand-overs, each as its recipient's redacted
 copy) are kept in SQLite under --data, encoded as EIDO, before they are acknowledged to the hub,
 so a restarted connector still gives a new subscriber every active incident. A closed or
-cancelled incident is notified once more, then no longer sent to new subscribers.
+cancelled incident is notified once more, then no longer sent to new subscribers. What EIDO
+cannot carry (a request for assistance, an alert) is answered to its sender with an ERROR
+(NOT_EXPRESSIBLE) and acknowledged.
 """
 
 from __future__ import annotations
@@ -180,22 +182,19 @@ class EidoConnector:
     async def pump(self) -> None:
         """Deliveries onto the board: each stored, then notified, then acknowledged."""
         async for delivery in self.hub.inbox():
-            self.keep(delivery)
+            await self.keep(delivery)
             await self.hub.ack(delivery)
 
-    def keep(self, delivery: hub_pb2.Delivery) -> None:
-        """Put a delivered incident on the board and tell the subscribers; other payloads are skipped."""
+    async def keep(self, delivery: hub_pb2.Delivery) -> None:
+        """Put a delivered incident on the board and tell the subscribers; what EIDO cannot carry, to its sender."""
         env = delivery.envelope
-        which = env.WhichOneof("payload")
-        if which not in {"incident", "handover_request"}:
-            log.info("eido_delivery_not_an_incident", distribution_id=env.distribution_id, payload=which)
-            return
-        incident = env.incident if which == "incident" else env.handover_request.incident
         try:
             document = json.loads(eido.encode(env))
         except DocumentError as exc:
             log.warning("eido_delivery_not_expressible", distribution_id=env.distribution_id, path=exc.path)
+            await common.tell_sender(self.hub, self.settings.agency, eido.FORMAT, delivery, exc)
             return
+        incident = env.incident if env.WhichOneof("payload") == "incident" else env.handover_request.incident
         active = incident.status not in _ENDED
         self.store.put(incident.id, document, active=active)
         self.board.put(incident.id, document, active=active)

@@ -165,12 +165,13 @@ class EmsiConnector:
                 await self.hub.ack(delivery)
 
     async def push(self, session: aiohttp.ClientSession, delivery: hub_pb2.Delivery) -> None:
-        """Send one delivery until the room's system took it; one EMSI cannot express is skipped."""
+        """Send one delivery until the room's system took it; one EMSI cannot express is told to its sender."""
         env = delivery.envelope
         try:
             body = self.encode(env, self.syntax)
         except DocumentError as exc:
             log.warning("emsi_delivery_not_expressible", distribution_id=env.distribution_id, path=exc.path)
+            await common.tell_sender(self.hub, self.settings.agency, emsi.FORMAT, delivery, exc)
             return
         assert self.push_url is not None
         await common.push_until_accepted(

@@ -90,12 +90,13 @@ class NueConnector:
                 await self.hub.ack(delivery)
 
     async def push(self, session: aiohttp.ClientSession, delivery: hub_pb2.Delivery) -> None:
-        """Send one delivery until the room's endpoint has it; one it cannot be written as a card is skipped."""
+        """Send one delivery until the room's endpoint has it; one no card can carry is told to its sender."""
         env = delivery.envelope
         try:
             card = nue112.encode(env, companies=self.companies)
         except DocumentError as exc:
             log.warning("nue_delivery_not_expressible", distribution_id=env.distribution_id, path=exc.path)
+            await common.tell_sender(self.hub, self.settings.agency, nue112.FORMAT, delivery, exc)
             return
         call = nue112.gest_contatto_request(
             card, {"EnteMittente": env.sender.agency_id, "EnteDestinatario": self.settings.agency}

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from opsroom.common.v1 import common_pb2
 from opsroom_client import HubClient
 
 from adapters import conveyance, eido
@@ -96,4 +97,20 @@ async def test_a_posted_eido_reaches_its_recipient_and_a_bad_one_names_the_field
     status, _h, body = await call("POST", f"{cc}/eido", b'{"eidoVersion": "0.9"}')
     assert status == 400
     assert json.loads(body)["path"] == "/eidoVersion"
+    assert stop(processes) == [0]
+
+
+async def test_what_eido_cannot_carry_is_answered_to_its_sender_with_an_error(
+    hub: LocalHub, clients: dict[str, HubClient], tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    await start_connector("eido", hub, f.CC, tmp_path / "cc", processes)
+    request = f.envelope(
+        f.PL, (f.CC,), kind=common_pb2.KIND_REQUEST, sent=datetime.now(UTC), assistance_request=f.assistance_request()
+    )
+    await clients[f.PL].publish(request)
+    [notice] = await take(clients[f.PL].inbox(), 1)
+    env = notice.envelope
+    assert (env.kind, env.sender.agency_id) == (common_pb2.KIND_ERROR, f.CC)
+    assert env.acknowledgement.code == "NOT_EXPRESSIBLE"
+    assert env.references[0].distribution_id == request.distribution_id
     assert stop(processes) == [0]

@@ -67,6 +67,7 @@ class Agency:
     id: str
     name: str
     drill_only: bool = False
+    receives: str = "grpc"
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,11 @@ class HubConfig:
     def agency_ids(self) -> frozenset[str]:
         """Ids of the agencies registered in the config (parties of agreements are registered too)."""
         return frozenset(a.id for a in self.agencies)
+
+    @property
+    def formats(self) -> dict[str, str]:
+        """The format each registered agency receives in (its `receives`; "grpc" unless it runs a connector)."""
+        return {a.id: a.receives for a in self.agencies}
 
     @property
     def drill_only(self) -> frozenset[str]:
@@ -260,6 +266,11 @@ def _nats(reader: _Reader, base: Path) -> NatsConfig:
     return cfg
 
 
+# How an agency receives: on its gRPC stream, or through the connector of a standard it runs
+# (adapters/connect): CAP Atom feed, EIDO WebSocket, EMSI over HTTP, 112 NUE SOAP push.
+RECEIVE_FORMATS = ("grpc", "cap", "eido", "emsi", "nue112")
+
+
 def _agencies(source: str, items: object) -> tuple[Agency, ...]:
     if not isinstance(items, list):
         raise ConfigError(f"{source}: agencies: must be an array of tables")
@@ -275,7 +286,11 @@ def _agencies(source: str, items: object) -> tuple[Agency, ...]:
         if agency_id in seen:
             raise reader.error("id", "is registered twice")
         seen.add(agency_id)
-        out.append(Agency(agency_id, reader.get("name", str, agency_id), reader.get("drill_only", bool, False)))
+        receives = reader.get("receives", str, "grpc")
+        if receives not in RECEIVE_FORMATS:
+            raise reader.error("receives", f"must be one of {', '.join(RECEIVE_FORMATS)}, not {receives!r}")
+        name = reader.get("name", str, agency_id)
+        out.append(Agency(agency_id, name, reader.get("drill_only", bool, False), receives))
         reader.check_unknown()
     return tuple(out)
 

@@ -176,6 +176,7 @@ class Hub:
             bulk_per_second=cfg.bulk_max_per_second,
             monotonic=self.time.monotonic,
             default_expiry=cfg.default_expiry,
+            formats=cfg.formats,
         )
 
     def _start_workers(self, js: JetStream, committer: Committer, *, audited: bool) -> None:
@@ -189,6 +190,7 @@ class Hub:
             self.clock,
             audited=audited,
             recheck=cfg.timer_recheck.total_seconds(),
+            formats=cfg.formats,
         )
         self._supervisor.start(ESCALATIONS, self._escalation.run())
         expirer = Expirer(

@@ -29,6 +29,7 @@ COLUMNS = (
     "operator",
     "workstation",
     "recipient",
+    "format",
     "distribution_id",
     "incident_ids",
     "kind",
@@ -85,6 +86,7 @@ class Row:
     workstation: str
     recipient: str
     distribution_id: str
+    format: str = ""
     incident_ids: list[str] = field(default_factory=list)
     kind: str = ""
     status: str = ""
@@ -126,6 +128,7 @@ def row_of(record: audit_pb2.AuditRecord, position: int, seq: int) -> Row:
         workstation=record.actor.workstation_id,
         recipient=record.recipient,
         distribution_id=record.distribution_id,
+        format=record.format,
         incident_ids=list(record.incident_ids),
         kind=record.kind,
         status=record.status,

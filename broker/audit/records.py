@@ -38,13 +38,14 @@ class Caller:
 
 
 class View(NamedTuple):
-    """What one recipient received: the copy's SHA-256, the fields present, the fields withheld, the rule."""
+    """What one recipient received: the copy's SHA-256, the fields present and withheld, the rule, the format."""
 
     recipient: str
     rule: str
     data_sha256: bytes
     fields: tuple[str, ...]
     withheld: tuple[str, ...]
+    format: str = "grpc"
 
 
 def present_fields(message: Any, prefix: str = "", *, skip: frozenset[str] = HEADER_FIELDS) -> list[str]:
@@ -192,6 +193,7 @@ def publish_entry(
             recipient=view.recipient,
             fields=view.fields,
             withheld=view.withheld,
+            format=view.format,
         ).MergeFrom(common)
     return entry
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from google.protobuf.message import DecodeError
@@ -60,6 +60,7 @@ class Escalator:
         *,
         audited: bool,
         recheck: float = 60.0,
+        formats: Mapping[str, str] | None = None,
     ) -> None:
         """A worker writing through committer (audited: with disclosure records).
 
@@ -74,6 +75,7 @@ class Escalator:
         self._metrics = metrics
         self._clock = clock
         self._audited = audited
+        self._formats = dict(formats or {})
         self._stopped = False
 
     def stop(self) -> None:
@@ -182,7 +184,9 @@ class Escalator:
         if route is None:
             return [], None
         layout = self._js.layout
-        copies = Copies(env, first.data, hashlib.sha256(first.data).digest(), audited=self._audited)
+        copies = Copies(
+            env, first.data, hashlib.sha256(first.data).digest(), audited=self._audited, formats=self._formats
+        )
         accepted_ns = int(now.timestamp() * 1e9)
         headers = receipts.delivery_headers(
             layout, env.distribution_id, alternate, sender=sender, accepted_ns=accepted_ns, digest=digest

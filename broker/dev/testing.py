@@ -36,6 +36,7 @@ def dev_config(
     metrics_listen: str = "",
     agreements: Path | None = None,
     drill_only: Iterable[str] = (),
+    receives: Mapping[str, str] | None = None,
 ) -> HubConfig:
     """A hub config for a local nats-server and a dev PKI; with agreements, routing by the agreement files.
 
@@ -46,7 +47,10 @@ def dev_config(
         metrics_listen=metrics_listen,
         tls=TlsConfig(pki.ca, pki.hub.cert, pki.hub.key),
         nats=NatsConfig(servers=(nats.url,), monitor_urls=(nats.monitor_url,)),
-        agencies=tuple(Agency(agency_id, name, agency_id in set(drill_only)) for agency_id, name in agencies.items()),
+        agencies=tuple(
+            Agency(agency_id, name, agency_id in set(drill_only), (receives or {}).get(agency_id, "grpc"))
+            for agency_id, name in agencies.items()
+        ),
         allow=() if agreements is not None else tuple(allow),
         agreements=AgreementsConfig(agreements, timedelta(seconds=0.2)) if agreements is not None else None,
         audit=AuditConfig(pki.audit_key),
@@ -106,6 +110,7 @@ async def local_hub(
     agreements: Path | None = None,
     drill_only: Iterable[str] = (),
     clock: Clock | None = None,
+    receives: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
     """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
@@ -118,7 +123,14 @@ async def local_hub(
     nats.start()
     try:
         cfg = dev_config(
-            pki, nats, agencies, allow, metrics_listen=metrics_listen, agreements=agreements, drill_only=drill_only
+            pki,
+            nats,
+            agencies,
+            allow,
+            metrics_listen=metrics_listen,
+            agreements=agreements,
+            drill_only=drill_only,
+            receives=receives,
         )
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))

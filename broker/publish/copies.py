@@ -7,6 +7,7 @@ sender's bytes as they came), and, when audited, what each recipient's copy hold
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from opsroom.common.v1 import common_pb2
@@ -54,8 +55,20 @@ _Made = tuple[bytes, tuple[str, ...], tuple[str, ...], bytes, tuple[str, ...]]
 class Copies:
     """The copies of one envelope, one per distinct mask, and (if audited) what each recipient's copy holds."""
 
-    def __init__(self, env: envelope_pb2.Envelope, data: bytes, digest: bytes, *, audited: bool) -> None:
-        """The copies of env (serialized as data, hashed as digest); audited: also the views the audit log records."""
+    def __init__(
+        self,
+        env: envelope_pb2.Envelope,
+        data: bytes,
+        digest: bytes,
+        *,
+        audited: bool,
+        formats: Mapping[str, str] | None = None,
+    ) -> None:
+        """The copies of env (serialized as data, hashed as digest); audited: also the views the audit log records.
+
+        formats: the format each agency receives in (the hub's config; "grpc" when not named).
+        """
+        self._formats = formats or {}
         self._env = env
         self._data = data
         self._digest = digest
@@ -88,5 +101,6 @@ class Copies:
             self._by_mask[hidden] = made
         data, fields, withheld, sha, removed = made
         if self._audited:
-            self.views.append(audit_records.View(route.agency_id, route.rule, sha, fields, withheld))
+            fmt = self._formats.get(route.agency_id, "grpc")
+            self.views.append(audit_records.View(route.agency_id, route.rule, sha, fields, withheld, fmt))
         return data, removed

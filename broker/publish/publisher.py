@@ -72,14 +72,18 @@ class Publisher:
         bulk_per_second: float = 0.0,
         monotonic: Callable[[], float] = time.monotonic,
         default_expiry: timedelta = timedelta(hours=24),
+        formats: Mapping[str, str] | None = None,
     ) -> None:
         """Wire the publish path; with audited, each envelope's write carries its audit records.
+
+        formats: the format each agency receives in, recorded with each disclosure.
 
         bulk_per_second, if not 0, is the most bulk-lane envelopes the hub takes in per second.
         An envelope without expires_at expires default_expiry after its acceptance.
         """
         self._default_expiry = default_expiry
         self._audited = audited
+        self._formats = dict(formats or {})
         self._js = js
         self._layout: Layout = js.layout
         self._committers = committers
@@ -231,7 +235,7 @@ class Publisher:
         default_expiry_ns = int(self._default_expiry.total_seconds() * 1e9)
         layout = self._layout
         lane = lane_of(env)
-        copies = Copies(env, data, digest, audited=self._audited)
+        copies = Copies(env, data, digest, audited=self._audited, formats=self._formats)
         messages = []
         planned = []
         for route in decision.routes:

@@ -72,7 +72,8 @@ async def test_a_card_over_soap_reaches_a_grpc_room_and_an_eido_cad_each_redacte
     folder = tmp_path / "agreements"
     folder.mkdir()
     (folder / "torino.yaml").write_text(AGREEMENT)
-    async with local_hub(tmp_path / "run", AGENCIES, (), agreements=folder) as hub:
+    # The hub's config says how each agency receives: the Carabinieri run the EIDO connector.
+    async with local_hub(tmp_path / "run", AGENCIES, (), agreements=folder, receives={f.CC: "eido"}) as hub:
         companies = ["--company", f"PL-TO={f.PL}", "--company", f"CC-TO={f.CC}"]
         cur = await start_connector("nue112", hub, f.CUR, tmp_path / "cur", processes, *companies)
         cc = await start_connector("eido", hub, f.CC, tmp_path / "cc", processes)

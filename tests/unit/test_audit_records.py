@@ -27,6 +27,8 @@ from broker.audit.records import (
     withheld as withheld_by,
 )
 from broker.policy.redact import CATEGORIES, mask_for, redact
+from broker.policy.routing import Route
+from broker.publish.copies import Copies
 from tests import factories as f
 
 CERT = "c0" * 32
@@ -321,3 +323,21 @@ def test_withheld_names_the_caller_locations_the_redaction_removed() -> None:
     assert "incident.locations[type=Caller]" in to_pl.withheld, list(to_pl.withheld)
     to_ps = publish_records(env, CALLER, b"", views_of(env), AT)[1]
     assert "incident.locations[type=Caller]" not in to_ps.withheld  # the Questura has the caller grant
+
+
+def test_a_disclosure_records_the_format_the_recipient_receives_in() -> None:
+    env = f.envelope(sent=f.NOW)
+    digest = hashlib.sha256(env.SerializeToString()).digest()
+    views = [v._replace(format="eido") if v.recipient == f.QUESTURA else v for v in views_of(env)]
+    records = publish_records(env, CALLER, digest, views, AT)
+    formats = {r.recipient: r.format for r in records if r.action == audit_pb2.ACTION_DISCLOSURE}
+    assert formats == {f.QUESTURA: "eido", f.PL: "grpc"}
+
+
+def test_copies_take_each_recipients_format_from_the_config() -> None:
+    env = f.envelope(sent=f.NOW)
+    data = env.SerializeToString()
+    copies = Copies(env, data, hashlib.sha256(data).digest(), audited=True, formats={f.QUESTURA: "nue112"})
+    for agency in (f.QUESTURA, f.PL):
+        copies.of(Route(agency_id=agency, rule="r"))
+    assert [(v.recipient, v.format) for v in copies.views] == [(f.QUESTURA, "nue112"), (f.PL, "grpc")]

@@ -636,3 +636,13 @@ def test_agreements_and_allow_list_exclude_each_other() -> None:
     """A config routes either by agreements or by an allow-list, never both."""
     text = doc(allow=SECTIONS["allow"] + '\n[agreements]\nfolder = "agreements"\n')
     assert "hub.toml: allow: use either [agreements] or [[allow]], not both" == error_of(text)
+
+
+def test_an_agency_names_the_format_it_receives_in() -> None:
+    """`receives` names the connector an agency runs; grpc when not said; anything else is refused."""
+    text = doc(agencies=SECTIONS["agencies"] + '\n[[agencies]]\nid = "it.cc.cp.to"\nreceives = "eido"\n')
+    cfg = parse(text, "hub.toml", BASE)
+    assert cfg.formats["it.cc.cp.to"] == "eido"
+    assert {fmt for agency, fmt in cfg.formats.items() if agency != "it.cc.cp.to"} == {"grpc"}
+    bad = doc(agencies=SECTIONS["agencies"] + '\n[[agencies]]\nid = "it.cc.cp.to"\nreceives = "fax"\n')
+    assert error_of(bad) == "hub.toml: agencies[2].receives: must be one of grpc, cap, eido, emsi, nue112, not 'fax'"

@@ -163,6 +163,7 @@ class AuditRecord(_message.Message):
     LINKED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     ERASED_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
     action: Global___Action.ValueType
     """What was done."""
     distribution_id: _builtins.str
@@ -177,6 +178,10 @@ class AuditRecord(_message.Message):
     """The envelope's status."""
     detail: _builtins.str
     """A short structured note without personal data (e.g. "backlog=12", "query sha256=...")."""
+    format: _builtins.str
+    """For a disclosure: the format the recipient receives in, from the hub's config ("grpc", or
+    the connector it runs: "cap", "eido", "emsi", "nue112").
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -227,10 +232,11 @@ class AuditRecord(_message.Message):
         linked: _abc.Iterable[_builtins.str] | None = ...,
         detail: _builtins.str = ...,
         erased: Global___Erasure | None = ...,
+        format: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "erased", b"erased", "why", b"why"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "data_sha256", b"data_sha256", "detail", b"detail", "distribution_id", b"distribution_id", "erased", b"erased", "fields", b"fields", "incident_ids", b"incident_ids", "kind", b"kind", "linked", b"linked", "recipient", b"recipient", "status", b"status", "why", b"why", "withheld", b"withheld"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "data_sha256", b"data_sha256", "detail", b"detail", "distribution_id", b"distribution_id", "erased", b"erased", "fields", b"fields", "format", b"format", "incident_ids", b"incident_ids", "kind", b"kind", "linked", b"linked", "recipient", b"recipient", "status", b"status", "why", b"why", "withheld", b"withheld"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

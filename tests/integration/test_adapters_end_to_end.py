@@ -9,18 +9,22 @@ data, and the Carabinieri the network's data but not the caller: each copy shows
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from adapters import nue112
+from adapters import cap, nue112
+from adapters.document import Context
 from broker.dev.testing import local_hub
 from tests import factories as f
 from tests.integration.conftest import take
 from tests.integration.connectors import call, start_connector, stop
+from tests.integration.test_cap_connector import FEED_LIVENESS, feed_entries, fresh_alert
 from tests.integration.test_eido_connector import receive, subscribe
 from tests.integration.test_nue_connector import fresh_card
 
@@ -38,17 +42,26 @@ parties:
   - {{agency: {f.CUR}, role: cur}}
   - {{agency: {f.PL}, role: polizia_locale, covers: {{comuni: ["001272"]}}}}
   - {{agency: {f.CC}, role: carabinieri}}
+  - {{agency: {f.QUESTURA}, role: questura}}
 roles:
   polizia_locale: {{personal_data: [caller, persons, vehicles, free_text, media]}}
   carabinieri: {{personal_data: [network_location, free_text]}}
+  questura: {{personal_data: [vehicles, media]}}
 rules:
   - id: cards
     from: [cur]
     to: [carabinieri, polizia_locale]
     kinds: [REPORT, UPDATE]
     payloads: [incident]
+  - id: plate-alerts
+    from: [polizia_locale]
+    to: [questura, carabinieri]
+    kinds: [REPORT]
+    payloads: [alert]
+    alert_categories: [SECURITY]
+    select: territory
 """
-AGENCIES = {f.CUR: "CUR Torino", f.PL: "Polizia Locale di Torino", f.CC: "Carabinieri Torino"}
+AGENCIES = {f.CUR: "CUR Torino", f.PL: "Polizia Locale di Torino", f.CC: "Carabinieri Torino", f.QUESTURA: "Questura"}
 CALLER_NUMBER = "+39333000000"
 CED_TEXT = "cella: area circa 800 m"
 
@@ -107,4 +120,37 @@ async def test_a_card_over_soap_reaches_a_grpc_room_and_an_eido_cad_each_redacte
                 )
         finally:
             await pl_room.close()
+        assert stop(processes) == [0, 0]
+
+
+async def test_a_plate_alert_over_http_reaches_the_rooms_of_its_territory_and_their_feed(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    folder = tmp_path / "agreements"
+    folder.mkdir()
+    (folder / "torino.yaml").write_text(AGREEMENT)
+    async with local_hub(tmp_path / "run", AGENCIES, (), agreements=folder, receives={f.QUESTURA: "cap"}) as hub:
+        pl = await start_connector("cap", hub, f.PL, tmp_path / "pl", processes)  # no recipient: the territory's
+        questura = await start_connector("cap", hub, f.QUESTURA, tmp_path / "questura", processes)
+        cc_room = hub.client(f.CC)
+        try:
+            status, _h, body = await call("POST", f"{pl}/alerts", fresh_alert(f"PLT-{uuid.uuid4()}"))
+            assert status == 201, body
+            answer = json.loads(body)
+            assert sorted(answer["recipients"]) == sorted([f.QUESTURA, f.CC])
+
+            [delivery] = await take(cc_room.inbox(), 1)  # the Carabinieri may see free text, not vehicles
+            assert not delivery.envelope.alert.vehicles[0].plate
+            assert delivery.envelope.alert.infos[0].description  # (which here names the plate: the sender's text)
+
+            async with asyncio.timeout(FEED_LIVENESS):
+                while not (entries := await feed_entries(questura)):
+                    await asyncio.sleep(0.2)
+            assert len(entries) == 1
+            status, _h, alert = await call("GET", f"{questura}/alerts/{answer['distribution_id']}")
+            env = cap.decode(alert, Context(agency_id=f.QUESTURA))
+            assert env.alert.vehicles[0].plate == f.PLATE  # the Questura may
+            assert not env.alert.infos[0].description  # but not free text
+        finally:
+            await cc_room.close()
         assert stop(processes) == [0, 0]

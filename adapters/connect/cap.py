@@ -191,6 +191,11 @@ def _title(env: envelope_pb2.Envelope) -> str:
     return common_pb2.Kind.Name(env.kind)
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """This connector's command line (the shipped systemd examples are checked against it)."""
+    return common.argument_parser("opsroom adapter cap", __doc__.split("\n", 1)[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adapters.connect.cap` (and `opsroom adapter cap`): run until SIGTERM or SIGINT."""
     return common.main(argv, "opsroom adapter cap", __doc__.split("\n", 1)[0], _make)

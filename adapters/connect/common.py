@@ -164,6 +164,17 @@ async def serve(
         connector.close()
 
 
+def argument_parser(
+    prog: str, description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.ArgumentParser:
+    """The command line of a connector: the options every connector takes, and its own (extra)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    if extra is not None:
+        extra(parser)
+    return parser
+
+
 def main(
     argv: Sequence[str] | None,
     prog: str,
@@ -176,11 +187,7 @@ def main(
     make builds the connector from the settings, its hub client and the parsed options (its own
     ones, which extra adds to the parser).
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_arguments(parser)
-    if extra is not None:
-        extra(parser)
-    args = parser.parse_args(argv)
+    args = argument_parser(prog, description, extra).parse_args(argv)
     settings = settings_from(args)
     configure_logging()
 

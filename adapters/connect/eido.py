@@ -213,6 +213,11 @@ def _make(settings: common.Settings, hub: HubClient, _args: argparse.Namespace) 
     return EidoConnector(settings, hub, IncidentStore(settings.data / "incidents.sqlite"))
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """This connector's command line (the shipped systemd examples are checked against it)."""
+    return common.argument_parser("opsroom adapter eido", __doc__.split("\n", 1)[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adapters.connect.eido` (and `opsroom adapter eido`): run until SIGTERM or SIGINT."""
     return common.main(argv, "opsroom adapter eido", __doc__.split("\n", 1)[0], _make)

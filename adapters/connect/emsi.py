@@ -198,6 +198,11 @@ def _make(settings: common.Settings, hub: HubClient, args: argparse.Namespace) -
     return EmsiConnector(settings, hub, store, args.push, "xml" if args.syntax == "xml" else "json")
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """This connector's command line (the shipped systemd examples are checked against it)."""
+    return common.argument_parser("opsroom adapter emsi", __doc__.split("\n", 1)[0], _options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adapters.connect.emsi` (and `opsroom adapter emsi`): run until SIGTERM or SIGINT."""
     return common.main(argv, "opsroom adapter emsi", __doc__.split("\n", 1)[0], _make, _options)

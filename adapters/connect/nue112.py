@@ -141,6 +141,11 @@ def _make(settings: common.Settings, hub: HubClient, args: argparse.Namespace) -
     return NueConnector(settings, hub, companies, args.push)
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """This connector's command line (the shipped systemd examples are checked against it)."""
+    return common.argument_parser("opsroom adapter nue112", __doc__.split("\n", 1)[0], _options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m adapters.connect.nue112` (and `opsroom adapter nue112`): run until SIGTERM or SIGINT."""
     return common.main(argv, "opsroom adapter nue112", __doc__.split("\n", 1)[0], _make, _options)

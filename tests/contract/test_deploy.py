@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import configparser
+import importlib
 import re
+import shlex
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +16,7 @@ from broker.config import load
 from broker.dev.embedded import CONFIG_TEMPLATE, SYNC_ALWAYS, find_nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
 NATS_CONFIGS = sorted((ROOT / "deploy" / "nats").rglob("*.conf"))
 
 
@@ -89,3 +93,39 @@ def test_cluster_hub_config_uses_three_replicas_on_the_three_nodes() -> None:
     assert replace(single.nats, servers=(), monitor_urls=(), replicas=3) == replace(
         cfg.nats, servers=(), monitor_urls=()
     )
+
+
+def _unit(path: Path) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(path.read_text(encoding="utf-8"))
+    return unit
+
+
+@pytest.mark.parametrize("name", ["opsroom-hub.service", "nats-server.service", "opsroom-adapter@.service"])
+def test_systemd_units_run_shipped_commands_with_shipped_configs(name: str) -> None:
+    unit = _unit(DEPLOY / "systemd" / name)
+    assert {"Unit", "Service", "Install"} <= set(unit.sections())
+    command = shlex.split(unit["Service"]["ExecStart"])
+    assert command[0].startswith("/opt/opsroom/.venv/bin/")
+    if name == "nats-server.service":
+        assert command[1:3] == ["--config", "/etc/opsroom/nats/single.conf"]
+        assert (DEPLOY / "nats" / "single.conf").is_file()
+    elif name == "opsroom-hub.service":
+        assert command[-3:] == ["serve", "--config", "/etc/opsroom/hub.toml"]
+        assert (DEPLOY / "hub.toml").is_file()
+    else:
+        assert command[1:3] == ["adapter", "%i"]
+        assert unit["Service"]["EnvironmentFile"] == "/etc/opsroom/adapters/%i.env"
+
+
+@pytest.mark.parametrize("fmt", ["cap", "eido", "emsi", "nue112"])
+def test_adapter_examples_parse_with_their_connector(fmt: str) -> None:
+    """The example options for opsroom-adapter@<format> are options the connector takes."""
+    text = (DEPLOY / "systemd" / f"opsroom-adapter-{fmt}.env").read_text(encoding="utf-8")
+    [line] = [line for line in text.splitlines() if line.startswith("OPSROOM_ADAPTER_OPTIONS=")]
+    options = shlex.split(line.removeprefix("OPSROOM_ADAPTER_OPTIONS="))
+    module = importlib.import_module(f"adapters.connect.{fmt}")
+    args = module.argument_parser().parse_args([*options, "--data", "/var/lib/opsroom-adapter-x"])
+    assert args.cert.name == f"{args.agency}.pem"
+    assert args.key.name == f"{args.agency}-key.pem"

@@ -115,6 +115,9 @@ class HubConfig:
     max_request_bytes: int = 16 * 1024 * 1024
     grace: timedelta = timedelta(seconds=10)
     heartbeat: timedelta = timedelta(seconds=15)
+    # gRPC server reflection, so that grpcurl and similar tools list and call the services
+    # (behind mTLS like the rest); for development hubs.
+    reflection: bool = False
     # Most bulk-lane envelopes (plate reads, routine alerts) taken in per second; 0: no ceiling.
     # The ceiling keeps room in the hub for urgent traffic during a bulk flood (docs/guarantees.md).
     bulk_max_per_second: int = 1000
@@ -388,6 +391,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
     cfg = HubConfig(
         listen=hub.require("listen", str),
         metrics_listen=hub.get("metrics_listen", str, ""),
+        reflection=hub.get("reflection", bool, False),
         max_envelope_bytes=hub.positive("max_envelope_bytes", 64 * 1024),
         max_batch_envelopes=hub.positive("max_batch_envelopes", 1000),
         max_request_bytes=hub.positive("max_request_bytes", 16 * 1024 * 1024),

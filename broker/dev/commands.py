@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -44,7 +45,7 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         cfg = dev_config(
             pki, nats, sim.TORINO_ROOMS, (), listen=listen, metrics_listen=metrics_listen, agreements=agreements
         )
-        hub = Hub(cfg)
+        hub = Hub(replace(cfg, reflection=True))  # a development hub: grpcurl may list and describe it
         await hub.start()
         metrics = f"http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else "off"
         _print(f"hub listening on 127.0.0.1:{hub.port} (mTLS, dev CA in {data / 'pki'}); metrics: {metrics}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from broker.config import HubConfig
 from broker.edge.servicer import SERVICE, HubServicer
@@ -60,6 +61,8 @@ class GrpcServer:
         # Connect calls of rooms, or receipts.
         server.add_registered_method_handlers(SERVICE, servicer.method_handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if cfg.reflection:
+            reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         credentials = grpc.ssl_server_credentials(
             [(cfg.tls.key_file.read_bytes(), cfg.tls.cert_file.read_bytes())],
             root_certificates=cfg.tls.ca_file.read_bytes(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import signal
@@ -16,12 +17,15 @@ from pathlib import Path
 
 from broker.audit import command as audit_command
 from broker.config import check_files, load
+from broker.delivery import status_reader
 from broker.errors import ConfigError, OpsroomError, ServerUnreachable
 from broker.hub import Hub
 from broker.ops import logging as hub_logging
+from broker.ops import status as ops_status
 from broker.ops.console import say as _print
 from broker.ops.console import until_signal as _until_signal
 from broker.policy.loader import AgreementsInvalid, load_dir
+from broker.store.jetstream import JetStream
 
 log = hub_logging.get_logger(__name__)
 # The shipped deploy/ files (in a checkout, broker/data/deploy links to deploy/; in a wheel they
@@ -58,6 +62,21 @@ async def serve(config_path: Path) -> int:
     if hub.failure is not None:
         print(f"opsroom: the hub stopped because its task {hub.failure.task} failed", file=sys.stderr)  # noqa: T201
         return 1
+    return 0
+
+
+async def status(config: Path, *, as_json: bool) -> int:
+    """`opsroom status`: read the store and nats-server's monitoring, print one screen (or JSON); 0."""
+    cfg = load(config)
+    js = await JetStream.connect(cfg.nats, name="opsroom-status")
+    try:
+        snap = await status_reader.snapshot(js, cfg, datetime.now(UTC))
+    finally:
+        await js.close()
+    if as_json:
+        _print(json.dumps(ops_status.to_json(snap), indent=2))
+    else:
+        sys.stdout.write(ops_status.render(snap))
     return 0
 
 
@@ -181,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sim.add_argument("--once", action="store_true", help="exit after the scenario instead of waiting for Ctrl-C")
     p_sim.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the hub to serve (default 30)")
 
+    p_status = commands.add_parser(
+        "status", help="the hub at a glance: NATS, streams, each room online and what waits for it"
+    )
+    p_status.add_argument("--config", type=Path, required=True, help="the hub's config (for NATS and the agencies)")
+    p_status.add_argument("--json", action="store_true", help="as JSON instead of a screen of text")
+
     audit_command.add_commands(commands)
     from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
 
@@ -206,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(serve(args.config))
     if args.command in {"demo", "sim", "dev-certs"}:
         return _run_dev(args)
-    if args.command in {"audit", "convert", "adapter"}:
+    if args.command in {"audit", "convert", "adapter", "status"}:
         return _run_tool(args)
     if args.command == "init":
         return init(args.folder, force=args.force)
@@ -218,9 +243,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_tool(args: argparse.Namespace) -> int:
-    """The audit log's commands, `convert` and `adapter` (adapters/: standard documents, connectors)."""
+    """The audit log's commands, `status`, `convert` and `adapter` (adapters/: standard documents, connectors)."""
     if args.command == "audit":
         return audit_command.run(args)
+    if args.command == "status":
+        return asyncio.run(status(args.config, as_json=args.json))
     if args.command == "adapter":
         from adapters.connect import cap, eido, emsi, nue112  # noqa: PLC0415 - the hub never imports them; its CLI does
 

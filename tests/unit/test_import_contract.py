@@ -48,6 +48,7 @@ PURE = (
     "broker.names",
     "broker.times",
     "broker.lanes",
+    "broker.ops.status",
     "broker.validate",
     "broker.policy.model",
     "broker.policy.redact",

@@ -1,0 +1,81 @@
+"""`opsroom status` against a running hub: a room online, one offline with deliveries waiting, as text and JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from opsroom_client import HubClient
+
+from broker.dev.testing import LocalHub
+from tests import factories as f
+from tests.integration.conftest import AGENCIES
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+ONLINE_LIVENESS = 60.0  # the room's session is recorded within this (well under a second)
+
+
+def config(env: LocalHub, path: Path) -> Path:
+    agencies = "".join(f'[[agencies]]\nid = "{agency}"\nname = "{name}"\n' for agency, name in AGENCIES.items())
+    path.write_text(
+        f"""[hub]
+listen = "127.0.0.1:0"
+[tls]
+ca_file = "{env.pki.ca}"
+cert_file = "{env.pki.hub.cert}"
+key_file = "{env.pki.hub.key}"
+[nats]
+servers = ["{env.nats.url}"]
+monitor_urls = ["{env.nats.monitor_url}"]
+[audit]
+signing_key = "{env.pki.audit_key}"
+{agencies}[[allow]]
+from = ["{f.CUR}"]
+to = ["{f.CUR}"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def status(cfg: Path, *extra: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "broker", "status", "--config", str(cfg), *extra],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_status_shows_who_is_online_and_what_waits_for_whom(
+    hub: LocalHub, clients: dict[str, HubClient], tmp_path: Path
+) -> None:
+    cfg = config(hub, tmp_path / "hub.toml")
+    inbox = clients[f.PL].inbox()
+    pending = asyncio.ensure_future(inbox.__anext__())  # the Polizia Locale's room is connected
+    for _ in range(3):
+        await clients[f.CUR].publish(f.envelope(f.CUR, (f.QUESTURA,), sent=datetime.now(UTC)))
+    try:
+        async with asyncio.timeout(ONLINE_LIVENESS):
+            while True:
+                data = json.loads(await asyncio.to_thread(status, cfg, "--json"))
+                rooms = {a["agency_id"]: a for a in data["agencies"]}
+                if rooms[f.PL]["online"]:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        pending.cancel()
+    assert rooms[f.QUESTURA]["online"] is False
+    assert rooms[f.QUESTURA]["waiting"]["urgent"] == 3
+    assert rooms[f.PL]["replica"] in data["replicas"]
+    assert {s["name"] for s in data["streams"]} >= {"OPSROOM", "OPSROOM_BULK", "OPSROOM_AUDIT"}
+    assert data["servers"][0]["reachable"] is True
+
+    text = await asyncio.to_thread(status, cfg)
+    first_row = next(line for line in text.splitlines() if line.startswith("it."))
+    assert first_row.split()[:2] == [f.QUESTURA, "OFFLINE"]
+    assert f"room(s) offline with deliveries waiting: {f.QUESTURA}" in text

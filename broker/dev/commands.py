@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from opsroom_client import HubClient
 
-from broker.config import load, named_files
+from broker.config import HubConfig, load, named_files
 from broker.dev import sim
 from broker.dev.certs import DevPki, make_dev_pki
 from broker.dev.embedded import NatsServer
@@ -26,6 +26,30 @@ from broker.errors import ConfigError, ServerUnreachable
 from broker.hub import Hub
 from broker.ops.console import say as _print
 from broker.ops.console import until_signal as _until_signal
+
+
+def _write_config(path: Path, cfg: HubConfig, pki: DevPki, nats: NatsServer, port: int) -> Path:
+    """A hub.toml describing the running demo hub, for `opsroom status` and `opsroom audit` beside it."""
+    agencies = "".join(f'[[agencies]]\nid = "{a.id}"\nname = "{a.name}"\n' for a in cfg.agencies)
+    path.write_text(
+        f"""# Written by `opsroom demo` for the hub it runs (the files are its development PKI and nats-server).
+[hub]
+listen = "127.0.0.1:{port}"
+[tls]
+ca_file = "{pki.ca.resolve()}"
+cert_file = "{pki.hub.cert.resolve()}"
+key_file = "{pki.hub.key.resolve()}"
+[nats]
+servers = ["{nats.url}"]
+monitor_urls = ["{nats.monitor_url}"]
+[audit]
+signing_key = "{pki.audit_key.resolve()}"
+[agreements]
+folder = "{cfg.agreements.folder.resolve() if cfg.agreements is not None else ""}"
+{agencies}""",
+        encoding="utf-8",
+    )
+    return path
 
 
 def _prepare(data: Path, *, keep: bool) -> DevPki:
@@ -47,9 +71,11 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         )
         hub = Hub(replace(cfg, reflection=True))  # a development hub: grpcurl may list and describe it
         await hub.start()
+        status_config = _write_config(data / "hub.toml", cfg, pki, nats, hub.port)
         metrics = f"http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else "off"
         _print(f"hub listening on 127.0.0.1:{hub.port} (mTLS, dev CA in {data / 'pki'}); metrics: {metrics}")
         _print(f"routing by the agreements in {agreements}")
+        _print(f"its config: {status_config} (opsroom status --config {status_config})")
         try:
             return await _play(f"127.0.0.1:{hub.port}", pki, once=once)
         finally:

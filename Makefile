@@ -27,8 +27,8 @@ test: $(STAMP) check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 check: $(STAMP)
-	$(BIN)/ruff check broker adapters clients/python tests bench protos/generate.py
-	$(BIN)/ruff format --check broker adapters clients/python tests bench protos/generate.py
+	$(BIN)/ruff check broker adapters clients/python tests bench protos/generate.py deploy/grafana/generate.py
+	$(BIN)/ruff format --check broker adapters clients/python tests bench protos/generate.py deploy/grafana/generate.py
 	$(BIN)/mypy
 
 unit: $(STAMP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import importlib.metadata
 from typing import Self
 
 from broker.audit import chain
@@ -45,6 +46,14 @@ BULK_LINGER = 0.01
 BULK_ATOMIC_THRESHOLD = 8
 
 
+def _version() -> str:
+    """The installed opsroom distribution's version ("unknown" when run from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version("opsroom")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Hub:
     """One hub replica. start() it, then stop() it; or use it as an async context manager."""
 
@@ -58,6 +67,7 @@ class Hub:
         self.time: Clock = clock if clock is not None else SystemClock()
         self.clock = self.time.now
         self.metrics = Metrics()
+        self.metrics.build_info.labels(version=_version()).set(1)
         self.policy: PolicyStore | None = None
         if router is not None:
             self.router: Router = router
@@ -133,6 +143,7 @@ class Hub:
         cfg = self.cfg
         js = await JetStream.connect(cfg.nats)
         self._js = js
+        self.metrics.nats_connected.set(1)
         js.on_connection_change(self._refresh_health)
         if cfg.nats.require_sync_always:
             await js.verify_sync_always()
@@ -262,9 +273,10 @@ class Hub:
 
     async def _refresh_health(self) -> None:
         """The NATS connection dropped or came back: gRPC health is SERVING while it is up (until the hub stops)."""
+        connected = self._js is not None and self._js.connected
+        self.metrics.nats_connected.set(1 if connected else 0)
         if not self._server.running or self._stop_task is not None:
             return  # not serving yet (start() sets health from the connection), or stopping
-        connected = self._js is not None and self._js.connected
         await self._server.set_serving(connected)
         log.info("hub_readiness", status="ready" if connected else "not_ready", reason="nats connection changed")
 

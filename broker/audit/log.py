@@ -288,6 +288,7 @@ class AuditLog:
                 raise
             self._confirm(_Head(ack.seq, encoded[-1].position, encoded[-1].sha))
             self._metrics.audit_entries.inc(len(encoded))
+            self._metrics.audit_last_write.set(self._clock().timestamp())
             return []
         return self._after_singles(await sending, encoded, pending, len(lead), alert)
 
@@ -306,6 +307,7 @@ class AuditLog:
                 break
             self._confirm(_Head(result, encoded[k].position, encoded[k].sha))
             self._metrics.audit_entries.inc()
+            self._metrics.audit_last_write.set(self._clock().timestamp())
             stored = k + 1
         if stored == len(results):
             return []

@@ -177,6 +177,17 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.audit_last_write = Gauge(
+            "opsroom_audit_last_write_timestamp_seconds",
+            "When this hub last appended to the audit chain (each write's last entry is signed), Unix time.",
+            registry=r,
+        )
+        self.nats_connected = Gauge(
+            "opsroom_nats_connected", "1 while the hub's connection to NATS is up, 0 while it reconnects.", registry=r
+        )
+        self.build_info = Gauge(
+            "opsroom_build_info", "Always 1; the hub's version in its label.", ["version"], registry=r
+        )
         self.audit_tamper_alerts = Counter(
             "opsroom_audit_tamper_alerts",
             "Times this hub found audit entries no trusted key vouches for (page the platform team and the DPO).",

@@ -119,6 +119,8 @@ def health() -> dashboard.Dashboard:
         .with_panel(_series("Audit entries written", "ops", _query("sum(rate(opsroom_audit_entries_total[$__rate_interval]))", "entries")))
         .with_panel(_series("Audit write time (p99)", "s",
                             _query("histogram_quantile(0.99, sum by (le) (rate(opsroom_audit_write_seconds_bucket[$__rate_interval])))", "p99")))
+        .with_panel(_stat("Since the last signed audit entry (oldest replica)", "s",
+                          _query("max(time() - opsroom_audit_last_write_timestamp_seconds)"), width=8))
         .with_panel(_stat("Tamper alerts (24 h)", "short", _query("sum(increase(opsroom_audit_tamper_alerts_total[24h]))"), width=8))
         .with_panel(_stat("Agreements in force", "short", _query("max(opsroom_agreements_loaded)"), width=8))
         .with_panel(_stat("Agreement reloads refused (24 h)", "short",
@@ -130,6 +132,8 @@ def health() -> dashboard.Dashboard:
                             _query("sum by (agency) (increase(opsroom_session_gaps_total[$__rate_interval]))", "{{agency}}")))
         .with_panel(_series("Open delivery sessions", "short", _query("sum by (agency) (opsroom_sessions)", "{{agency}}")))
         .with_panel(_series("Replicas answering scrapes", "short", _query('sum(up{job="opsroom-hub"})', "up")))
+        .with_panel(_series("Replicas connected to NATS", "short", _query("sum(opsroom_nats_connected)", "connected")))
+        .with_panel(_series("Versions running", "short", _query("count by (version) (opsroom_build_info)", "{{version}}")))
     )  # fmt: skip
 
 

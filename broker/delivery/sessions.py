@@ -284,6 +284,9 @@ class DeliverySession:
             )
             if item.delivered == 1:
                 self._metrics.publish_to_delivery.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
+            # The distribution id is the correlation id: envelope_accepted, delivery_sent, delivery_acknowledged.
+            log.debug("delivery_sent", distribution_id=item.distribution_id, agency=self.agency_id,
+                      lane=state.lane.value, attempt=item.delivered)  # fmt: skip
         backlog = sum(state.pending for state in self._lanes)
         batch.backlog = backlog
         self._metrics.deliveries.labels(self.agency_id).inc(len(batch.deliveries))
@@ -299,6 +302,8 @@ class DeliverySession:
             state = self._lanes[LANES.index(lane)]
             if state.acknowledge(seq):
                 self._to_record.append(sequence)
+                log.debug("delivery_acknowledged", distribution_id=state.unacked[seq].distribution_id,
+                          agency=self.agency_id, lane=lane.value)  # fmt: skip
         if self._to_record:
             self._ack_event.set()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import urllib.request
 from datetime import timedelta
@@ -150,3 +151,27 @@ async def test_heartbeat_on_an_idle_session(tmp_path: Path) -> None:
         assert beat.heartbeat.sent_at.seconds > 0
         call.cancel()
         await client.close()
+
+
+async def test_one_distribution_id_follows_an_envelope_from_publish_to_delivery_to_ack(
+    hub: LocalHub, clients: dict[str, HubClient]
+) -> None:
+    """The distribution id is the correlation id of the log: accepted, sent to the room, acknowledged by it."""
+    out = io.StringIO()
+    hub_logging.configure(json=True, level=logging.DEBUG, stream=out)
+    try:
+        env = f.envelope(f.CUR, (f.QUESTURA,))
+        await clients[f.CUR].publish(env)
+        await take(clients[f.QUESTURA].inbox(), 1)
+
+        def events() -> list[str]:
+            lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+            return [line["event"] for line in lines if line.get("distribution_id") == env.distribution_id]
+
+        async with asyncio.timeout(30):  # liveness: the acknowledgement reaches the hub in well under a second
+            while "delivery_acknowledged" not in events():
+                await asyncio.sleep(0.1)
+    finally:
+        structlog.reset_defaults()
+    seen = events()
+    assert seen.index("envelope_accepted") < seen.index("delivery_sent") < seen.index("delivery_acknowledged")

@@ -204,6 +204,7 @@ class Expirer:
                 if consumer_lane is lane:
                     groups.setdefault(agency, []).append(consumer)
             for agency, consumer in (await self._kept(groups, lane, now)).items():
+                self._metrics.waiting.labels(agency, lane.value).set(consumer.waiting)
                 if consumer.waiting > 0:
                     holding.append(((agency, lane), consumer.ack_floor, consumer.waiting))
             await self._first_consumers(sorted(set(self._agencies()) - set(groups)), lane)

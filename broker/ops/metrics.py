@@ -177,6 +177,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.waiting = Gauge(
+            "opsroom_waiting",
+            "Deliveries an agency's consumer holds (not yet delivered, or not acknowledged), by agency and lane;"
+            " read by the expiry worker every pass, for rooms online or not.",
+            ["agency", "lane"],
+            registry=r,
+        )
         self.audit_last_write = Gauge(
             "opsroom_audit_last_write_timestamp_seconds",
             "When this hub last appended to the audit chain (each write's last entry is signed), Unix time.",

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,3 +80,15 @@ async def test_status_shows_who_is_online_and_what_waits_for_whom(
     first_row = next(line for line in text.splitlines() if line.startswith("it."))
     assert first_row.split()[:2] == [f.QUESTURA, "OFFLINE"]
     assert f"room(s) offline with deliveries waiting: {f.QUESTURA}" in text
+
+
+async def test_the_waiting_metric_counts_an_offline_rooms_deliveries(
+    hub: LocalHub, clients: dict[str, HubClient]
+) -> None:
+    for _ in range(3):
+        await clients[f.CUR].publish(f.envelope(f.CUR, (f.QUESTURA,), sent=datetime.now(UTC)))
+    url = f"http://127.0.0.1:{hub.hub.metrics_port}/metrics"
+    line = f'opsroom_waiting{{agency="{f.QUESTURA}",lane="urgent"}} 3.0'
+    async with asyncio.timeout(ONLINE_LIVENESS):  # the expiry worker reads the consumers every second
+        while line not in await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode()):
+            await asyncio.sleep(0.2)

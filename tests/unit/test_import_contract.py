@@ -68,7 +68,17 @@ PURE = (
     "broker.audit.verify",
     "broker.audit.query",
 )
-IO = ("asyncio", "grpc", "grpc_health", "grpc_reflection", "grpc_status", "nats", "socket", "subprocess", "prometheus_client")
+IO = (
+    "asyncio",
+    "grpc",
+    "grpc_health",
+    "grpc_reflection",
+    "grpc_status",
+    "nats",
+    "socket",
+    "subprocess",
+    "prometheus_client",
+)
 ONLY_IN = {"nats": ("broker.store",), "grpc": ("broker.edge", "broker.dev"), "grpc_health": ("broker.edge", "broker.dev"),
            "grpc_reflection": ("broker.edge",),
            "grpc_status": ("broker.edge",)}  # fmt: skip

@@ -330,6 +330,7 @@ def _limits(reader: _Reader) -> Limits:
         max_items=reader.positive("max_items", d.max_items),
         max_media=reader.positive("max_media", d.max_media),
         max_text=reader.positive("max_text", d.max_text),
+        max_unmapped=reader.positive("max_unmapped", d.max_unmapped),
         max_short=reader.positive("max_short", d.max_short),
         max_future_skew=reader.seconds("max_future_skew_seconds", d.max_future_skew),
         max_sent_age=reader.seconds("max_sent_age_seconds", d.max_sent_age),

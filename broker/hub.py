@@ -34,6 +34,7 @@ from broker.policy.routing import AllowListRouter, Router
 from broker.policy.store import PolicyStore
 from broker.publish.committer import Committer
 from broker.publish.publisher import Publisher
+from broker.store import monitor
 from broker.store.jetstream import JetStream
 from broker.times import Clock, SystemClock
 from broker.validate import codelists
@@ -213,6 +214,8 @@ class Hub:
             presence_timeout=cfg.presence_timeout.total_seconds(),
         )
         self._supervisor.start(EXPIRIES, expirer.run())
+        if cfg.nats.monitor_urls:
+            self._supervisor.start(STORAGE_WATCH, monitor.watch_storage(cfg.nats.monitor_urls, self.metrics))
 
     async def _serve(self, js: JetStream, publisher: Publisher, committer: Committer, audit: AuditLog | None) -> None:
         """The edge: sessions watched, gRPC serving; then the agreements watch and the audit retention."""
@@ -389,6 +392,7 @@ class Hub:
 # The names of the hub's background tasks (in background_task_failed and task_did_not_stop log lines).
 ESCALATIONS = "escalations"
 EXPIRIES = "expiries"
+STORAGE_WATCH = "storage-watch"
 AGREEMENTS_WATCH = "agreements-watch"
 AUDIT_RETENTION = "audit-retention"
 

@@ -184,6 +184,21 @@ class Metrics:
             ["agency", "lane"],
             registry=r,
         )
+        self.nats_monitor_up = Gauge(
+            "opsroom_nats_monitor_up",
+            "1 while a nats-server's monitoring endpoint answers, by its URL.",
+            ["server"],
+            registry=r,
+        )
+        self.jetstream_storage = Gauge(
+            "opsroom_jetstream_storage_bytes", "JetStream file storage a nats-server uses, by its monitoring URL.",
+            ["server"], registry=r,
+        )  # fmt: skip
+        self.jetstream_max_storage = Gauge(
+            "opsroom_jetstream_max_storage_bytes",
+            "JetStream file storage a nats-server allows (its max_storage), by its monitoring URL.",
+            ["server"], registry=r,
+        )  # fmt: skip
         self.audit_last_write = Gauge(
             "opsroom_audit_last_write_timestamp_seconds",
             "When this hub last appended to the audit chain (each write's last entry is signed), Unix time.",

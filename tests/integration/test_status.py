@@ -92,3 +92,20 @@ async def test_the_waiting_metric_counts_an_offline_rooms_deliveries(
     async with asyncio.timeout(ONLINE_LIVENESS):  # the expiry worker reads the consumers every second
         while line not in await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode()):
             await asyncio.sleep(0.2)
+
+
+async def test_the_hub_reports_each_nats_servers_storage(hub: LocalHub) -> None:
+    url = f"http://127.0.0.1:{hub.hub.metrics_port}/metrics"
+    server = hub.nats.monitor_url
+    async with asyncio.timeout(ONLINE_LIVENESS):  # read at the hub's start, then every 30 s
+        while f'opsroom_nats_monitor_up{{server="{server}"}} 1.0' not in (
+            text := await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+        ):
+            await asyncio.sleep(0.2)
+    [limit] = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f'opsroom_jetstream_max_storage_bytes{{server="{server}"}}')
+    ]
+    assert float(limit.split()[-1]) > 0
+    assert f'opsroom_jetstream_storage_bytes{{server="{server}"}}' in text

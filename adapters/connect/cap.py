@@ -33,11 +33,11 @@ from aiohttp import web
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
-from opsroom_client import HubClient, HubError
+from opsroom_client import HubClient
 
 from adapters import atom, cap
 from adapters.connect import common
-from adapters.document import Context, DocumentError
+from adapters.document import DocumentError
 
 log = structlog.get_logger("adapters.connect.cap")
 PAGE_SIZE = 50
@@ -105,25 +105,11 @@ class CapConnector:
 
     async def post_alert(self, request: web.Request) -> web.Response:
         """Decode a posted CAP document and publish it as the agency's."""
-        body = await request.read()
-        ctx = Context(agency_id=self.settings.agency, recipients=self.settings.recipients)
-        try:
-            env = cap.decode(body, ctx)
-        except DocumentError as exc:
-            log.info("cap_document_refused", path=exc.path)
-            return web.json_response(common.bad_document(exc), status=400)
-        if self.settings.recipients:
-            env.recipients.extend(r for r in self.settings.recipients if r not in env.recipients)
-        try:
-            acceptance = await self.hub.publish(env)
-        except HubError as exc:
-            status, payload, headers = common.refusal(exc)
-            log.info("cap_publish_refused", distribution_id=env.distribution_id, reason=exc.reason)
-            return web.json_response(payload, status=status, headers=headers)
-        log.info("cap_published", distribution_id=env.distribution_id, recipients=len(acceptance.recipients))
-        return web.json_response(
-            {"distribution_id": env.distribution_id, "recipients": list(acceptance.recipients)}, status=201
+        data = await request.read()
+        response, _env = await common.publish_posted(
+            self.hub, self.settings, cap.FORMAT, lambda ctx: cap.decode(data, ctx)
         )
+        return response
 
     async def get_alert(self, request: web.Request) -> web.Response:
         """One delivered alert as CAP."""

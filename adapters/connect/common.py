@@ -23,7 +23,7 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom_client import Credentials, HubClient, HubError
 
 from adapters import document
-from adapters.document import DocumentError
+from adapters.document import Context, DocumentError
 
 
 @dataclass(frozen=True)
@@ -280,3 +280,29 @@ async def tell_sender(hub: HubClient, agency: str, fmt: str, delivery: hub_pb2.D
         log.warning("not_expressible_notice_refused", distribution_id=env.distribution_id, reason=exc.reason)
         return
     log.info("not_expressible_notice_sent", distribution_id=env.distribution_id, path=error.path)
+
+
+async def publish_posted(
+    hub: HubClient, settings: Settings, fmt: str, decode: Callable[[Context], envelope_pb2.Envelope]
+) -> tuple[web.Response, envelope_pb2.Envelope | None]:
+    """Decode a document a room's system posted, publish it as the agency's, and the HTTP answer.
+
+    201 with the distribution id and the recipients once the hub has it on disk (and the envelope);
+    400 naming the element for a document the codec refuses; the hub's refusal as its HTTP status.
+    """
+    log = structlog.get_logger("adapters.connect")
+    try:
+        env = decode(Context(agency_id=settings.agency, recipients=settings.recipients))
+    except DocumentError as exc:
+        log.info("document_refused", format=fmt, path=exc.path)
+        return web.json_response(bad_document(exc), status=400), None
+    env.recipients.extend(r for r in settings.recipients if r not in env.recipients)
+    try:
+        acceptance = await hub.publish(env)
+    except HubError as exc:
+        status, payload, headers = refusal(exc)
+        log.info("publish_refused", format=fmt, distribution_id=env.distribution_id, reason=exc.reason)
+        return web.json_response(payload, status=status, headers=headers), None
+    log.info("published", format=fmt, distribution_id=env.distribution_id, recipients=len(acceptance.recipients))
+    answer = {"distribution_id": env.distribution_id, "recipients": list(acceptance.recipients)}
+    return web.json_response(answer, status=201), env

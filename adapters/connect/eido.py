@@ -35,11 +35,11 @@ import structlog
 from aiohttp import WSMsgType, web
 from opsroom.hub.v1 import hub_pb2
 from opsroom.incident.v1 import incident_pb2
-from opsroom_client import HubClient, HubError
+from opsroom_client import HubClient
 
 from adapters import conveyance, eido
 from adapters.connect import common
-from adapters.document import Context, DocumentError
+from adapters.document import DocumentError
 
 log = structlog.get_logger("adapters.connect.eido")
 MAX_BODY = 4 * 1024 * 1024
@@ -109,23 +109,11 @@ class EidoConnector:
 
     async def post_eido(self, request: web.Request) -> web.Response:
         """Decode a posted EIDO and publish it as the agency's."""
-        ctx = Context(agency_id=self.settings.agency, recipients=self.settings.recipients)
-        try:
-            env = eido.decode(await request.read(), ctx)
-        except DocumentError as exc:
-            log.info("eido_document_refused", path=exc.path)
-            return web.json_response(common.bad_document(exc), status=400)
-        env.recipients.extend(r for r in self.settings.recipients if r not in env.recipients)
-        try:
-            acceptance = await self.hub.publish(env)
-        except HubError as exc:
-            status, payload, headers = common.refusal(exc)
-            log.info("eido_publish_refused", distribution_id=env.distribution_id, reason=exc.reason)
-            return web.json_response(payload, status=status, headers=headers)
-        log.info("eido_published", distribution_id=env.distribution_id, recipients=len(acceptance.recipients))
-        return web.json_response(
-            {"distribution_id": env.distribution_id, "recipients": list(acceptance.recipients)}, status=201
+        data = await request.read()
+        response, _env = await common.publish_posted(
+            self.hub, self.settings, eido.FORMAT, lambda ctx: eido.decode(data, ctx)
         )
+        return response
 
     async def get_eido(self, request: web.Request) -> web.Response:
         """The latest EIDO of an incident delivered to the agency."""

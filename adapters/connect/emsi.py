@@ -32,11 +32,11 @@ import structlog
 from aiohttp import web
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
-from opsroom_client import HubClient, HubError
+from opsroom_client import HubClient
 
 from adapters import emsi
 from adapters.connect import common
-from adapters.document import Context, DocumentError
+from adapters.document import DocumentError
 
 log = structlog.get_logger("adapters.connect.emsi")
 MAX_BODY = 4 * 1024 * 1024
@@ -111,25 +111,14 @@ class EmsiConnector:
         )
 
     async def post_emsi(self, request: web.Request) -> web.Response:
-        """Decode a posted EMSI document and publish it as the agency's."""
-        ctx = Context(agency_id=self.settings.agency, recipients=self.settings.recipients)
-        try:
-            env = emsi.decode(await request.read(), ctx, referenced=self.store.recent())
-        except DocumentError as exc:
-            log.info("emsi_document_refused", path=exc.path)
-            return web.json_response(common.bad_document(exc), status=400)
-        env.recipients.extend(r for r in self.settings.recipients if r not in env.recipients)
-        try:
-            acceptance = await self.hub.publish(env)
-        except HubError as exc:
-            status, payload, headers = common.refusal(exc)
-            log.info("emsi_publish_refused", distribution_id=env.distribution_id, reason=exc.reason)
-            return web.json_response(payload, status=status, headers=headers)
-        self.store.add(env)
-        log.info("emsi_published", distribution_id=env.distribution_id, recipients=len(acceptance.recipients))
-        return web.json_response(
-            {"distribution_id": env.distribution_id, "recipients": list(acceptance.recipients)}, status=201
+        """Decode a posted EMSI document and publish it as the agency's; keep it for LINKs."""
+        data = await request.read()
+        response, env = await common.publish_posted(
+            self.hub, self.settings, emsi.FORMAT, lambda ctx: emsi.decode(data, ctx, referenced=self.store.recent())
         )
+        if env is not None:
+            self.store.add(env)
+        return response
 
     async def get_emsi(self, request: web.Request) -> web.Response:
         """A delivered message as EMSI, in the syntax asked (?syntax=json|xml)."""

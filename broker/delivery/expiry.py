@@ -30,6 +30,10 @@ EXPIRED from the expiry on, whether or not that happened yet.
 
 After a restart the worker starts from the ack floors again: what it kept in memory is only a
 cache of what is stored.
+
+The same listing gives the rooms' gauges, online or not: opsroom_waiting, opsroom_redelivered and
+opsroom_oldest_unacked_seconds, the age of the first delivery above each consumer's ack floor (read
+again only when the floor moved, at most OLDEST_READS_PER_PASS a pass; OldestUnacked).
 """
 
 from __future__ import annotations
@@ -64,6 +68,47 @@ NOTICES_PER_PASS = 250  # expired deliveries dealt with per pass; the others wai
 MAX_TRACKED = 100_000  # deliveries whose expiry a replica keeps in memory, over every room away (about 14 MB)
 SESSIONS_PER_READ = 1000  # session records read at once (nats-server answers at most 1,024)
 READS_IN_FLIGHT = 64  # expired deliveries read back at once (for their sender and id)
+OLDEST_READS_PER_PASS = 200  # oldest unacknowledged deliveries read per pass (a floor that moved); the others next pass
+
+Key = tuple[str, Lane]  # (agency, lane)
+
+
+class OldestUnacked:
+    """When each room's oldest unacknowledged delivery was stored, known per ack floor (pure).
+
+    The oldest delivery a consumer still holds is the first one above its ack floor (ack policy
+    all: everything at or below the floor is acknowledged). Its time is read once per floor.
+    """
+
+    def __init__(self) -> None:
+        """Nothing known yet."""
+        self._known: dict[Key, tuple[int, int]] = {}  # (ack floor, stored at, ns) of the first delivery above it
+
+    def to_read(self, holding: Iterable[tuple[Key, int]], limit: int) -> list[tuple[Key, int]]:
+        """Up to limit (key, ack floor) whose first delivery is not known at that floor, never read ones first."""
+        stale = [(key, floor) for key, floor in holding if self._known.get(key, (-1, 0))[0] != floor]
+        stale.sort(key=lambda item: item[0] in self._known)
+        return stale[:limit]
+
+    def learn(self, key: Key, floor: int, stored_ns: int | None) -> None:
+        """The first delivery above floor was stored at stored_ns (None: none is stored, e.g. gone by max_age)."""
+        if stored_ns is None:
+            self._known.pop(key, None)
+        else:
+            self._known[key] = (floor, stored_ns)
+
+    def age(self, key: Key, waiting: int, now_ns: int) -> float | None:
+        """Seconds since the oldest delivery still held was stored: 0 when none is held, None when not known."""
+        if waiting == 0:
+            self._known.pop(key, None)
+            return 0.0
+        known = self._known.get(key)
+        return None if known is None else max(0.0, (now_ns - known[1]) / 1e9)
+
+    def keep_only(self, keys: set[Key]) -> None:
+        """Forget the consumers not listed any more."""
+        for key in set(self._known) - keys:
+            del self._known[key]
 
 
 class Backlog:
@@ -145,6 +190,7 @@ class Expirer:
         self._presence_timeout = presence_timeout
         self._interval = interval
         self._rooms: dict[tuple[str, Lane], Backlog] = {}
+        self._oldest = OldestUnacked()
         self._turn = 0  # where the rooms' turns start this pass
         self._full_logged = False
 
@@ -194,6 +240,7 @@ class Expirer:
         """
         layout = self._js.layout
         holding: list[tuple[tuple[str, Lane], int, int]] = []
+        listed: dict[Key, ConsumerState] = {}
         for lane in LANES:
             groups: dict[str, list[ConsumerState]] = {}
             for consumer in await self._js.consumers(self._js.stream_of(lane)):
@@ -204,12 +251,40 @@ class Expirer:
                 if consumer_lane is lane:
                     groups.setdefault(agency, []).append(consumer)
             for agency, consumer in (await self._kept(groups, lane, now)).items():
+                listed[agency, lane] = consumer
                 self._metrics.waiting.labels(agency, lane.value).set(consumer.waiting)
+                self._metrics.redelivered.labels(agency, lane.value).set(consumer.redelivered)
                 if consumer.waiting > 0:
                     holding.append(((agency, lane), consumer.ack_floor, consumer.waiting))
             await self._first_consumers(sorted(set(self._agencies()) - set(groups)), lane)
+        await self._measure_oldest(listed, now)
         online = await self._online(sorted({agency for (agency, _), _, _ in holding}), now)
         return [entry for entry in holding if entry[0][0] not in online]
+
+    async def _measure_oldest(self, listed: dict[Key, ConsumerState], now: datetime) -> None:
+        """Set opsroom_oldest_unacked_seconds of each listed consumer, reading first deliveries whose floor moved."""
+        oldest = self._oldest
+        oldest.keep_only(set(listed))
+        holding = [(key, c.ack_floor) for key, c in listed.items() if c.waiting > 0]
+        wanted = oldest.to_read(holding, OLDEST_READS_PER_PASS)
+        layout = self._js.layout
+        for start in range(0, len(wanted), READS_IN_FLIGHT):
+            chunk = wanted[start : start + READS_IN_FLIGHT]
+            found = await asyncio.gather(
+                *(
+                    self._js.next_by_subject(
+                        layout.deliveries_of_agency(agency, lane), floor + 1, stream=self._js.stream_of(lane)
+                    )
+                    for (agency, lane), floor in chunk
+                )
+            )
+            for (key, floor), stored in zip(chunk, found, strict=True):
+                oldest.learn(key, floor, stored.time_ns if stored is not None else None)
+        now_ns = int(now.timestamp() * 1e9)
+        for (agency, lane), consumer in listed.items():
+            age = oldest.age((agency, lane), consumer.waiting, now_ns)
+            if age is not None:
+                self._metrics.oldest_unacked.labels(agency, lane.value).set(age)
 
     async def _first_consumers(self, agencies: list[str], lane: Lane) -> None:
         """Give a consumer to those of the agencies that never had a session (they had none to take over).

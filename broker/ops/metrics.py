@@ -184,6 +184,19 @@ class Metrics:
             ["agency", "lane"],
             registry=r,
         )
+        self.oldest_unacked = Gauge(
+            "opsroom_oldest_unacked_seconds",
+            "Age of the oldest delivery an agency's room has not acknowledged (0: none), by agency and lane;"
+            " set by the expiry worker every pass, for rooms online or not.",
+            ["agency", "lane"],
+            registry=r,
+        )
+        self.redelivered = Gauge(
+            "opsroom_redelivered",
+            "Deliveries sent to an agency's room more than once and not yet acknowledged, by agency and lane.",
+            ["agency", "lane"],
+            registry=r,
+        )
         self.nats_monitor_up = Gauge(
             "opsroom_nats_monitor_up",
             "1 while a nats-server's monitoring endpoint answers, by its URL.",

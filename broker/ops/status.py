@@ -45,6 +45,9 @@ class AgencyStatus:
     since: datetime | None = None
     last_seen: datetime | None = None
     waiting: dict[str, int] = field(default_factory=dict)
+    oldest_unacked: dict[str, float] = field(default_factory=dict)  # seconds, by lane, of the lanes holding any
+    last_ack: datetime | None = None  # when the room last moved an ack floor (either lane)
+    escalations_pending: int = 0  # requests to this room whose escalation deadline runs, not answered yet
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Snapshot:
     servers: Sequence[ServerStatus]
     streams: Sequence[StreamStatus]
     agencies: Sequence[AgencyStatus]
+    escalation_timers: int = 0  # escalation deadlines running, over every room
 
     @property
     def replicas(self) -> list[str]:
@@ -88,15 +92,23 @@ def _size(n: int) -> str:
     return f"{value:.1f} GB"  # pragma: no cover - the loop returns
 
 
+def _duration(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m"
+    return f"{whole // 3600}h"
+
+
 def _ago(at: datetime, then: datetime | None) -> str:
     if then is None:
         return "-"
-    seconds = max(0, int((at - then).total_seconds()))
-    if seconds < 120:
-        return f"{seconds}s ago"
-    if seconds < 7200:
-        return f"{seconds // 60}m ago"
-    return f"{seconds // 3600}h ago"
+    return f"{_duration((at - then).total_seconds())} ago"
+
+
+def _oldest(a: AgencyStatus) -> str:
+    return _duration(max(a.oldest_unacked.values())) if a.oldest_unacked else "-"
 
 
 def render(snapshot: Snapshot) -> str:
@@ -113,8 +125,12 @@ def render(snapshot: Snapshot) -> str:
         limit = f" of {_size(server.max_storage_bytes)}" if server.max_storage_bytes else ""
         lines.append(f"nats {server.url}: up, {server.version}, JetStream storage {used}{limit}")
     lines.extend(f"stream {s.name}: {s.messages:,} messages, {_size(s.bytes)}" for s in snapshot.streams)
+    lines.append(f"escalation deadlines running: {snapshot.escalation_timers:,}")
     lines.append("")
-    header = f"{'agency':<24} {'room':<8} {'since':<10} {'last seen':<10} {'urgent':>7} {'bulk':>7}  receives  replica"
+    header = (
+        f"{'agency':<24} {'room':<8} {'since':<10} {'last seen':<10} {'urgent':>7} {'bulk':>7} {'oldest':>6} "
+        f"{'last ack':<10} {'esc':>4}  receives  replica"
+    )
     lines.append(header)
     lines.append("-" * len(header))
 
@@ -127,7 +143,8 @@ def render(snapshot: Snapshot) -> str:
         urgent, bulk = a.waiting.get("urgent", 0), a.waiting.get("bulk", 0)
         lines.append(
             f"{a.agency_id:<24} {room:<8} {_ago(at, a.since):<10} {_ago(at, a.last_seen):<10} "
-            f"{urgent:>7,} {bulk:>7,}  {a.receives:<8}  {a.replica or '-'}"
+            f"{urgent:>7,} {bulk:>7,} {_oldest(a):>6} {_ago(at, a.last_ack):<10} {a.escalations_pending:>4}  "
+            f"{a.receives:<8}  {a.replica or '-'}"
         )
     offline = [a.agency_id for a in snapshot.agencies if not a.online and any(a.waiting.values())]
     if offline:

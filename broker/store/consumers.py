@@ -231,6 +231,8 @@ class Consumers(NatsApi):
                     ack_floor=int(info.get("ack_floor", {}).get("stream_seq", 0)),
                     waiting=int(info.get("num_pending", 0)) + int(info.get("num_ack_pending", 0)),
                     created=parse_rfc3339(str(info.get("created", ""))),
+                    last_ack=parse_rfc3339(str(info.get("ack_floor", {}).get("last_active", ""))),
+                    redelivered=int(info.get("num_redelivered", 0)),
                 )
                 for info in page
             )

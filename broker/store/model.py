@@ -84,6 +84,8 @@ class ConsumerState:
     ack_floor: int
     waiting: int  # not yet delivered, or delivered and not acknowledged
     created: datetime | None = None
+    last_ack: datetime | None = None  # when the ack floor last moved (nats-server's ack_floor.last_active)
+    redelivered: int = 0  # delivered more than once and not yet acknowledged
 
 
 class ConsumerGone(Exception):

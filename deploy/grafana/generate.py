@@ -104,6 +104,8 @@ def rooms() -> dashboard.Dashboard:
         .with_row(dashboard.Row("$agency").repeat("agency"))
         .with_panel(_stat("Online (any replica)", "bool_on_off", _query(f"max(opsroom_room_online{{{where}}})")))
         .with_panel(_stat("Deliveries waiting", "short", _query(f"max(sum by (instance) (opsroom_waiting{{{where}}}))")))
+        .with_panel(_stat("Oldest unacknowledged", "s", _query(f"max(opsroom_oldest_unacked_seconds{{{where}}})")))
+        .with_panel(_stat("Sent again, unacknowledged", "short", _query(f"max(sum by (instance) (opsroom_redelivered{{{where}}}))")))
         .with_panel(_stat("Deliveries / s", "ops", _query(f"sum(rate(opsroom_deliveries_total{{{where}}}[$__rate_interval]))")))
         .with_panel(_stat("Acknowledgements / s", "ops", _query(f"sum(rate(opsroom_acks_total{{{where}}}[$__rate_interval]))")))
         .with_panel(_stat("Escalations (1 h)", "short", _query(f"sum(increase(opsroom_escalations_total{{{where}}}[1h]))")))

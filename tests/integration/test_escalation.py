@@ -16,7 +16,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 
-from broker.delivery import escalation
+from broker.delivery import escalation, status_reader
 from broker.dev.testing import LocalHub, local_hub
 from broker.times import ManualClock
 from tests import factories as f
@@ -136,4 +136,32 @@ async def test_a_request_answered_in_time_does_not_escalate(hub: LocalHub, clock
     assert not receipt.HasField("escalation")
     assert common_pb2.OUTCOME_ACCEPTED == receipt.recipients[0].response.outcome
     for client in (pl, cc, questura):
+        await client.close()
+
+
+async def test_status_counts_the_deadline_running_for_the_room_asked_until_it_answers(
+    hub: LocalHub, clock: ManualClock
+) -> None:
+    """`opsroom status` shows the request waiting on the Carabinieri's answer, and no more once they answer."""
+    pl, cc = hub.client(f.PL), hub.client(f.CC)
+    env = request()
+    await pl.publish(env)
+    snap = await status_reader.snapshot(hub.hub.js, hub.hub.cfg, clock.now())
+    rooms = {a.agency_id: a for a in snap.agencies}
+    assert (1, 1, 0) == (snap.escalation_timers, rooms[f.CC].escalations_pending, rooms[f.QUESTURA].escalations_pending)
+    answer = f.envelope(
+        f.CC,
+        (f.PL,),
+        kind=common_pb2.KIND_RESPONSE,
+        references=((env.distribution_id, f.PL),),
+        assistance_response=f.assistance_response(),
+    )
+    await cc.publish(answer)
+    snap = await status_reader.snapshot(hub.hub.js, hub.hub.cfg, clock.now())
+    assert (0, 0) == (snap.escalation_timers, {a.agency_id: a for a in snap.agencies}[f.CC].escalations_pending)
+    clock.advance(DEADLINE + 1)
+    await timers_taken_up(hub)
+    snap = await status_reader.snapshot(hub.hub.js, hub.hub.cfg, clock.now())
+    assert 0 == snap.escalation_timers
+    for client in (pl, cc):
         await client.close()

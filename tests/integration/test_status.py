@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -57,29 +57,41 @@ async def test_status_shows_who_is_online_and_what_waits_for_whom(
 ) -> None:
     cfg = config(hub, tmp_path / "hub.toml")
     inbox = clients[f.PL].inbox()
-    pending = asyncio.ensure_future(inbox.__anext__())  # the Polizia Locale's room is connected
+    before = datetime.now(UTC)
     for _ in range(3):
         await clients[f.CUR].publish(f.envelope(f.CUR, (f.QUESTURA,), sent=datetime.now(UTC)))
+    await clients[f.CUR].publish(f.envelope(f.CUR, (f.PL,), sent=datetime.now(UTC)))
+    async with asyncio.timeout(ONLINE_LIVENESS):
+        delivery = await inbox.__anext__()  # the Polizia Locale's room is connected and acknowledges it
+    inbox.ack(delivery)
+    pending = asyncio.ensure_future(inbox.__anext__())
     try:
         async with asyncio.timeout(ONLINE_LIVENESS):
             while True:
                 data = json.loads(await asyncio.to_thread(status, cfg, "--json"))
                 rooms = {a["agency_id"]: a for a in data["agencies"]}
-                if rooms[f.PL]["online"]:
+                if rooms[f.PL]["online"] and rooms[f.PL]["last_ack"] is not None:
                     break
                 await asyncio.sleep(0.2)
     finally:
         pending.cancel()
     assert rooms[f.QUESTURA]["online"] is False
     assert rooms[f.QUESTURA]["waiting"]["urgent"] == 3
+    oldest = rooms[f.QUESTURA]["oldest_unacked"]["urgent"]
+    assert 0 <= oldest <= (datetime.now(UTC) - before).total_seconds() + 1
+    assert rooms[f.QUESTURA]["last_ack"] is None
+    assert datetime.fromisoformat(rooms[f.PL]["last_ack"]) >= before - timedelta(seconds=1)
+    assert rooms[f.PL]["oldest_unacked"] == {}
     assert rooms[f.PL]["replica"] in data["replicas"]
     assert {s["name"] for s in data["streams"]} >= {"OPSROOM", "OPSROOM_BULK", "OPSROOM_AUDIT"}
     assert data["servers"][0]["reachable"] is True
+    assert data["escalation_timers"] == 0
 
     text = await asyncio.to_thread(status, cfg)
     first_row = next(line for line in text.splitlines() if line.startswith("it."))
     assert first_row.split()[:2] == [f.QUESTURA, "OFFLINE"]
     assert f"room(s) offline with deliveries waiting: {f.QUESTURA}" in text
+    assert "escalation deadlines running: 0" in text
 
 
 async def test_the_waiting_metric_counts_an_offline_rooms_deliveries(
@@ -90,8 +102,17 @@ async def test_the_waiting_metric_counts_an_offline_rooms_deliveries(
     url = f"http://127.0.0.1:{hub.hub.metrics_port}/metrics"
     line = f'opsroom_waiting{{agency="{f.QUESTURA}",lane="urgent"}} 3.0'
     async with asyncio.timeout(ONLINE_LIVENESS):  # the expiry worker reads the consumers every second
-        while line not in await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode()):
+        while line not in (
+            text := await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+        ):
             await asyncio.sleep(0.2)
+    [oldest] = [
+        line
+        for line in text.splitlines()
+        if line.startswith(f'opsroom_oldest_unacked_seconds{{agency="{f.QUESTURA}",lane="urgent"}}')
+    ]
+    assert 0 < float(oldest.split()[-1]) < ONLINE_LIVENESS
+    assert f'opsroom_redelivered{{agency="{f.QUESTURA}",lane="urgent"}} 0.0' in text
 
 
 async def test_the_hub_reports_each_nats_servers_storage(hub: LocalHub) -> None:

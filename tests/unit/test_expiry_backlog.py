@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.delivery.expiry import Backlog
+from broker.delivery.expiry import Backlog, OldestUnacked
+from broker.lanes import Lane
 
 S = 1_000_000_000
 
@@ -89,3 +90,31 @@ def test_due_is_exactly_the_expired_above_the_floor(expiries: dict[int, int], fl
         backlog.read(seq, expiries[seq])
     expected = sorted((e, s) for s, e in expiries.items() if e and s > floor and e < now)
     assert [s for _, s in expected] == backlog.due(now, 1000)
+
+
+def test_the_oldest_is_read_once_per_ack_floor_never_read_first_and_at_most_limit() -> None:
+    oldest = OldestUnacked()
+    a, b, c = ("a", Lane.URGENT), ("b", Lane.URGENT), ("c", Lane.BULK)
+    assert oldest.to_read([(a, 0), (b, 5)], 10) == [(a, 0), (b, 5)]
+    oldest.learn(a, 0, 1_000_000_000)
+    oldest.learn(b, 5, 2_000_000_000)
+    assert oldest.to_read([(a, 0), (b, 5)], 10) == []  # known at these floors
+    assert oldest.to_read([(a, 3), (b, 5), (c, 0)], 10) == [(c, 0), (a, 3)]  # never read first
+    assert oldest.to_read([(a, 3), (b, 5), (c, 0)], 1) == [(c, 0)]
+
+
+def test_the_oldest_age_is_zero_with_nothing_held_and_unknown_until_read() -> None:
+    oldest = OldestUnacked()
+    key = ("a", Lane.URGENT)
+    assert oldest.age(key, 3, 10_000_000_000) is None
+    oldest.learn(key, 0, 4_000_000_000)
+    assert oldest.age(key, 3, 10_000_000_000) == 6.0
+    assert oldest.age(key, 3, 1_000_000_000) == 0.0  # a clock behind the store: never negative
+    assert oldest.age(key, 0, 10_000_000_000) == 0.0  # all acknowledged, and forgotten
+    assert oldest.age(key, 3, 10_000_000_000) is None
+    oldest.learn(key, 7, 4_000_000_000)
+    oldest.learn(key, 8, None)  # nothing above the floor stored (gone by the stream's max age)
+    assert oldest.age(key, 1, 10_000_000_000) is None
+    oldest.learn(key, 9, 4_000_000_000)
+    oldest.keep_only(set())
+    assert oldest.to_read([(key, 9)], 5) == [(key, 9)]

@@ -221,7 +221,11 @@ class DeliverySession:
                 return frame
             remaining = deadline - loop.time()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout=max(0.0, remaining))
+                # Not asyncio.wait_for: in Python 3.11 it returns the result, swallowing the cancellation,
+                # when a delivery arrives as the session is being ended (the room half-closed), and the
+                # session then sent heartbeats to a room that had left, until the room cancelled.
+                async with asyncio.timeout(max(0.0, remaining)):
+                    await self._ready.wait()
             except TimeoutError:
                 await self._check_current()
                 beat = hub_pb2.ConnectResponse(heartbeat=hub_pb2.Heartbeat(sent_at=timestamp(self._clock.now())))

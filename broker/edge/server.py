@@ -6,12 +6,17 @@ server options, the health service and the order of a graceful stop.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from broker.config import HubConfig
+from broker.edge.requests import Malformed, tolerant
 from broker.edge.servicer import SERVICE, HubServicer
+from broker.edge.status import status_of
 
 # gRPC core's queue of calls received but not yet taken by the event loop: bounded in fact by the
 # calls each connection may open (hub.max_calls_per_connection), so it is set out of the way. At
@@ -60,7 +65,7 @@ class GrpcServer:
         # its own (one at a time per method), so a flood of Publish calls does not hold up the
         # Connect calls of rooms, or receipts.
         server.add_registered_method_handlers(SERVICE, servicer.method_handlers())
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        server.add_registered_method_handlers(health.SERVICE_NAME, _health_handlers(self._health))
         if cfg.reflection:
             reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         credentials = grpc.ssl_server_credentials(
@@ -91,3 +96,39 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+
+
+def _health_handlers(servicer: health.aio.HealthServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """Health's Check and Watch; a request whose bytes do not parse gets INVALID_ARGUMENT MALFORMED_REQUEST.
+
+    Not health_pb2_grpc.add_HealthServicer_to_server: its deserializer lets the parse error escape
+    (the client saw UNKNOWN with the exception's text), and it registers List, which the asyncio
+    servicer does not implement (here List is UNIMPLEMENTED, like any method the hub does not serve).
+    """
+
+    async def refuse(context: grpc.aio.ServicerContext[Any, Any], request: Malformed) -> None:
+        status = rpc_status.to_status(status_of(request.error(), ""))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def check(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> health_pb2.HealthCheckResponse:
+        if isinstance(request, Malformed):
+            await refuse(context, request)
+        return await servicer.Check(request, context)
+
+    async def watch(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if isinstance(request, Malformed):
+            await refuse(context, request)
+        await servicer.Watch(request, context)
+
+    return {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            check,
+            request_deserializer=tolerant(health_pb2.HealthCheckRequest),
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=tolerant(health_pb2.HealthCheckRequest),
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+    }

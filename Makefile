@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test check unit integration soak soak-ci bench protos clean
+.PHONY: venv demo test check unit integration soak soak-ci bench protos clean fuzz-api
 
 # The hub depends on the client package (clients/python), installed from this checkout.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -47,6 +47,12 @@ soak: $(STAMP)
 SOAK_CI_RUNS ?= 2
 soak-ci: $(STAMP)
 	$(BIN)/python -m tests.faults.soak --runs $(SOAK_CI_RUNS) --rotate
+
+## The gRPC API fuzz through a hub process, long: FUZZ_EXAMPLES examples per test (CI runs 60).
+## The inputs, the bounds and what the runs found: docs/security.md, "Fuzzing".
+FUZZ_EXAMPLES ?= 2000
+fuzz-api: $(STAMP)
+	OPSROOM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/integration/test_api_fuzz.py
 
 ## Hub versus raw JetStream, side by side (see docs/performance.md).
 bench: $(STAMP)

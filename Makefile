@@ -52,7 +52,7 @@ soak-ci: $(STAMP)
 ## The inputs, the bounds and what the runs found: docs/security.md, "Fuzzing".
 FUZZ_EXAMPLES ?= 2000
 fuzz-api: $(STAMP)
-	OPSROOM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider tests/integration/test_api_fuzz.py
+	OPSROOM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider --timeout=0 tests/integration/test_api_fuzz.py
 
 ## Hub versus raw JetStream, side by side (see docs/performance.md).
 bench: $(STAMP)

@@ -59,6 +59,8 @@ class Reason(enum.Enum):
     REFERENCE_NOT_FOUND = (StatusCode.FAILED_PRECONDITION, "the answered message is unknown to the hub")
     RESPONSE_MISMATCH = (StatusCode.FAILED_PRECONDITION, "the answer's payload does not fit the request")
     SESSION_NOT_OPENED = (StatusCode.FAILED_PRECONDITION, "a Connect stream did not start with open")
+    # No side channels: an acknowledgement names only what the room was sent.
+    ACK_NOT_SENT = (StatusCode.INVALID_ARGUMENT, "an ack names a sequence the agency was never sent")
     RECEIPT_NOT_FOUND = (StatusCode.NOT_FOUND, "no receipt for that distribution id")
     SESSION_SUPERSEDED = (StatusCode.ABORTED, "a newer Connect session of the same agency replaced this one")
     HUB_OVERLOADED = (

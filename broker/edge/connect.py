@@ -86,7 +86,13 @@ class ConnectHandler:
         log.info("session_opened", backlog=backlog)
         error: OpsroomError | None = None
         try:
-            opened = hub_pb2.SessionOpened(agency_id=agency, session_id=session.session_id, backlog=backlog)
+            opened = hub_pb2.SessionOpened(
+                agency_id=agency,
+                session_id=session.session_id,
+                backlog=backlog,
+                max_batch=session.max_batch,  # the values in effect, after defaults and bounds
+                window=session.window,
+            )
             await context.write(hub_pb2.ConnectResponse(opened=opened).SerializeToString())
             error = await self._run_session(session, context)
         finally:

@@ -5,7 +5,7 @@ importing anything:
 
 - layers: a module imports broker modules of its own layer or of the layers below it only;
 - the pure core (validation, policy, codecs, the audit chain and records, the store's model and
-  layout, lanes, plans, receipts, the delivery window, the error catalogue, ids and times) imports neither asyncio,
+  layout, lanes, plans, receipts, the delivery window and numbering, the error catalogue, ids and times) imports neither asyncio,
   gRPC nor nats-py, and no broker module that is not pure itself;
 - only broker.store imports nats-py; only broker.edge imports gRPC (and the development helpers);
 - nothing of the hub imports broker.dev, but the CLI's development commands, inside a function;
@@ -63,6 +63,7 @@ PURE = (
     "broker.publish.plan",
     "broker.publish.copies",
     "broker.delivery.window",
+    "broker.delivery.numbering",
     "broker.audit.chain",
     "broker.audit.records",
     "broker.audit.verify",

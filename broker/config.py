@@ -6,6 +6,7 @@ Relative paths in the file are resolved against the file's folder.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from broker import ids
 from broker.errors import ConfigError
+from broker.limits import DEFAULT_PAYLOAD_BYTES, PAYLOADS
 from broker.policy.routing import AllowRule
 from broker.validate.checker import Limits
 
@@ -137,6 +139,24 @@ class HubConfig:
     # the hub's clock: a clock set forward or back is followed within this time.
     timer_recheck: timedelta = timedelta(seconds=60)
     limits: Limits = field(default_factory=Limits)
+    # -- per-agency limits (docs/architecture.md#per-agency-limits) ----------------------------
+    # Envelopes a second each agency may publish on each lane (a token bucket holding burst); 0: none.
+    agency_publish_rate: float = 0.0
+    agency_publish_burst: float = 0.0
+    # Envelopes in flight per lane from one connection (a gRPC peer), beside the agency's bound.
+    max_inflight_publishes_per_connection: int = 4_000
+    # Streaming calls (Connect, PublishStream) one agency may have open at once; 0: no cap.
+    max_streams_per_agency: int = 100
+    # The largest envelope by payload (its `payload` field), under max_envelope_bytes.
+    payload_bytes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PAYLOAD_BYTES))
+    # gRPC keepalive and idle limits of the server (broker/edge/server.py); 0 turns the last two off.
+    keepalive_time: timedelta = timedelta(seconds=20)
+    keepalive_timeout: timedelta = timedelta(seconds=10)
+    min_ping_interval: timedelta = timedelta(seconds=5)
+    max_ping_strikes: int = 2
+    max_connection_idle: timedelta = timedelta(minutes=15)
+    max_connection_age: timedelta = timedelta(0)
+    max_connection_age_grace: timedelta = timedelta(seconds=30)
 
     @property
     def agency_ids(self) -> frozenset[str]:
@@ -339,6 +359,62 @@ def _limits(reader: _Reader) -> Limits:
     return limits
 
 
+def _off_or_seconds(reader: _Reader, key: str, value: float) -> timedelta:
+    """A duration read as value (seconds) from key, where 0 means off."""
+    if not 0 <= value <= 10 * 365 * 86400:  # also refuses nan and inf
+        raise reader.error(key, "must be 0 (off) or a positive number of seconds (at most ten years)")
+    return timedelta(seconds=value)
+
+
+def _agency_limits(hub: _Reader) -> dict[str, Any]:
+    """The [hub] keys of the per-agency limits and of gRPC keepalive (HubConfig's fields of the same names)."""
+    rate = hub.get("agency_publish_rate", float, 0.0)
+    if not 0 <= rate < math.inf:
+        raise hub.error("agency_publish_rate", "must be 0 (no limit) or envelopes per second")
+    burst = hub.get("agency_publish_burst", float, 0.0)
+    if not 0 <= burst < math.inf:
+        raise hub.error("agency_publish_burst", "must be 0 (as many as the rate) or a number of envelopes")
+    if rate and burst and burst < 1:
+        raise hub.error("agency_publish_burst", "must be at least 1 envelope")
+    timeout = hub.seconds("keepalive_timeout_seconds", timedelta(seconds=10))
+    return {
+        "agency_publish_rate": rate,
+        "agency_publish_burst": (burst or max(rate, 1.0)) if rate else 0.0,
+        "max_inflight_publishes_per_connection": hub.positive("max_inflight_publishes_per_connection", 4_000),
+        "max_streams_per_agency": hub.at_least_zero("max_streams_per_agency", 100),
+        "keepalive_time": hub.seconds("keepalive_time_seconds", timedelta(seconds=20)),
+        "keepalive_timeout": timeout,
+        "min_ping_interval": hub.seconds("min_ping_interval_seconds", timedelta(seconds=5)),
+        "max_ping_strikes": hub.at_least_zero("max_ping_strikes", 2),
+        "max_connection_idle": _off_or_seconds(
+            hub, "max_connection_idle_seconds", hub.get("max_connection_idle_seconds", float, 900.0)
+        ),
+        "max_connection_age": _off_or_seconds(
+            hub, "max_connection_age_seconds", hub.get("max_connection_age_seconds", float, 0.0)
+        ),
+        "max_connection_age_grace": hub.seconds("max_connection_age_grace_seconds", timedelta(seconds=30)),
+    }
+
+
+def _payload_bytes(reader: _Reader) -> dict[str, int]:
+    """[sizes]: the largest envelope by payload, each key a payload field name."""
+    d = DEFAULT_PAYLOAD_BYTES
+    sizes = {
+        "incident": reader.positive("incident", d["incident"]),
+        "assistance_request": reader.positive("assistance_request", d["assistance_request"]),
+        "assistance_response": reader.positive("assistance_response", d["assistance_response"]),
+        "handover_request": reader.positive("handover_request", d["handover_request"]),
+        "handover_response": reader.positive("handover_response", d["handover_response"]),
+        "alert": reader.positive("alert", d["alert"]),
+        "closure": reader.positive("closure", d["closure"]),
+        "acknowledgement": reader.positive("acknowledgement", d["acknowledgement"]),
+    }
+    if tuple(sizes) != PAYLOADS:  # a payload added to the contract needs its key here
+        raise reader.error("", f"the loader reads {sorted(sizes)}, not every payload {sorted(PAYLOADS)}")
+    reader.check_unknown()
+    return sizes
+
+
 def _audit(root: _Reader, base: Path) -> AuditConfig | None:
     section = root.sub("audit")
     if not section.get("enabled", bool, True):
@@ -413,6 +489,8 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         agreements=agreements,
         audit=audit,
         limits=_limits(root.sub("limits")),
+        **_agency_limits(hub),
+        payload_bytes=_payload_bytes(root.sub("sizes")),
     )
     hub.check_unknown()
     root.check_unknown()

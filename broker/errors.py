@@ -67,6 +67,15 @@ class Reason(enum.Enum):
         StatusCode.RESOURCE_EXHAUSTED,
         "the hub has as many publishes in flight as it takes (in all, or from the caller); retry after RetryInfo",
     )
+    # Per-agency limits (docs/architecture.md#per-agency-limits).
+    AGENCY_RATE_LIMITED = (
+        StatusCode.RESOURCE_EXHAUSTED,
+        "the caller publishes faster than its rate on the lane (hub.agency_publish_rate); retry after RetryInfo",
+    )
+    TOO_MANY_STREAMS = (
+        StatusCode.RESOURCE_EXHAUSTED,
+        "the caller has as many streams open as the hub allows one agency (hub.max_streams_per_agency)",
+    )
     STORE_FULL = (StatusCode.RESOURCE_EXHAUSTED, "the JetStream stream is at its size limit")
     STORE_UNAVAILABLE = (StatusCode.UNAVAILABLE, "JetStream did not confirm the write")
     SHUTTING_DOWN = (StatusCode.UNAVAILABLE, "the hub is draining before it stops")
@@ -177,12 +186,12 @@ class Overloaded(OpsroomError):
     """Raised when a publish cannot be taken now (HUB_OVERLOADED); retry_after says when to send it again.
 
     metadata: `scope` ("hub": the hub's bound of publishes in flight on the lane; "agency": the
-    caller's own bound), `lane`.
+    caller's own bound; "connection": the bound of the caller's connection), `lane`.
     """
 
     def __init__(self, scope: str, lane: str, retry_after: float) -> None:
         """Build with reason HUB_OVERLOADED."""
-        who = "the hub" if scope == "hub" else "this agency"
+        who = {"hub": "the hub", "connection": "this connection"}.get(scope, "this agency")
         super().__init__(
             Reason.HUB_OVERLOADED,
             f"{who} has as many {lane} publishes in flight as the hub takes; retry after {retry_after:.1f} s",

@@ -97,6 +97,9 @@ class Hub:
                 per_agency=cfg.max_inflight_publishes_per_agency,
                 retry_after=cfg.overload_retry_after.total_seconds(),
                 bulk_per_second=cfg.bulk_max_per_second,
+                per_connection=cfg.max_inflight_publishes_per_connection,
+                agency_rate=cfg.agency_publish_rate,
+                agency_burst=cfg.agency_publish_burst,
             ),
             clock=self.time.monotonic,
         )

@@ -1,4 +1,9 @@
-"""Owns what every HubService handler does first and last: who calls, whether the hub serves, refusals as statuses."""
+"""Owns what every HubService handler does first and last: who calls, whether the hub serves, refusals as statuses.
+
+Also the count of each agency's open streams (Connect, PublishStream): a stream over the cap
+(hub.max_streams_per_agency) is refused with TOO_MANY_STREAMS before it does any work, and the
+agency's other streams go on.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from broker.audit.records import Caller
 from broker.edge.identity import IdentityResolver
 from broker.edge.status import status_of
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
+from broker.limits import StreamCount
 from broker.ops.metrics import UNREGISTERED, Metrics
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -20,11 +26,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class Edge:
     """The calling agency from the client certificate, the draining flag, and refusals counted and sent as statuses."""
 
-    def __init__(self, metrics: Metrics, is_registered: Callable[[str], bool]) -> None:
-        """Registered agencies are those is_registered accepts; refusals are counted in metrics."""
+    def __init__(
+        self, metrics: Metrics, is_registered: Callable[[str], bool], streams: StreamCount | None = None
+    ) -> None:
+        """Registered agencies are those is_registered accepts; refusals are counted in metrics.
+
+        streams counts each agency's open streams against its cap (no cap when None).
+        """
         self._metrics = metrics
         self._identity = IdentityResolver()
         self._is_registered = is_registered
+        self.streams = streams if streams is not None else StreamCount(0)
         self.draining = False
 
     def agency(self, context: Context) -> str:

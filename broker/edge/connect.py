@@ -52,11 +52,22 @@ class ConnectHandler:
         self._audit = audit
 
     async def handle(self, _requests: AsyncIterator[hub_pb2.ConnectRequest], context: Context) -> None:
-        """A room's delivery session."""
+        """A room's delivery session; the call counts against the agency's cap of open streams while it is open."""
         agency = ""
         try:
             caller = self._edge.caller(context)
             agency = caller.agency_id
+            self._edge.streams.open(agency, "Connect")
+        except OpsroomError as err:
+            await self._edge.abort(context, agency, err)
+        try:
+            await self._handle(caller, context)
+        finally:
+            self._edge.streams.close(agency)
+
+    async def _handle(self, caller: audit_records.Caller, context: Context) -> None:
+        agency = caller.agency_id
+        try:
             self._edge.check_draining()
             first = await context.read()
             if first is grpc.aio.EOF:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first. A module of a layer may import from its own layer and the ones before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("broker.errors", "broker.ids", "broker.names", "broker.times", "broker.lanes"),
+    ("broker.errors", "broker.ids", "broker.names", "broker.times", "broker.lanes", "broker.limits"),
     ("broker.ops",),
     ("broker.validate",),
     ("broker.policy",),
@@ -48,6 +48,7 @@ PURE = (
     "broker.names",
     "broker.times",
     "broker.lanes",
+    "broker.limits",
     "broker.ops.status",
     "broker.validate",
     "broker.policy.model",

@@ -25,6 +25,7 @@ from broker.ops import status as ops_status
 from broker.ops.console import say as _print
 from broker.ops.console import until_signal as _until_signal
 from broker.policy.loader import AgreementsInvalid, load_dir
+from broker.policy.revocation import RevocationInvalid
 from broker.store.jetstream import JetStream
 
 log = hub_logging.get_logger(__name__)
@@ -49,7 +50,7 @@ async def serve(config_path: Path) -> int:
         await hub.stop(grace=0)  # close what start() opened before it failed
         raise
     _print(f"opsroom hub listening on {cfg.listen} (port {hub.port}); metrics on {cfg.metrics_listen or 'off'}")
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload_agreements)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload)
     signalled = asyncio.get_running_loop().create_task(_until_signal(asyncio.Event()), name="signals")
     stopped = asyncio.get_running_loop().create_task(hub.wait(), name="hub-stopped")
     try:
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub_logging.configure(json=args.command == "serve", level=level)
     try:
         return _run(args)
-    except (ConfigError, OpsroomError, AgreementsInvalid, ServerUnreachable) as exc:
+    except (ConfigError, OpsroomError, AgreementsInvalid, RevocationInvalid, ServerUnreachable) as exc:
         print(f"opsroom: {exc}", file=sys.stderr)  # noqa: T201
         return 2
 

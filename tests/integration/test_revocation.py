@@ -66,10 +66,14 @@ async def _open_session(client: HubClient) -> object:
 
 async def _ended_with(call: object) -> HubError:
     """Read the call until it ends; the status it ended with."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
+
+    async def drain() -> None:
         async with asyncio.timeout(REVOKE_LIVENESS):
             while True:
                 await call.read()  # type: ignore[attr-defined]
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await drain()
     return HubError.from_rpc_error(caught.value)
 
 

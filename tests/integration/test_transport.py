@@ -97,7 +97,7 @@ async def test_only_ecdhe_aes_gcm_is_taken_on_tls_1_2(hub: LocalHub) -> None:
         return True
 
     accepted = {cipher for cipher in offered if await asyncio.to_thread(taken, cipher)}
-    print(f"TLS 1.2 ciphers offered: {len(offered)}; accepted: {sorted(accepted)}")  # noqa: T201 - the figure
+    print(f"TLS 1.2 ciphers offered: {len(offered)}; accepted: {sorted(accepted)}")
     assert MODERN_TLS12 == accepted
 
 
@@ -164,7 +164,7 @@ async def test_a_connection_without_the_hubs_credentials_is_refused(
 
 async def test_another_user_cannot_reach_the_hubs_subjects_or_streams(authed_hub: LocalHub) -> None:
     """A user of the same account without the hub's permissions: publishing, reading and the JetStream API refused."""
-    nc, errors = await _connect(authed_hub.nats.url, user="tool", password="tool-password")  # noqa: S106 - test user
+    nc, errors = await _connect(authed_hub.nats.url, user="tool", password="tool-password")
     assert nc is not None
     try:
         await nc.publish(f"opsroom.dlv.{f.PL.replace('.', '_')}.urgent.forged", b"x")

@@ -10,7 +10,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,16 @@ class TlsConfig:
     ca_file: Path
     cert_file: Path
     key_file: Path
+
+
+@dataclass(frozen=True)
+class RevocationConfig:
+    """Client certificates refused although their CA signed them: a CRL and/or a deny file, reloaded while running."""
+
+    crl_file: Path | None = None
+    deny_file: Path | None = None
+    # How often the files are checked for changes (SIGHUP reloads at once).
+    reload: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,9 @@ class NatsConfig:
     # failed attempt meanwhile). Once connected, it reconnects for as long as it runs.
     connect_timeout: timedelta = timedelta(seconds=30)
     tls: TlsConfig | None = None
+    # The hub's own NATS user (nats-server authorization); its password is read from password_file.
+    user: str = ""
+    password_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,8 @@ class HubConfig:
     max_connection_idle: timedelta = timedelta(minutes=15)
     max_connection_age: timedelta = timedelta(0)
     max_connection_age_grace: timedelta = timedelta(seconds=30)
+    # Revoked client certificates ([tls] crl_file, deny_file); None: none beyond what the CA signs.
+    revocation: RevocationConfig | None = None
 
     @property
     def agency_ids(self) -> frozenset[str]:
@@ -253,6 +268,29 @@ def _tls(reader: _Reader, base: Path) -> TlsConfig:
     return tls
 
 
+def _revocation(reader: _Reader, base: Path) -> RevocationConfig | None:
+    """The [tls] keys naming revoked certificates (crl_file, deny_file, reload_seconds); None without either file."""
+    crl = _path(reader, base, "crl_file") if "crl_file" in reader.table else None
+    deny = _path(reader, base, "deny_file") if "deny_file" in reader.table else None
+    reload = reader.seconds("reload_seconds", RevocationConfig().reload)
+    if crl is None and deny is None:
+        if "reload_seconds" in reader.table:
+            raise reader.error("reload_seconds", "needs crl_file or deny_file (the files it reloads)")
+        return None
+    return RevocationConfig(crl, deny, reload)
+
+
+def _nats_auth(reader: _Reader, base: Path) -> tuple[str, Path | None]:
+    """The hub's NATS user and password file ([nats] user, password_file): both or neither."""
+    user = reader.get("user", str, "")
+    password_file = _path(reader, base, "password_file") if "password_file" in reader.table else None
+    if user and password_file is None:
+        raise reader.error("password_file", "is required when user is set (the file holding the user's password)")
+    if password_file is not None and not user:
+        raise reader.error("user", "is required when password_file is set")
+    return user, password_file
+
+
 def _nats(reader: _Reader, base: Path) -> NatsConfig:
     d = NatsConfig()
     replicas = reader.get("replicas", int, d.replicas)
@@ -281,6 +319,8 @@ def _nats(reader: _Reader, base: Path) -> NatsConfig:
         connect_timeout=reader.seconds("connect_timeout_seconds", d.connect_timeout),
         tls=tls,
     )
+    user, password_file = _nats_auth(reader, base)
+    cfg = replace(cfg, user=user, password_file=password_file)
     if not cfg.servers:
         raise reader.error("servers", "must name at least one server")
     if cfg.require_sync_always and not cfg.monitor_urls:
@@ -465,6 +505,8 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         raise root.error("audit", "missing: every hub keeps an audit log (set audit.signing_key)")
     audit = _audit(root, base)
     d_grace, d_heartbeat = timedelta(seconds=10), timedelta(seconds=15)
+    tls_reader = root.sub("tls")
+    revocation = _revocation(tls_reader, base)
     cfg = HubConfig(
         listen=hub.require("listen", str),
         metrics_listen=hub.get("metrics_listen", str, ""),
@@ -482,7 +524,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         max_inflight_publishes=hub.positive("max_inflight_publishes", 10_000),
         max_inflight_publishes_per_agency=hub.positive("max_inflight_publishes_per_agency", 4_000),
         overload_retry_after=hub.seconds("overload_retry_after_seconds", timedelta(seconds=1)),
-        tls=_tls(root.sub("tls"), base),
+        tls=_tls(tls_reader, base),
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,
         allow=allow,
@@ -491,6 +533,7 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         limits=_limits(root.sub("limits")),
         **_agency_limits(hub),
         payload_bytes=_payload_bytes(root.sub("sizes")),
+        revocation=revocation,
     )
     hub.check_unknown()
     root.check_unknown()
@@ -510,6 +553,12 @@ def named_files(cfg: HubConfig) -> list[tuple[str, Path, bool]]:
             ("nats.tls.cert_file", cfg.nats.tls.cert_file, False),
             ("nats.tls.key_file", cfg.nats.tls.key_file, False),
         ]
+    if cfg.nats.password_file is not None:
+        files.append(("nats.password_file", cfg.nats.password_file, False))
+    if cfg.revocation is not None:
+        for key, path in (("tls.crl_file", cfg.revocation.crl_file), ("tls.deny_file", cfg.revocation.deny_file)):
+            if path is not None:
+                files.append((key, path, False))
     if cfg.agreements is not None:
         files.append(("agreements.folder", cfg.agreements.folder, True))
     if cfg.audit is not None:
@@ -519,6 +568,11 @@ def named_files(cfg: HubConfig) -> list[tuple[str, Path, bool]]:
 
 
 _MAKE_IT = {
+    "tls.crl_file": "the certificate revocation list of the agencies' CA (`opsroom dev-certs --revoke AGENCY` makes a"
+    " development one)",
+    "tls.deny_file": "a TOML file listing agencies, serials and fingerprints to refuse (docs/security.md#revocation)",
+    "nats.password_file": "the hub's NATS password, as nats-server's authorization names it (`opsroom dev-certs"
+    " --config {source}` makes a development one)",
     "tls.": "`opsroom dev-certs --config {source}` makes development certificates where the config looks",
     "nats.tls.": "the hub's client certificate for nats-server, from the PKI that nats-server trusts",
     "agreements.": "the folder of agreement files (deploy/agreements/ holds examples)",

@@ -43,6 +43,7 @@ class Reason(enum.Enum):
     ENVELOPE_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "one envelope exceeds the size limit")
     BATCH_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "a PublishStream request holds too many envelopes")
     CERTIFICATE_WITHOUT_AGENCY = (StatusCode.UNAUTHENTICATED, "no client certificate naming an agency")
+    CERTIFICATE_REVOKED = (StatusCode.UNAUTHENTICATED, "the client certificate is revoked (CRL or the hub's deny list)")
     AGENCY_NOT_REGISTERED = (
         StatusCode.PERMISSION_DENIED,
         "the certificate's agency is not in the hub config",

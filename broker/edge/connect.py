@@ -130,7 +130,9 @@ class ConnectHandler:
             while True:
                 await context.write(await session.next_frame())
 
-        return await _first_to_end(read_acks(), write_frames(), session.record_acks_forever())
+        return await _first_to_end(
+            read_acks(), write_frames(), session.record_acks_forever(), self._edge.until_revoked(context)
+        )
 
 
 async def _first_to_end(*coroutines: Coroutine[Any, Any, None]) -> OpsroomError | None:

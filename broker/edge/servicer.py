@@ -37,6 +37,7 @@ from broker.edge.requests import (
     safe_id,
     tolerant,
 )
+from broker.edge.revocations import RevocationStore
 from broker.edge.status import status_of
 from broker.errors import OpsroomError, Reason, Refused
 from broker.lanes import Lane, lane_of
@@ -82,6 +83,7 @@ class HubServicer:
         is_registered: Callable[[str], bool],
         admission: Admission | None = None,
         audit: AuditLog | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         """Wire the handlers; with audit, each session's backlog read is recorded as a consultation.
 
@@ -89,7 +91,7 @@ class HubServicer:
         """
         self._admission = admission if admission is not None else Admission(Bounds())
         streams = StreamCount(cfg.max_streams_per_agency, cfg.overload_retry_after.total_seconds())
-        self._edge = Edge(metrics, is_registered, streams)
+        self._edge = Edge(metrics, is_registered, streams, revocations)
         self._sizes = SizeLimits(cfg.max_envelope_bytes, cfg.payload_bytes)
         self._is_registered = is_registered
         self._connect = ConnectHandler(self._edge, cfg, js, committer, sessions, metrics, clock, audit)
@@ -228,9 +230,14 @@ class HubServicer:
         reader = asyncio.get_running_loop().create_task(
             self._read_batches(requests, caller, connection, bulk, answers, read_ahead)
         )
+        revoked = asyncio.get_running_loop().create_task(self._edge.until_revoked(context))
+        revoked.add_done_callback(lambda _: answers.put_nowait(None))  # wakes the loop below
         try:
             while True:
                 item = await answers.get()
+                ended = revoked.exception() if revoked.done() and not revoked.cancelled() else None
+                if isinstance(ended, OpsroomError):  # the certificate was revoked: the stream ends now
+                    await self._edge.abort(context, agency, ended)
                 if item is None:
                     break
                 if isinstance(item, Malformed):
@@ -242,6 +249,7 @@ class HubServicer:
             await reader
         finally:
             reader.cancel()
+            revoked.cancel()
             bulk.close()
 
     async def _read_batches(  # noqa: PLR0917 - the stream's parts, handed from publish_stream

@@ -57,6 +57,7 @@ PURE = (
     "broker.policy.places",
     "broker.policy.loader",
     "broker.policy.routing",
+    "broker.policy.revocation",
     "broker.store.model",
     "broker.store.layout",
     "broker.store.receipts",

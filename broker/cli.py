@@ -25,6 +25,7 @@ from broker.ops import status as ops_status
 from broker.ops.console import say as _print
 from broker.ops.console import until_signal as _until_signal
 from broker.policy.loader import AgreementsInvalid, load_dir
+from broker.policy.revocation import RevocationInvalid
 from broker.store.jetstream import JetStream
 
 log = hub_logging.get_logger(__name__)
@@ -49,7 +50,7 @@ async def serve(config_path: Path) -> int:
         await hub.stop(grace=0)  # close what start() opened before it failed
         raise
     _print(f"opsroom hub listening on {cfg.listen} (port {hub.port}); metrics on {cfg.metrics_listen or 'off'}")
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload_agreements)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.reload)
     signalled = asyncio.get_running_loop().create_task(_until_signal(asyncio.Event()), name="signals")
     stopped = asyncio.get_running_loop().create_task(hub.wait(), name="hub-stopped")
     try:
@@ -155,6 +156,18 @@ def init(folder: Path, *, force: bool) -> int:
     return 0
 
 
+def _revocation_arguments(p_certs: argparse.ArgumentParser) -> None:
+    """dev-certs --revoke and --reinstate: the development CA's revocation list."""
+    p_certs.add_argument(
+        "--revoke", action="append", default=[], metavar="AGENCY",
+        help="add the agency's certificate to the CA's revocation list crl.pem (tls.crl_file); repeat for several",
+    )  # fmt: skip
+    p_certs.add_argument(
+        "--reinstate", action="append", default=[], metavar="AGENCY",
+        help="take the agency's certificate off crl.pem again",
+    )  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `opsroom` command."""
     parser = argparse.ArgumentParser(prog="opsroom", description=__doc__)
@@ -193,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_certs.add_argument(
         "--config", type=Path, help="also every agency of this hub config, and its audit signing key where it says"
     )
+    _revocation_arguments(p_certs)
 
     p_sim = commands.add_parser("sim", help="the four simulated Torino rooms against a running hub (dev certificates)")
     p_sim.add_argument("--hub", default="localhost:7443", help="host:port of the hub (default localhost:7443)")
@@ -221,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub_logging.configure(json=args.command == "serve", level=level)
     try:
         return _run(args)
-    except (ConfigError, OpsroomError, AgreementsInvalid, ServerUnreachable) as exc:
+    except (ConfigError, OpsroomError, AgreementsInvalid, RevocationInvalid, ServerUnreachable) as exc:
         print(f"opsroom: {exc}", file=sys.stderr)  # noqa: T201
         return 2
 
@@ -279,7 +293,7 @@ def _run_dev(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(commands.rooms(args.hub, args.pki, once=args.once, wait=args.wait))
         return 130
-    return commands.dev_certs(args.out, args.agency, args.config)
+    return commands.dev_certs(args.out, args.agency, args.config, revoke=args.revoke, reinstate=args.reinstate)
 
 
 if __name__ == "__main__":

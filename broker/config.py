@@ -6,16 +6,18 @@ Relative paths in the file are resolved against the file's folder.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from broker import ids
 from broker.errors import ConfigError
+from broker.limits import DEFAULT_PAYLOAD_BYTES, PAYLOADS
 from broker.policy.routing import AllowRule
 from broker.validate.checker import Limits
 
@@ -29,6 +31,16 @@ class TlsConfig:
     ca_file: Path
     cert_file: Path
     key_file: Path
+
+
+@dataclass(frozen=True)
+class RevocationConfig:
+    """Client certificates refused although their CA signed them: a CRL and/or a deny file, reloaded while running."""
+
+    crl_file: Path | None = None
+    deny_file: Path | None = None
+    # How often the files are checked for changes (SIGHUP reloads at once).
+    reload: timedelta = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,9 @@ class NatsConfig:
     # failed attempt meanwhile). Once connected, it reconnects for as long as it runs.
     connect_timeout: timedelta = timedelta(seconds=30)
     tls: TlsConfig | None = None
+    # The hub's own NATS user (nats-server authorization); its password is read from password_file.
+    user: str = ""
+    password_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,26 @@ class HubConfig:
     # the hub's clock: a clock set forward or back is followed within this time.
     timer_recheck: timedelta = timedelta(seconds=60)
     limits: Limits = field(default_factory=Limits)
+    # -- per-agency limits (docs/architecture.md#per-agency-limits) ----------------------------
+    # Envelopes a second each agency may publish on each lane (a token bucket holding burst); 0: none.
+    agency_publish_rate: float = 0.0
+    agency_publish_burst: float = 0.0
+    # Envelopes in flight per lane from one connection (a gRPC peer), beside the agency's bound.
+    max_inflight_publishes_per_connection: int = 4_000
+    # Streaming calls (Connect, PublishStream) one agency may have open at once; 0: no cap.
+    max_streams_per_agency: int = 100
+    # The largest envelope by payload (its `payload` field), under max_envelope_bytes.
+    payload_bytes: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PAYLOAD_BYTES))
+    # gRPC keepalive and idle limits of the server (broker/edge/server.py); 0 turns the last two off.
+    keepalive_time: timedelta = timedelta(seconds=20)
+    keepalive_timeout: timedelta = timedelta(seconds=10)
+    min_ping_interval: timedelta = timedelta(seconds=5)
+    max_ping_strikes: int = 2
+    max_connection_idle: timedelta = timedelta(minutes=15)
+    max_connection_age: timedelta = timedelta(0)
+    max_connection_age_grace: timedelta = timedelta(seconds=30)
+    # Revoked client certificates ([tls] crl_file, deny_file); None: none beyond what the CA signs.
+    revocation: RevocationConfig | None = None
 
     @property
     def agency_ids(self) -> frozenset[str]:
@@ -233,6 +268,29 @@ def _tls(reader: _Reader, base: Path) -> TlsConfig:
     return tls
 
 
+def _revocation(reader: _Reader, base: Path) -> RevocationConfig | None:
+    """The [tls] keys naming revoked certificates (crl_file, deny_file, reload_seconds); None without either file."""
+    crl = _path(reader, base, "crl_file") if "crl_file" in reader.table else None
+    deny = _path(reader, base, "deny_file") if "deny_file" in reader.table else None
+    reload = reader.seconds("reload_seconds", RevocationConfig().reload)
+    if crl is None and deny is None:
+        if "reload_seconds" in reader.table:
+            raise reader.error("reload_seconds", "needs crl_file or deny_file (the files it reloads)")
+        return None
+    return RevocationConfig(crl, deny, reload)
+
+
+def _nats_auth(reader: _Reader, base: Path) -> tuple[str, Path | None]:
+    """The hub's NATS user and password file ([nats] user, password_file): both or neither."""
+    user = reader.get("user", str, "")
+    password_file = _path(reader, base, "password_file") if "password_file" in reader.table else None
+    if user and password_file is None:
+        raise reader.error("password_file", "is required when user is set (the file holding the user's password)")
+    if password_file is not None and not user:
+        raise reader.error("user", "is required when password_file is set")
+    return user, password_file
+
+
 def _nats(reader: _Reader, base: Path) -> NatsConfig:
     d = NatsConfig()
     replicas = reader.get("replicas", int, d.replicas)
@@ -261,6 +319,8 @@ def _nats(reader: _Reader, base: Path) -> NatsConfig:
         connect_timeout=reader.seconds("connect_timeout_seconds", d.connect_timeout),
         tls=tls,
     )
+    user, password_file = _nats_auth(reader, base)
+    cfg = replace(cfg, user=user, password_file=password_file)
     if not cfg.servers:
         raise reader.error("servers", "must name at least one server")
     if cfg.require_sync_always and not cfg.monitor_urls:
@@ -339,6 +399,62 @@ def _limits(reader: _Reader) -> Limits:
     return limits
 
 
+def _off_or_seconds(reader: _Reader, key: str, value: float) -> timedelta:
+    """A duration read as value (seconds) from key, where 0 means off."""
+    if not 0 <= value <= 10 * 365 * 86400:  # also refuses nan and inf
+        raise reader.error(key, "must be 0 (off) or a positive number of seconds (at most ten years)")
+    return timedelta(seconds=value)
+
+
+def _agency_limits(hub: _Reader) -> dict[str, Any]:
+    """The [hub] keys of the per-agency limits and of gRPC keepalive (HubConfig's fields of the same names)."""
+    rate = hub.get("agency_publish_rate", float, 0.0)
+    if not 0 <= rate < math.inf:
+        raise hub.error("agency_publish_rate", "must be 0 (no limit) or envelopes per second")
+    burst = hub.get("agency_publish_burst", float, 0.0)
+    if not 0 <= burst < math.inf:
+        raise hub.error("agency_publish_burst", "must be 0 (as many as the rate) or a number of envelopes")
+    if rate and burst and burst < 1:
+        raise hub.error("agency_publish_burst", "must be at least 1 envelope")
+    timeout = hub.seconds("keepalive_timeout_seconds", timedelta(seconds=10))
+    return {
+        "agency_publish_rate": rate,
+        "agency_publish_burst": (burst or max(rate, 1.0)) if rate else 0.0,
+        "max_inflight_publishes_per_connection": hub.positive("max_inflight_publishes_per_connection", 4_000),
+        "max_streams_per_agency": hub.at_least_zero("max_streams_per_agency", 100),
+        "keepalive_time": hub.seconds("keepalive_time_seconds", timedelta(seconds=20)),
+        "keepalive_timeout": timeout,
+        "min_ping_interval": hub.seconds("min_ping_interval_seconds", timedelta(seconds=5)),
+        "max_ping_strikes": hub.at_least_zero("max_ping_strikes", 2),
+        "max_connection_idle": _off_or_seconds(
+            hub, "max_connection_idle_seconds", hub.get("max_connection_idle_seconds", float, 900.0)
+        ),
+        "max_connection_age": _off_or_seconds(
+            hub, "max_connection_age_seconds", hub.get("max_connection_age_seconds", float, 0.0)
+        ),
+        "max_connection_age_grace": hub.seconds("max_connection_age_grace_seconds", timedelta(seconds=30)),
+    }
+
+
+def _payload_bytes(reader: _Reader) -> dict[str, int]:
+    """[sizes]: the largest envelope by payload, each key a payload field name."""
+    d = DEFAULT_PAYLOAD_BYTES
+    sizes = {
+        "incident": reader.positive("incident", d["incident"]),
+        "assistance_request": reader.positive("assistance_request", d["assistance_request"]),
+        "assistance_response": reader.positive("assistance_response", d["assistance_response"]),
+        "handover_request": reader.positive("handover_request", d["handover_request"]),
+        "handover_response": reader.positive("handover_response", d["handover_response"]),
+        "alert": reader.positive("alert", d["alert"]),
+        "closure": reader.positive("closure", d["closure"]),
+        "acknowledgement": reader.positive("acknowledgement", d["acknowledgement"]),
+    }
+    if tuple(sizes) != PAYLOADS:  # a payload added to the contract needs its key here
+        raise reader.error("", f"the loader reads {sorted(sizes)}, not every payload {sorted(PAYLOADS)}")
+    reader.check_unknown()
+    return sizes
+
+
 def _audit(root: _Reader, base: Path) -> AuditConfig | None:
     section = root.sub("audit")
     if not section.get("enabled", bool, True):
@@ -389,6 +505,8 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         raise root.error("audit", "missing: every hub keeps an audit log (set audit.signing_key)")
     audit = _audit(root, base)
     d_grace, d_heartbeat = timedelta(seconds=10), timedelta(seconds=15)
+    tls_reader = root.sub("tls")
+    revocation = _revocation(tls_reader, base)
     cfg = HubConfig(
         listen=hub.require("listen", str),
         metrics_listen=hub.get("metrics_listen", str, ""),
@@ -406,13 +524,16 @@ def parse(text: str, source: str, base: Path) -> HubConfig:
         max_inflight_publishes=hub.positive("max_inflight_publishes", 10_000),
         max_inflight_publishes_per_agency=hub.positive("max_inflight_publishes_per_agency", 4_000),
         overload_retry_after=hub.seconds("overload_retry_after_seconds", timedelta(seconds=1)),
-        tls=_tls(root.sub("tls"), base),
+        tls=_tls(tls_reader, base),
         nats=_nats(root.sub("nats"), base),
         agencies=agencies,
         allow=allow,
         agreements=agreements,
         audit=audit,
         limits=_limits(root.sub("limits")),
+        **_agency_limits(hub),
+        payload_bytes=_payload_bytes(root.sub("sizes")),
+        revocation=revocation,
     )
     hub.check_unknown()
     root.check_unknown()
@@ -432,6 +553,12 @@ def named_files(cfg: HubConfig) -> list[tuple[str, Path, bool]]:
             ("nats.tls.cert_file", cfg.nats.tls.cert_file, False),
             ("nats.tls.key_file", cfg.nats.tls.key_file, False),
         ]
+    if cfg.nats.password_file is not None:
+        files.append(("nats.password_file", cfg.nats.password_file, False))
+    if cfg.revocation is not None:
+        for key, path in (("tls.crl_file", cfg.revocation.crl_file), ("tls.deny_file", cfg.revocation.deny_file)):
+            if path is not None:
+                files.append((key, path, False))
     if cfg.agreements is not None:
         files.append(("agreements.folder", cfg.agreements.folder, True))
     if cfg.audit is not None:
@@ -441,6 +568,11 @@ def named_files(cfg: HubConfig) -> list[tuple[str, Path, bool]]:
 
 
 _MAKE_IT = {
+    "tls.crl_file": "the certificate revocation list of the agencies' CA (`opsroom dev-certs --revoke AGENCY` makes a"
+    " development one)",
+    "tls.deny_file": "a TOML file listing agencies, serials and fingerprints to refuse (docs/security.md#revocation)",
+    "nats.password_file": "the hub's NATS password, as nats-server's authorization names it (`opsroom dev-certs"
+    " --config {source}` makes a development one)",
     "tls.": "`opsroom dev-certs --config {source}` makes development certificates where the config looks",
     "nats.tls.": "the hub's client certificate for nats-server, from the PKI that nats-server trusts",
     "agreements.": "the folder of agreement files (deploy/agreements/ holds examples)",

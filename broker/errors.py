@@ -43,6 +43,7 @@ class Reason(enum.Enum):
     ENVELOPE_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "one envelope exceeds the size limit")
     BATCH_TOO_LARGE = (StatusCode.RESOURCE_EXHAUSTED, "a PublishStream request holds too many envelopes")
     CERTIFICATE_WITHOUT_AGENCY = (StatusCode.UNAUTHENTICATED, "no client certificate naming an agency")
+    CERTIFICATE_REVOKED = (StatusCode.UNAUTHENTICATED, "the client certificate is revoked (CRL or the hub's deny list)")
     AGENCY_NOT_REGISTERED = (
         StatusCode.PERMISSION_DENIED,
         "the certificate's agency is not in the hub config",
@@ -59,11 +60,22 @@ class Reason(enum.Enum):
     REFERENCE_NOT_FOUND = (StatusCode.FAILED_PRECONDITION, "the answered message is unknown to the hub")
     RESPONSE_MISMATCH = (StatusCode.FAILED_PRECONDITION, "the answer's payload does not fit the request")
     SESSION_NOT_OPENED = (StatusCode.FAILED_PRECONDITION, "a Connect stream did not start with open")
+    # No side channels: an acknowledgement names only what the room was sent.
+    ACK_NOT_SENT = (StatusCode.INVALID_ARGUMENT, "an ack names a sequence the agency was never sent")
     RECEIPT_NOT_FOUND = (StatusCode.NOT_FOUND, "no receipt for that distribution id")
     SESSION_SUPERSEDED = (StatusCode.ABORTED, "a newer Connect session of the same agency replaced this one")
     HUB_OVERLOADED = (
         StatusCode.RESOURCE_EXHAUSTED,
         "the hub has as many publishes in flight as it takes (in all, or from the caller); retry after RetryInfo",
+    )
+    # Per-agency limits (docs/architecture.md#per-agency-limits).
+    AGENCY_RATE_LIMITED = (
+        StatusCode.RESOURCE_EXHAUSTED,
+        "the caller publishes faster than its rate on the lane (hub.agency_publish_rate); retry after RetryInfo",
+    )
+    TOO_MANY_STREAMS = (
+        StatusCode.RESOURCE_EXHAUSTED,
+        "the caller has as many streams open as the hub allows one agency (hub.max_streams_per_agency)",
     )
     STORE_FULL = (StatusCode.RESOURCE_EXHAUSTED, "the JetStream stream is at its size limit")
     STORE_UNAVAILABLE = (StatusCode.UNAVAILABLE, "JetStream did not confirm the write")
@@ -175,12 +187,12 @@ class Overloaded(OpsroomError):
     """Raised when a publish cannot be taken now (HUB_OVERLOADED); retry_after says when to send it again.
 
     metadata: `scope` ("hub": the hub's bound of publishes in flight on the lane; "agency": the
-    caller's own bound), `lane`.
+    caller's own bound; "connection": the bound of the caller's connection), `lane`.
     """
 
     def __init__(self, scope: str, lane: str, retry_after: float) -> None:
         """Build with reason HUB_OVERLOADED."""
-        who = "the hub" if scope == "hub" else "this agency"
+        who = {"hub": "the hub", "connection": "this connection"}.get(scope, "this agency")
         super().__init__(
             Reason.HUB_OVERLOADED,
             f"{who} has as many {lane} publishes in flight as the hub takes; retry after {retry_after:.1f} s",

@@ -24,6 +24,7 @@ from broker.delivery.expiry import Expirer
 from broker.delivery.receipt_reader import ReceiptReader
 from broker.delivery.registry import SessionRegistry
 from broker.edge.admission import Admission, Bounds
+from broker.edge.revocations import RevocationStore
 from broker.edge.server import GrpcServer
 from broker.edge.servicer import HubServicer
 from broker.lanes import LANES, Lane
@@ -77,6 +78,10 @@ class Hub:
             self.router = self.policy
         else:
             self.router = AllowListRouter(cfg.allow)
+        # Revoked client certificates: loaded now, so that a bad list stops the hub before it starts.
+        self.revocations: RevocationStore | None = None
+        if cfg.revocation is not None:
+            self.revocations = RevocationStore(cfg.revocation, cfg.tls.ca_file, self.metrics, self.clock)
         self.port = 0
         self.metrics_port = 0
         self._js: JetStream | None = None
@@ -97,6 +102,9 @@ class Hub:
                 per_agency=cfg.max_inflight_publishes_per_agency,
                 retry_after=cfg.overload_retry_after.total_seconds(),
                 bulk_per_second=cfg.bulk_max_per_second,
+                per_connection=cfg.max_inflight_publishes_per_connection,
+                agency_rate=cfg.agency_publish_rate,
+                agency_burst=cfg.agency_publish_burst,
             ),
             clock=self.time.monotonic,
         )
@@ -232,6 +240,7 @@ class Hub:
             is_registered=self.is_registered,
             admission=self.admission,
             audit=audit,
+            revocations=self.revocations,
         )
         await self._sessions.watch(js)
         self.port = await self._server.start(self._servicer)
@@ -239,6 +248,8 @@ class Hub:
         await self._server.set_serving(js.connected)
         if self.policy is not None and cfg.agreements is not None:
             self._supervisor.start(AGREEMENTS_WATCH, self.policy.watch(cfg.agreements.reload.total_seconds()))
+        if self.revocations is not None:
+            self._supervisor.start(REVOCATIONS_WATCH, self.revocations.watch())
         if audit is not None and cfg.audit is not None and cfg.audit.retention is not None:
             retention = Retention(js, audit, self.clock, cfg.audit.retention)
             self._supervisor.start(AUDIT_RETENTION, retention.run_forever(cfg.audit.purge_interval.total_seconds()))
@@ -330,6 +341,15 @@ class Hub:
         """Load the agreement files again now (SIGHUP); False if refused or unchanged."""
         return self.policy.reload() if self.policy is not None else False
 
+    def reload_revocations(self) -> bool:
+        """Read the revocation lists again now (SIGHUP); False if refused or unchanged."""
+        return self.revocations.reload() if self.revocations is not None else False
+
+    def reload(self) -> None:
+        """SIGHUP: the agreements and the revocation lists, read again now."""
+        self.reload_agreements()
+        self.reload_revocations()
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, let in-flight publishes finish (up to grace), end sessions, close.
 
@@ -394,6 +414,7 @@ ESCALATIONS = "escalations"
 EXPIRIES = "expiries"
 STORAGE_WATCH = "storage-watch"
 AGREEMENTS_WATCH = "agreements-watch"
+REVOCATIONS_WATCH = "revocations-watch"
 AUDIT_RETENTION = "audit-retention"
 
 

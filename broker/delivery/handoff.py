@@ -13,7 +13,7 @@ A session takes over in this order:
    the ack floor (where the room acknowledged everything before);
 2. create the new session's consumers starting right after those floors;
 3. store the new session record, expecting the last one read (a session that opened meanwhile
-   makes this fail: start again);
+   makes this fail: start again), with the session number (epoch) one more than that one's;
 4. delete the previous session's consumers: its pull requests end ("consumer deleted"), its late
    acknowledgements reach nothing, and it ends.
 An acknowledgement the previous session had not yet made when its floor was read costs a
@@ -50,16 +50,29 @@ EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 @dataclass(frozen=True, slots=True)
 class TakeOver:
-    """A session's take-over: its record's stream sequence, and the deliveries waiting for the room."""
+    """A session's take-over: its record's stream sequence, the deliveries waiting, its session number (epoch)."""
 
     record_seq: int
     backlog: int
+    epoch: int
 
 
 async def _last_record(js: JetStream, agency_id: str) -> tuple[StoredMsg | None, str | None]:
     """The agency's last session record as stored, and the session it names (None, None if there is none)."""
     stored = await js.last_by_subject(js.layout.session_subject(agency_id))
     return stored, store_pb2.SessionRecord.FromString(stored.data).session_id if stored is not None else None
+
+
+def next_epoch(last: StoredMsg | None) -> int:
+    """The session number after the one of the agency's last session record (1 if none, or one from before epochs)."""
+    return (store_pb2.SessionRecord.FromString(last.data).epoch if last is not None else 0) + 1
+
+
+def with_epoch(record: OutMsg, epoch: int) -> OutMsg:
+    """The session record with its session number set."""
+    message = store_pb2.SessionRecord.FromString(record.payload)
+    message.epoch = epoch
+    return OutMsg(record.subject, message.SerializeToString(), record.headers)
 
 
 async def current_session(js: JetStream, agency_id: str) -> str | None:
@@ -105,7 +118,9 @@ async def take_over(js: JetStream, agency_id: str, session_id: str, record: OutM
                 await js.delete_consumer(layout.consumer_name(agency_id, lane, session_id), lane)
             backlog += await js.create_session_consumer(agency_id, lane, session_id, floor + 1)
         headers = {**record.headers, EXPECTED_LAST_SUBJECT_SEQUENCE: str(last.seq if last is not None else 0)}
-        [result] = await js.publish_each([OutMsg(record.subject, record.payload, headers)])
+        epoch = next_epoch(last)
+        mine = with_epoch(record, epoch)
+        [result] = await js.publish_each([OutMsg(mine.subject, mine.payload, headers)])
         if isinstance(result, DuplicateInBatch):
             continue  # another session's record came in between: read again
         if isinstance(result, BaseException):
@@ -114,7 +129,7 @@ async def take_over(js: JetStream, agency_id: str, session_id: str, record: OutM
         # The previous session's consumers; or, for the agency's first session, its first consumer
         # (any first consumer left beside a session's is swept by the expiry worker: see sweepable).
         await _delete_quietly(js, agency_id, previous if previous is not None else "")
-        return TakeOver(result, backlog)
+        return TakeOver(result, backlog, epoch)
     await _delete_quietly(js, agency_id, session_id)
     raise StoreUnavailable("other sessions of this agency kept opening at the same moment; reconnect")
 

@@ -8,6 +8,9 @@ Every delivery, the first included, must carry the consumer sequence after the p
 (a new consumer starts at 0): a delivery that went elsewhere (a pull request lost with a NATS
 connection, a consumer's leader that moved) ends the session instead of being acknowledged
 along with the later ones.
+The room sees sequences the session numbers itself (see numbering), never the stores': they
+tell it nothing of other agencies' traffic; an ack of a sequence the agency was never sent ends
+the session (ACK_NOT_SENT).
 Deliveries leave in batches without being decoded. The room's acknowledgements are recorded
 as receipts (one record for whatever arrived meanwhile) before the consumer is acknowledged up to the highest
 sequence below which everything is acknowledged. At most `window` deliveries are unacknowledged
@@ -29,8 +32,9 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom.store.v1 import store_pb2
 
 from broker.delivery import handoff
+from broker.delivery.numbering import Numbering, NumbersExhausted, Sent, Unmapped
 from broker.delivery.window import LaneWindow
-from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
+from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable, Violation
 from broker.lanes import LANES, Lane
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
@@ -85,7 +89,10 @@ class DeliverySession:
         window: int = 0,
         ack_interval: float = 0.02,
     ) -> None:
-        """A session for agency_id; max_batch and window (per lane) of 0 take the defaults."""
+        """A session for agency_id; max_batch and window (per lane) of 0 take the defaults, larger ones their bounds.
+
+        The values in effect (`self.max_batch`, `self.window`) are told to the room in SessionOpened.
+        """
         self._ack_interval = ack_interval
         self.agency_id = agency_id
         self.session_id = uuid.uuid4().hex[:16]
@@ -103,7 +110,8 @@ class DeliverySession:
         self.window = min(window or DEFAULT_WINDOW, MAX_WINDOW, js.cfg.max_ack_pending)
         self._ready = asyncio.Event()
         self._lanes = [_LaneState(js.puller(agency_id, lane, self._ready, self.session_id)) for lane in LANES]
-        self._to_record: list[int] = []  # sequences as the room sees them (lane in the lowest bit)
+        self._numbering = Numbering(1)  # replaced by the agency's session number when the session opens
+        self._to_record: list[int] = []  # stream sequences with the lane in the lowest bit (Layout.delivery_sequence)
         self._expired: list[tuple[int, Pulled]] = []  # dropped as expired, not yet recorded
         self._ack_event = asyncio.Event()
 
@@ -119,6 +127,7 @@ class DeliverySession:
         record = receipts.session_message(self._js.layout, self.agency_id, self.session_id, REPLICA, self._opened_at)
         taken = await handoff.take_over(self._js, self.agency_id, self.session_id, record)
         self._record_seq = taken.record_seq
+        self._numbering = Numbering(taken.epoch)
         for state in self._lanes:
             await state.puller.start()
         self._metrics.sessions.labels(self.agency_id).inc()
@@ -151,6 +160,7 @@ class DeliverySession:
             self._opened_at,
             last_seen=self._clock.now() - timedelta(seconds=silent_for),
             closed=closed,
+            epoch=self._numbering.epoch,
         )
         record.headers["Nats-Expected-Last-Subject-Sequence"] = str(self._record_seq)
         [result] = await self._js.publish_each([record])
@@ -279,8 +289,12 @@ class DeliverySession:
                 self._ack_event.set()
                 continue
             stored_at = Timestamp(seconds=item.time_ns // 1_000_000_000, nanos=item.time_ns % 1_000_000_000)
+            try:
+                sequence = self._numbering.number(state.lane, item.stream_seq)
+            except NumbersExhausted as exc:  # after 4,294,967,295 deliveries: the next session numbers afresh
+                raise StoreUnavailable(f"{exc}; reconnect") from None
             batch.deliveries.add(
-                sequence=Layout.delivery_sequence(state.lane, item.stream_seq),
+                sequence=sequence,
                 envelope=item.data,
                 stored_at=stored_at,
                 attempt=item.delivered,
@@ -300,14 +314,34 @@ class DeliverySession:
     # -- inbound -------------------------------------------------------------------------
 
     def on_ack(self, sequences: Iterable[int]) -> None:
-        """The room's client acknowledged these sequences; unknown or repeated ones are ignored."""
-        for sequence in sequences:
-            lane, seq = Layout.parse_sequence(sequence)
-            state = self._lanes[LANES.index(lane)]
-            if state.acknowledge(seq):
-                self._to_record.append(sequence)
-                log.debug("delivery_acknowledged", distribution_id=state.unacked[seq].distribution_id,
-                          agency=self.agency_id, lane=lane.value)  # fmt: skip
+        """The room's client acknowledged these sequences (as this session numbered them).
+
+        A repeated one is ignored, and so is one of an earlier session of the agency (its
+        delivery comes again on this session). One the agency was never sent raises
+        ACK_NOT_SENT naming it, and nothing of the message is acknowledged.
+        """
+        sent: list[Sent] = []
+        earlier = 0
+        for index, sequence in enumerate(sequences):
+            found = self._numbering.resolve(sequence)
+            if found is Unmapped.NEVER_SENT:
+                path = f"ack.sequences[{index}]"
+                raise OpsroomError(
+                    Reason.ACK_NOT_SENT,
+                    f"{path}: not a sequence this session sent; acknowledge only the deliveries received on it",
+                    violations=[Violation(path, "range", "a Delivery.sequence received on this session")],
+                )
+            if isinstance(found, Sent):
+                sent.append(found)
+            earlier += found is Unmapped.EARLIER_SESSION
+        if earlier:
+            log.debug("acks_of_earlier_session", agency=self.agency_id, count=earlier)
+        for delivery in sent:
+            state = self._lanes[LANES.index(delivery.lane)]
+            if state.acknowledge(delivery.stream_seq):
+                self._to_record.append(Layout.delivery_sequence(delivery.lane, delivery.stream_seq))
+                log.debug("delivery_acknowledged", distribution_id=state.unacked[delivery.stream_seq].distribution_id,
+                          agency=self.agency_id, lane=delivery.lane.value)  # fmt: skip
         if self._to_record:
             self._ack_event.set()
 
@@ -368,6 +402,7 @@ class DeliverySession:
         for state in self._lanes:
             highest = state.recorded(by_lane.get(state.lane, ()))
             if highest is not None:
+                self._numbering.settled(state.lane, highest.stream_seq)
                 await self._js.ack(highest.reply)
                 self._ready.set()  # the window has room again: pull more
 

@@ -9,6 +9,7 @@ default, the demo and the tests only.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,8 @@ from broker import ids
 from broker.audit.chain import generate_key
 
 _VALIDITY = timedelta(days=365)
+# The hub's user in nats-server's authorization (hub config: nats.user, nats.password_file).
+NATS_HUB_USER = "opsroom-hub"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,21 @@ class DevPki:
     def audit_key(self) -> Path:
         """The hub's Ed25519 audit signing key (default root/audit-key.pem; its public half beside it, .pub.pem)."""
         return self.audit_key_file or self.root / "audit-key.pem"
+
+    @property
+    def crl(self) -> Path:
+        """The development CA's certificate revocation list (crl.pem; `opsroom dev-certs --revoke` writes it)."""
+        return self.root / "crl.pem"
+
+    @property
+    def nats_auth(self) -> Path:
+        """nats-server's authorization for the hub (nats-auth.conf, for an `include` in its config)."""
+        return self.root / "nats-auth.conf"
+
+    @property
+    def nats_password(self) -> Path:
+        """The hub's development NATS password (nats-hub.password; nats-server's authorization names it)."""
+        return self.root / "nats-hub.password"
 
     def agency(self, agency_id: str) -> KeyPair:
         """The certificate pair of an agency."""
@@ -172,4 +190,98 @@ def make_dev_pki(
         _issue(pki.agency(agency_id), ca, agency_id, [uri], ExtendedKeyUsageOID.CLIENT_AUTH)
     if not pki.audit_key.exists():
         generate_key(pki.audit_key)
+    if not pki.nats_password.exists():
+        pki.nats_password.write_text(secrets.token_urlsafe(32) + "\n")
+        pki.nats_password.chmod(0o600)
+    pki.nats_auth.write_text(nats_authorization(pki.nats_password.read_text().strip()))
+    pki.nats_auth.chmod(0o600)
     return pki
+
+
+def hub_permissions(stream: str = "OPSROOM", prefix: str = "opsroom") -> tuple[list[str], list[str]]:
+    """The subjects the hub may publish to and subscribe to: its own subjects, and the JetStream API of its streams.
+
+    Its streams are <stream>, <stream>_BULK and <stream>_AUDIT; nothing else in the account
+    (another stream, the account's streams list, another application's subjects) is reachable.
+    """
+    streams = (stream, f"{stream}_BULK", f"{stream}_AUDIT")
+    publish = [f"{prefix}.>"]
+    for name in streams:
+        publish += [
+            f"$JS.API.STREAM.*.{name}",  # CREATE, UPDATE, INFO, PURGE
+            f"$JS.API.CONSUMER.*.{name}",  # LIST
+            f"$JS.API.CONSUMER.*.{name}.>",  # CREATE, DELETE, INFO
+            f"$JS.API.CONSUMER.MSG.NEXT.{name}.*",  # pull
+            f"$JS.API.DIRECT.GET.{name}",
+            f"$JS.API.DIRECT.GET.{name}.>",
+            f"$JS.ACK.{name}.>",
+        ]
+    return publish, ["_INBOX.>", f"{prefix}.>"]
+
+
+def nats_authorization(password: str, stream: str = "OPSROOM", prefix: str = "opsroom", extra_users: str = "") -> str:
+    """nats-server config text: an account OPSROOM with JetStream, whose one user is the hub, limited to its subjects.
+
+    A client without these credentials is refused at connect (no user has no password, and
+    there is no default user); extra_users is config text for more users of the account (tests).
+    """
+    publish, subscribe = hub_permissions(stream, prefix)
+
+    def quoted(subjects: list[str]) -> str:
+        return ", ".join(f'"{s}"' for s in subjects)
+
+    return f"""# The hub's NATS account and user (written by opsroom dev-certs; hub: nats.user, nats.password_file).
+# Rooms never get NATS credentials: they reach the hub over gRPC with mTLS only.
+accounts {{
+  OPSROOM {{
+    jetstream: enabled
+    users: [
+      {{
+        user: "{NATS_HUB_USER}"
+        password: "{password}"
+        permissions: {{
+          publish: {{ allow: [{quoted(publish)}] }}
+          subscribe: {{ allow: [{quoted(subscribe)}] }}
+        }}
+      }}
+{extra_users}    ]
+  }}
+}}
+"""
+
+
+def write_crl(
+    root: Path, revoke: Iterable[str] = (), reinstate: Iterable[str] = (), *, next_update: timedelta = timedelta(days=7)
+) -> Path:
+    """Write root/crl.pem signed by the development CA, with the agencies in revoke added; returns its path.
+
+    The serials it listed before stay, plus the current certificates of the agencies in revoke,
+    less those of the agencies in reinstate. An empty list is a valid CRL too (nothing revoked).
+    """
+    ca_cert, ca_key = _load_ca(root)
+    pki = DevPki.at(root)
+    serials: set[int] = set()
+    if pki.crl.exists():
+        serials = {entry.serial_number for entry in x509.load_pem_x509_crl(pki.crl.read_bytes())}
+
+    def serial_of(agency_id: str) -> int:
+        return x509.load_pem_x509_certificate(pki.agency(agency_id).cert.read_bytes()).serial_number
+
+    serials |= {serial_of(a) for a in revoke}
+    serials -= {serial_of(a) for a in reinstate}
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + next_update)
+    )
+    for serial in sorted(serials):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - timedelta(minutes=5)).build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    tmp = pki.crl.with_suffix(".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(pki.crl)  # the hub never reads half a file
+    return pki.crl

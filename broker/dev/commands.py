@@ -18,7 +18,7 @@ from opsroom_client import HubClient
 
 from broker.config import HubConfig, load, named_files
 from broker.dev import sim
-from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.certs import NATS_HUB_USER, DevPki, make_dev_pki, nats_authorization, write_crl
 from broker.dev.embedded import NatsServer
 from broker.dev.testing import credentials, dev_config
 from broker.edge.servicer import SERVICE
@@ -42,6 +42,8 @@ key_file = "{pki.hub.key.resolve()}"
 [nats]
 servers = ["{nats.url}"]
 monitor_urls = ["{nats.monitor_url}"]
+user = "{NATS_HUB_USER}"
+password_file = "{pki.nats_password.resolve()}"
 [audit]
 signing_key = "{pki.audit_key.resolve()}"
 [agreements]
@@ -62,13 +64,15 @@ def _prepare(data: Path, *, keep: bool) -> DevPki:
 async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool, agreements: Path) -> int:
     """The embedded default: nats-server, the hub and four simulated Torino rooms playing a scenario."""
     pki = _prepare(data, keep=keep)
-    nats = NatsServer(data / "nats")
+    # nats-server takes the hub's user only (the dev PKI's password), limited to the hub's subjects and streams.
+    nats = NatsServer(data / "nats", extra_config=nats_authorization(pki.nats_password.read_text().strip()))
     _print(f"starting nats-server ({nats.binary}) with JetStream in {data / 'nats'}, sync_interval: always")
     nats.start()
     try:
         cfg = dev_config(
             pki, nats, sim.TORINO_ROOMS, (), listen=listen, metrics_listen=metrics_listen, agreements=agreements
         )
+        cfg = replace(cfg, nats=replace(cfg.nats, user=NATS_HUB_USER, password_file=pki.nats_password))
         hub = Hub(replace(cfg, reflection=True))  # a development hub: grpcurl may list and describe it
         await hub.start()
         status_config = _write_config(data / "hub.toml", cfg, pki, nats, hub.port)
@@ -162,11 +166,20 @@ async def _play(target: str, pki: DevPki, *, once: bool) -> int:
     return 0
 
 
-def dev_certs(out: Path | None, agencies: Sequence[str], config: Path | None) -> int:
+def dev_certs(
+    out: Path | None,
+    agencies: Sequence[str],
+    config: Path | None,
+    *,
+    revoke: Sequence[str] = (),
+    reinstate: Sequence[str] = (),
+) -> int:
     """Make (or complete) a development PKI, by default where the config's [tls] files are.
 
     With a config: a certificate for each of its agencies, and its audit signing key where
-    audit.signing_key names it.
+    audit.signing_key names it. With revoke or reinstate: the CA's revocation list crl.pem,
+    with those agencies' certificates added or taken off (a running hub whose tls.crl_file
+    names it reads it again within tls.reload_seconds).
     """
     cfg = load(config) if config is not None else None
     if out is None:
@@ -180,6 +193,14 @@ def dev_certs(out: Path | None, agencies: Sequence[str], config: Path | None) ->
     for agency_id in wanted:
         _print(f"{agency_id}: {pki.agency(agency_id).cert}")
     _print(f"audit signing key: {pki.audit_key}")
+    _print(f"hub's NATS password: {pki.nats_password} (user {NATS_HUB_USER}; nats-server: {pki.nats_auth})")
+    if revoke or reinstate:
+        for agency_id in [*revoke, *reinstate]:
+            if not pki.agency(agency_id).cert.is_file():
+                raise ConfigError(f"dev-certs: no certificate for {agency_id} in {out}")
+        crl = write_crl(out, revoke, reinstate)
+        added, removed = ", ".join(revoke) or "none", ", ".join(reinstate) or "none"
+        _print(f"revocation list: {crl} (revoked: {added}; reinstated: {removed})")
     if cfg is not None:
         for key, path, _folder in named_files(cfg):
             if key.startswith("tls.") and not path.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 from opsroom_client import Credentials, HubClient, RetryPolicy
 
 from broker.config import Agency, AgreementsConfig, AuditConfig, HubConfig, NatsConfig, TlsConfig
-from broker.dev.certs import DevPki, make_dev_pki
+from broker.dev.certs import NATS_HUB_USER, DevPki, make_dev_pki, nats_authorization
 from broker.dev.cluster import NatsCluster
 from broker.dev.embedded import NatsServer
 from broker.hub import Hub
@@ -111,15 +111,20 @@ async def local_hub(
     drill_only: Iterable[str] = (),
     clock: Clock | None = None,
     receives: Mapping[str, str] | None = None,
+    nats_auth: bool = False,
+    nats_users: str = "",
     **overrides: Any,
 ) -> AsyncIterator[LocalHub]:
     """Start nats-server and a hub under root; stop both (by PID for the server) on exit.
 
     overrides replace HubConfig fields (e.g. heartbeat=timedelta(seconds=1)); clock replaces the
-    system's (a broker.times.ManualClock in tests).
+    system's (a broker.times.ManualClock in tests). With nats_auth, nats-server requires the
+    hub's user and password (the dev PKI's), limited to the hub's subjects and streams;
+    nats_users adds more users to its account (config text).
     """
     pki = make_dev_pki(root / "pki", [*agencies, *extra_certs])
-    nats = NatsServer(root / "nats")
+    auth = nats_authorization(pki.nats_password.read_text().strip(), extra_users=nats_users) if nats_auth else ""
+    nats = NatsServer(root / "nats", extra_config=auth)
     nats.start()
     try:
         cfg = dev_config(
@@ -134,6 +139,8 @@ async def local_hub(
         )
         if nats_config is not None:
             cfg = replace(cfg, nats=replace(nats_config, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls))
+        if nats_auth:
+            cfg = replace(cfg, nats=replace(cfg.nats, user=NATS_HUB_USER, password_file=pki.nats_password))
         cfg = replace(cfg, **overrides)
         async with _started(cfg, clock) as hub:
             yield LocalHub(pki=pki, nats=nats, hub=hub)

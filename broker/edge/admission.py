@@ -8,6 +8,13 @@ refused at once with HUB_OVERLOADED and a retry delay: nothing queues in the hub
 bounds. The refusal costs a few counters and a status; it is logged once a second per agency
 and lane with the count, never once per envelope (a flood would flood the log).
 
+Per-agency limits beside the bounds (docs/architecture.md#per-agency-limits): each connection (as
+gRPC names its peer) has a bound of its own on each lane, so that one integration of an agency
+cannot take the agency's whole room; and each agency has a publish rate per lane (a token bucket
+on the hub's one clock, broker/edge/limits.py): an envelope over it is refused with
+AGENCY_RATE_LIMITED and a retry delay saying when the bucket will hold a token again. Refusals
+of either kind cost the same as an overload refusal and are logged the same way.
+
 Bounds on calls (as opposed to envelopes) are the transport's: each connection may have at most
 `hub.max_calls_per_connection` calls open (HTTP/2 MAX_CONCURRENT_STREAMS); further calls wait in
 the client's transport instead of in the hub (see broker/hub.py).
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 
 from broker.errors import Overloaded
 from broker.lanes import Lane
+from broker.limits import RateLimited, RateLimiter
 from broker.ops.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,6 +39,17 @@ log = get_logger(__name__)
 MAX_RETRY_AFTER = 30.0
 # How often refusals are logged (one event per agency, lane and scope with the count).
 LOG_INTERVAL = 1.0
+# The scope under which rate refusals are counted for the log.
+RATE = "rate"
+
+
+def _drop(table: dict[tuple[str, Lane], int], key: tuple[str, Lane]) -> None:
+    """One fewer under key; the key goes when none are left."""
+    left = table[key] - 1
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +65,26 @@ class Bounds:
     per_agency: int = 4_000
     retry_after: float = 1.0
     bulk_per_second: float = 0.0
+    # Envelopes in flight per lane from one connection; publish rate per agency and lane (0: none).
+    per_connection: int = 4_000
+    agency_rate: float = 0.0
+    agency_burst: float = 0.0
 
 
 class Admission:
-    """Counts envelopes in flight per lane and per agency; refuses those over a bound (HUB_OVERLOADED)."""
+    """Counts envelopes in flight per lane, agency and connection, and each agency's rate; refuses those over a limit.
+
+    Over a bound of envelopes in flight: HUB_OVERLOADED; over the agency's rate: AGENCY_RATE_LIMITED.
+    """
 
     def __init__(self, bounds: Bounds, clock: Callable[[], float] = time.monotonic) -> None:
-        """Nothing in flight yet."""
+        """Nothing in flight yet; clock is the hub's monotonic clock (the rate's buckets fill on it)."""
         self.bounds = bounds
         self._clock = clock
         self._lane: dict[Lane, int] = collections.Counter()
         self._agency: dict[tuple[str, Lane], int] = collections.Counter()
+        self._connection: dict[tuple[str, Lane], int] = collections.Counter()
+        self.rate = RateLimiter(bounds.agency_rate, bounds.agency_burst)
         self._refusals: collections.Counter[tuple[str, Lane, str]] = collections.Counter()
         self._flush: asyncio.TimerHandle | None = None
 
@@ -68,29 +96,44 @@ class Admission:
         """Envelopes of agency in flight on lane."""
         return self._agency[agency, lane]
 
-    def enter(self, agency: str, lane: Lane) -> None:
-        """Take one envelope of agency on lane; raises Overloaded (counted for the log) if over a bound."""
+    def in_flight_on(self, connection: str, lane: Lane) -> int:
+        """Envelopes taken on connection (a gRPC peer) in flight on lane."""
+        return self._connection[connection, lane]
+
+    def enter(self, agency: str, lane: Lane, connection: str = "") -> None:
+        """Take one envelope of agency on lane from connection (a gRPC peer, "" for none).
+
+        Raises Overloaded over a bound of envelopes in flight (hub, agency, connection), and
+        RateLimited over the agency's rate on the lane; a refusal is counted for the log and
+        takes nothing (no place, no token).
+        """
         key = (agency, lane)
         scope = ""
         if self._lane[lane] >= self.bounds.per_lane:
             scope = "hub"
         elif self._agency[key] >= self.bounds.per_agency:
             scope = "agency"
+        elif connection and self._connection[connection, lane] >= self.bounds.per_connection:
+            scope = "connection"
         if scope:
             self._note_refusal(agency, lane, scope)
             raise Overloaded(scope, lane.value, self.retry_after(lane))
+        try:
+            self.rate.take(agency, lane.value, self._clock())
+        except RateLimited:
+            self._note_refusal(agency, lane, RATE)
+            raise
         self._lane[lane] += 1
         self._agency[key] += 1
+        if connection:
+            self._connection[connection, lane] += 1
 
-    def leave(self, agency: str, lane: Lane) -> None:
-        """One envelope of agency on lane was answered (accepted or refused after it was taken)."""
-        key = (agency, lane)
+    def leave(self, agency: str, lane: Lane, connection: str = "") -> None:
+        """One envelope of agency on lane from connection was answered (accepted or refused after it was taken)."""
         self._lane[lane] -= 1
-        left = self._agency[key] - 1
-        if left > 0:
-            self._agency[key] = left
-        else:
-            self._agency.pop(key, None)  # keeps the table to the agencies with envelopes in flight
+        _drop(self._agency, (agency, lane))  # keeps the table to the agencies with envelopes in flight
+        if connection:
+            _drop(self._connection, (connection, lane))
 
     def retry_after(self, lane: Lane) -> float:
         """The delay to ask of a sender refused on lane (seconds)."""
@@ -113,6 +156,17 @@ class Admission:
         self._flush = None
         refusals, self._refusals = self._refusals, collections.Counter()
         for (agency, lane, scope), count in sorted(refusals.items(), key=lambda item: (item[0][0], item[0][1].value)):
+            if scope == RATE:
+                log.warning(
+                    "publishes_refused_rate_limited",
+                    agency=agency,
+                    lane=lane.value,
+                    count=count,
+                    rate=self.bounds.agency_rate,
+                    burst=self.bounds.agency_burst,
+                    reason="AGENCY_RATE_LIMITED",
+                )
+                continue
             log.warning(
                 "publishes_refused_overloaded",
                 agency=agency,

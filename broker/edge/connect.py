@@ -52,11 +52,22 @@ class ConnectHandler:
         self._audit = audit
 
     async def handle(self, _requests: AsyncIterator[hub_pb2.ConnectRequest], context: Context) -> None:
-        """A room's delivery session."""
+        """A room's delivery session; the call counts against the agency's cap of open streams while it is open."""
         agency = ""
         try:
             caller = self._edge.caller(context)
             agency = caller.agency_id
+            self._edge.streams.open(agency, "Connect")
+        except OpsroomError as err:
+            await self._edge.abort(context, agency, err)
+        try:
+            await self._handle(caller, context)
+        finally:
+            self._edge.streams.close(agency)
+
+    async def _handle(self, caller: audit_records.Caller, context: Context) -> None:
+        agency = caller.agency_id
+        try:
             self._edge.check_draining()
             first = await context.read()
             if first is grpc.aio.EOF:
@@ -86,7 +97,13 @@ class ConnectHandler:
         log.info("session_opened", backlog=backlog)
         error: OpsroomError | None = None
         try:
-            opened = hub_pb2.SessionOpened(agency_id=agency, session_id=session.session_id, backlog=backlog)
+            opened = hub_pb2.SessionOpened(
+                agency_id=agency,
+                session_id=session.session_id,
+                backlog=backlog,
+                max_batch=session.max_batch,  # the values in effect, after defaults and bounds
+                window=session.window,
+            )
             await context.write(hub_pb2.ConnectResponse(opened=opened).SerializeToString())
             error = await self._run_session(session, context)
         finally:
@@ -113,7 +130,9 @@ class ConnectHandler:
             while True:
                 await context.write(await session.next_frame())
 
-        return await _first_to_end(read_acks(), write_frames(), session.record_acks_forever())
+        return await _first_to_end(
+            read_acks(), write_frames(), session.record_acks_forever(), self._edge.until_revoked(context)
+        )
 
 
 async def _first_to_end(*coroutines: Coroutine[Any, Any, None]) -> OpsroomError | None:

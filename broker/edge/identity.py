@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from broker import ids
 from broker.audit.records import Caller
 from broker.errors import Reason, Unauthenticated
+from broker.policy.revocation import CertificateFacts, certificate_facts
 
 
 def agency_from_certificate(pem: bytes) -> str | None:
@@ -38,12 +39,22 @@ def certificate_sha256(pem: bytes) -> str:
         return ""
 
 
+def _identified(pem: bytes) -> tuple[Caller, CertificateFacts] | None:
+    """The caller a PEM certificate names, and its facts for the revocation check; None if it names no agency."""
+    agency = agency_from_certificate(pem)
+    if agency is None:
+        return None
+    cert = x509.load_pem_x509_certificate(pem)
+    facts = certificate_facts(cert, agency)
+    return Caller(agency, facts.sha256), facts
+
+
 class IdentityResolver:
     """Maps a call's peer certificate to its agency id, caching the parse per certificate."""
 
     def __init__(self, cache_size: int = 1024) -> None:
         """An empty cache of at most cache_size certificates."""
-        self._cache: OrderedDict[bytes, Caller | None] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Caller, CertificateFacts] | None] = OrderedDict()
         self._size = cache_size
 
     def agency(self, context: grpc.aio.ServicerContext[object, object]) -> str:
@@ -52,6 +63,10 @@ class IdentityResolver:
 
     def caller(self, context: grpc.aio.ServicerContext[object, object]) -> Caller:
         """The agency of the call and its certificate's fingerprint; raises Unauthenticated if it names none."""
+        return self.identify(context)[0]
+
+    def identify(self, context: grpc.aio.ServicerContext[object, object]) -> tuple[Caller, CertificateFacts]:
+        """The caller, and its certificate's issuer, serial and fingerprint; raises Unauthenticated if it names none."""
         auth = context.auth_context()
         pems = list(auth.get("x509_pem_cert") or ())
         if not pems:
@@ -64,8 +79,7 @@ class IdentityResolver:
             self._cache.move_to_end(pem)
             caller = self._cache[pem]
         else:
-            agency = agency_from_certificate(pem)
-            caller = Caller(agency, certificate_sha256(pem)) if agency is not None else None
+            caller = _identified(pem)
             self._cache[pem] = caller
             if len(self._cache) > self._size:
                 self._cache.popitem(last=False)

@@ -6,6 +6,7 @@ server options, the health service and the order of a graceful stop.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -24,6 +25,40 @@ from broker.edge.status import status_of
 MAX_PENDING_CALLS = 100_000
 # The services whose health the hub reports: the server as a whole ("") and HubService.
 _SERVICES = ("", SERVICE)
+
+
+def _ms(value: timedelta) -> int:
+    return round(value.total_seconds() * 1000)
+
+
+def keepalive_options(cfg: HubConfig) -> list[tuple[str, int]]:
+    """GRPC core's keepalive and idle options from the [hub] keys (docs/architecture.md#keepalive-and-idle-connections).
+
+    - the hub pings a connection that sent nothing for keepalive_time, and closes it when the
+      ping is not answered within keepalive_timeout (a room host gone without a FIN);
+    - a client may ping at most every min_ping_interval, with or without calls open; past
+      max_ping_strikes pings too early the hub closes the connection (GOAWAY
+      ENHANCE_YOUR_CALM): a ping flood costs the hub nothing more;
+    - a connection with no call open for max_connection_idle is closed (GOAWAY; the client
+      reconnects on its next call);
+    - with max_connection_age set, a connection is closed after that long (and its calls after
+      max_connection_age_grace more): clients reconnect, and present their certificate again.
+    """
+    options = [
+        ("grpc.keepalive_time_ms", _ms(cfg.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(cfg.keepalive_timeout)),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(cfg.min_ping_interval)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", cfg.max_ping_strikes),
+        # The hub's own pings need no data between them (a quiet Connect stream still gets them).
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if cfg.max_connection_idle:
+        options.append(("grpc.max_connection_idle_ms", _ms(cfg.max_connection_idle)))
+    if cfg.max_connection_age:
+        options.append(("grpc.max_connection_age_ms", _ms(cfg.max_connection_age)))
+        options.append(("grpc.max_connection_age_grace_ms", _ms(cfg.max_connection_age_grace)))
+    return options
 
 
 class GrpcServer:
@@ -47,10 +82,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", cfg.max_request_bytes),
                 ("grpc.max_send_message_length", cfg.max_request_bytes),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
+                *keepalive_options(cfg),
                 # Overload: a connection opens at most this many calls; the client's transport holds
                 # the others (HTTP/2 flow control) instead of the hub, and core never resets a call
                 # for want of room. Without "overload protection", which refuses streams (REFUSED_STREAM,

@@ -37,9 +37,11 @@ from broker.edge.requests import (
     safe_id,
     tolerant,
 )
+from broker.edge.revocations import RevocationStore
 from broker.edge.status import status_of
 from broker.errors import OpsroomError, Reason, Refused
 from broker.lanes import Lane, lane_of
+from broker.limits import SizeLimits, StreamCount
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer
@@ -52,6 +54,8 @@ log = get_logger(__name__)
 SERVICE = "opsroom.hub.v1.HubService"
 # Requests on one PublishStream read ahead of their answers; a faster sender waits.
 STREAM_READ_AHEAD = 64
+# Refusals logged once a second with their count (broker/edge/admission.py), not one by one.
+_AGGREGATED = frozenset({Reason.HUB_OVERLOADED, Reason.AGENCY_RATE_LIMITED})
 
 
 def _identity(frame: bytes) -> bytes:
@@ -79,13 +83,16 @@ class HubServicer:
         is_registered: Callable[[str], bool],
         admission: Admission | None = None,
         audit: AuditLog | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         """Wire the handlers; with audit, each session's backlog read is recorded as a consultation.
 
         admission bounds the envelopes in flight (a default one when None).
         """
         self._admission = admission if admission is not None else Admission(Bounds())
-        self._edge = Edge(metrics, is_registered)
+        streams = StreamCount(cfg.max_streams_per_agency, cfg.overload_retry_after.total_seconds())
+        self._edge = Edge(metrics, is_registered, streams, revocations)
+        self._sizes = SizeLimits(cfg.max_envelope_bytes, cfg.payload_bytes)
         self._is_registered = is_registered
         self._connect = ConnectHandler(self._edge, cfg, js, committer, sessions, metrics, clock, audit)
         self._cfg = cfg
@@ -129,12 +136,9 @@ class HubServicer:
     def draining(self, value: bool) -> None:
         self._edge.draining = value
 
-    def _check_size(self, size: int) -> None:
-        if size > self._cfg.max_envelope_bytes:
-            raise Refused(
-                Reason.ENVELOPE_TOO_LARGE,
-                f"the envelope is {size} bytes; the limit is {self._cfg.max_envelope_bytes}",
-            )
+    def _check_size(self, env: envelope_pb2.Envelope) -> None:
+        """ENVELOPE_TOO_LARGE over the limit of the envelope's payload (BadRequest names the payload field)."""
+        self._sizes.check(env.WhichOneof("payload"), env.ByteSize())
 
     def _accepted(self, agency: str, accepted: Accepted, started: float) -> None:
         outcome = "replayed" if accepted.acceptance.replayed else "accepted"
@@ -157,20 +161,21 @@ class HubServicer:
             request = parsed(request)
             self._edge.check_draining()
             lane = lane_of(request.envelope)
-            self._admission.enter(agency, lane)
+            connection = context.peer()
+            self._admission.enter(agency, lane, connection)
             try:
-                self._check_size(request.envelope.ByteSize())
+                self._check_size(request.envelope)
                 accepted = await self._publisher.publish(request.envelope, caller, resend=request.resend)
             except OpsroomError:
                 raise
             except Exception as exc:
                 raise internal(exc) from exc
             finally:
-                self._admission.leave(agency, lane)
+                self._admission.leave(agency, lane, connection)
         except OpsroomError as err:
             if self._is_registered(agency):
                 self._metrics.publishes.labels(agency, "refused").inc()
-            if err.reason is not Reason.HUB_OVERLOADED:  # those are logged once a second, counted
+            if err.reason not in _AGGREGATED:  # those are logged once a second, counted
                 log.info(
                     "publish_refused",
                     sender_agency=agency,
@@ -193,20 +198,46 @@ class HubServicer:
     async def publish_stream(
         self, requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed], context: Context
     ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
-        """Publish batches; answers each request in order while later ones are being stored."""
+        """Publish batches; answers each request in order while later ones are being stored.
+
+        The stream counts against the agency's cap of open streams while it is open.
+        """
+        agency = ""
         try:
             caller = self._edge.caller(context)
+            agency = caller.agency_id
+            self._edge.streams.open(agency, "PublishStream")
         except OpsroomError as err:
-            await self._edge.abort(context, "", err)
+            await self._edge.abort(context, agency, err)
+        try:
+            async for response in self._publish_stream(requests, caller, context.peer(), context):
+                yield response
+        finally:
+            self._edge.streams.close(agency)
+
+    async def _publish_stream(
+        self,
+        requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed],
+        caller: Caller,
+        connection: str,
+        context: Context,
+    ) -> AsyncIterator[hub_pb2.PublishStreamResponse]:
         agency = caller.agency_id
         # Requests read but not yet answered: the queue is unbounded, the semaphore bounds it.
         answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None] = asyncio.Queue()
         read_ahead = asyncio.Semaphore(STREAM_READ_AHEAD)
         bulk = BulkLine(self._publisher, caller)
-        reader = asyncio.get_running_loop().create_task(self._read_batches(requests, caller, bulk, answers, read_ahead))
+        reader = asyncio.get_running_loop().create_task(
+            self._read_batches(requests, caller, connection, bulk, answers, read_ahead)
+        )
+        revoked = asyncio.get_running_loop().create_task(self._edge.until_revoked(context))
+        revoked.add_done_callback(lambda _: answers.put_nowait(None))  # wakes the loop below
         try:
             while True:
                 item = await answers.get()
+                ended = revoked.exception() if revoked.done() and not revoked.cancelled() else None
+                if isinstance(ended, OpsroomError):  # the certificate was revoked: the stream ends now
+                    await self._edge.abort(context, agency, ended)
                 if item is None:
                     break
                 if isinstance(item, Malformed):
@@ -218,12 +249,14 @@ class HubServicer:
             await reader
         finally:
             reader.cancel()
+            revoked.cancel()
             bulk.close()
 
-    async def _read_batches(
+    async def _read_batches(  # noqa: PLR0917 - the stream's parts, handed from publish_stream
         self,
         requests: AsyncIterator[hub_pb2.PublishStreamRequest | Malformed],
         caller: Caller,
+        connection: str,
         bulk: BulkLine,
         answers: asyncio.Queue[tuple[int, list[_Pending], float] | Malformed | None],
         read_ahead: asyncio.Semaphore,
@@ -245,13 +278,13 @@ class HubServicer:
                 else:
                     resent = frozenset(request.resent)
                     for i, env in enumerate(request.envelopes):
-                        pending.append((i, await self._take(env, caller, bulk, resend=i in resent)))
+                        pending.append((i, await self._take(env, caller, connection, bulk, resend=i in resent)))
                 answers.put_nowait((request.request_id, pending, started))
         finally:
             answers.put_nowait(None)
 
     async def _take(
-        self, env: envelope_pb2.Envelope, caller: Caller, bulk: BulkLine, *, resend: bool
+        self, env: envelope_pb2.Envelope, caller: Caller, connection: str, bulk: BulkLine, *, resend: bool
     ) -> OpsroomError | asyncio.Future[Accepted]:
         """One envelope of a PublishStream request: admitted and begun, or its refusal.
 
@@ -263,22 +296,22 @@ class HubServicer:
         try:
             self._edge.check_draining()
             lane = lane_of(env)
-            self._admission.enter(agency, lane)
+            self._admission.enter(agency, lane, connection)
         except OpsroomError as err:
             return err
         try:
-            self._check_size(env.ByteSize())
+            self._check_size(env)
             if lane is Lane.BULK:
                 future = bulk.begin(env, resend=resend)
             else:
                 future = await self._publisher.begin(env, caller, resend=resend)
         except OpsroomError as err:
-            self._admission.leave(agency, lane)
+            self._admission.leave(agency, lane, connection)
             return err
         except Exception as exc:
-            self._admission.leave(agency, lane)
+            self._admission.leave(agency, lane, connection)
             return internal(exc)
-        future.add_done_callback(lambda _done: self._admission.leave(agency, lane))
+        future.add_done_callback(lambda _done: self._admission.leave(agency, lane, connection))
         return future
 
     async def _result(self, agency: str, item: _Pending, started: float) -> hub_pb2.PublishResult:

@@ -234,6 +234,23 @@ class Metrics:
             ["how"],
             registry=r,
         )
+        # Revoked client certificates ([tls] crl_file, deny_file; docs/security.md#revocation).
+        self.revocation_reloads = Counter(
+            "opsroom_revocation_reloads",
+            "Revocation list loads, by outcome: loaded (at start), reloaded, refused (the previous lists stay).",
+            ["outcome"],
+            registry=r,
+        )
+        self.revoked_entries = Gauge(
+            "opsroom_revoked_entries",
+            "Entries of the revocation lists in force (CRL entries, denied agencies, serials and fingerprints).",
+            registry=r,
+        )
+        self.revoked_streams = Counter(
+            "opsroom_revoked_streams_closed",
+            "Open Connect and PublishStream calls ended because a reloaded list revoked their certificate.",
+            registry=r,
+        )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

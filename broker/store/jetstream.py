@@ -142,6 +142,12 @@ class JetStream(Reads, Consumers):
             "disconnected_cb": events.on_disconnected,
             "reconnected_cb": events.on_reconnected,
         }
+        if cfg.user and cfg.password_file is not None:  # the hub's own NATS user (docs/security.md#transport)
+            try:
+                options["user"] = cfg.user
+                options["password"] = cfg.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ServerUnreachable(f"cannot read nats.password_file {cfg.password_file}: {exc.strerror}") from exc
         nc = Client()
         try:
             # nats-py tries the servers in turn until one answers: bounded by what is left of the wait.
@@ -151,6 +157,11 @@ class JetStream(Reads, Consumers):
             events.closing = True
             with contextlib.suppress(Exception):
                 await nc.close()
+            if "authorization" in str(exc).lower() or "authorization" in events.last_error.lower():
+                raise ServerUnreachable(
+                    f"NATS at {', '.join(cfg.servers)} refused the hub's credentials: check nats.user and "
+                    "nats.password_file against nats-server's authorization"
+                ) from exc
             raise _unreachable(cfg) from exc
         return cls(cfg, nc, events)
 

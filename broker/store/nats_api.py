@@ -72,12 +72,14 @@ class ConnectionEvents:
         """Events of a connection to servers (named in the log lines)."""
         self.servers = list(servers)
         self.closing = False
+        self.last_error = ""  # the last error nats-py reported (an authorization violation at connect, say)
         self.pullers: set[Waiting] = set()
         self.writes: set[asyncio.Future[Any]] = set()  # write requests waiting for their answer
         self.listeners: list[Callable[[], Awaitable[None]]] = []  # told of drops and reconnections
 
     async def on_error(self, exc: Exception) -> None:
         """nats-py's error callback: logged (type only), unless closing."""
+        self.last_error = str(exc)[:200]
         if not self.closing:
             log.warning("nats_error", servers=self.servers, error_type=type(exc).__name__)
 

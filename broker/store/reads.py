@@ -23,6 +23,8 @@ log = get_logger(__name__)
 # A batched direct get of the last message per subject matching more subjects than nats-server
 # returns at once (1,024 in 2.15) answers status 413.
 TOO_MANY_RESULTS = "413"
+# The longest one batched direct get may take in all (each answer is also given 5 s at most).
+DIRECT_BATCH_DEADLINE = 30.0
 
 
 def _stored(msg: Msg) -> StoredMsg | None:
@@ -128,12 +130,15 @@ class Reads(NatsApi):
             await self.nc.publish(
                 f"{self._api}.DIRECT.GET.{stream or self.cfg.stream}", json.dumps(body).encode(), reply=inbox
             )
-            for _ in range(limit + 1):
-                msg = await sub.next_msg(timeout=5)
-                stored = _stored(msg)
-                if stored is None:
-                    break
-                out.append(stored)
+            # Each answer within 5 s, and the whole batch within a deadline of its own: a server
+            # trickling answers cannot hold the caller for (limit + 1) x 5 s.
+            async with asyncio.timeout(DIRECT_BATCH_DEADLINE):
+                for _ in range(limit + 1):
+                    msg = await sub.next_msg(timeout=5)
+                    stored = _stored(msg)
+                    if stored is None:
+                        break
+                    out.append(stored)
         except (TimeoutError, NatsError, OSError) as exc:
             raise StoreUnavailable(f"direct get failed: {type(exc).__name__}") from exc
         finally:

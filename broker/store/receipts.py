@@ -67,14 +67,20 @@ def session_message(
     *,
     last_seen: datetime | None = None,
     closed: bool = False,
+    epoch: int = 0,
 ) -> OutMsg:
-    """The record that session_id, on replica, is agency_id's delivery session (last heard from, or ended)."""
+    """The record that session_id, on replica, is agency_id's delivery session (last heard from, or ended).
+
+    epoch is the agency's session number (see broker.delivery.numbering); the take-over sets it
+    on the session's first record (see broker.delivery.handoff).
+    """
     record = store_pb2.SessionRecord(
         session_id=session_id,
         replica=replica,
         opened_at=timestamp(at),
         last_seen=timestamp(last_seen or at),
         closed=closed,
+        epoch=epoch,
     )
     return OutMsg(layout.session_subject(agency_id), record.SerializeToString(), {})
 

@@ -13,8 +13,8 @@ test_every_served_method_has_a_row.
 Certificate kinds: valid; expired, self-signed, from another CA and none at all, refused by the
 TLS handshake (the client sees UNAVAILABLE: no call reaches the hub, nothing about it is
 disclosed); with no agency identity or with two, refused by the hub (UNAUTHENTICATED
-CERTIFICATE_WITHOUT_AGENCY). A revoked certificate is not a kind yet: REVOKED_KIND below is the
-hook to fill in once the hub has a revocation list.
+CERTIFICATE_WITHOUT_AGENCY); revoked (signed by the CA, named in the hub's deny file), refused by
+the hub on every HubService call (UNAUTHENTICATED CERTIFICATE_REVOKED).
 
 Every refusal is checked for leaks: its message and details may name the caller, and ids the
 caller itself put in its request, and nothing else: no other agency id, distribution id or
@@ -51,6 +51,8 @@ from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubError
 
 from broker import ids
+from broker.config import RevocationConfig
+from broker.dev.certs import DevPki, make_dev_pki
 from broker.dev.testing import LocalHub, local_hub
 from broker.edge.servicer import SERVICE
 from tests import factories as f
@@ -120,35 +122,43 @@ CERT_KINDS: tuple[CertKind, ...] = (
     CertKind("no-certificate", "tls"),
     CertKind("no-identity", "hub"),
     CertKind("two-identities", "hub"),
+    CertKind("revoked", "hub"),
 )
-# Hook for revocation (being built apart): once the hub reloads a revocation list, add
-# CertKind("revoked", "tls" or "hub") to CERT_KINDS, make its certificate in Certificates.make
-# (a valid certificate of the caller whose serial the module's hub config lists as revoked),
-# and the matrix grows by one kind with every row expecting that refusal.
-REVOKED_KIND: CertKind | None = None
 
 
 class Certificates:
     """Client credentials of every kind, made once per (kind, caller, target) that differs, with the dev PKI's CA."""
 
-    def __init__(self, hub: LocalHub, root: Path) -> None:
-        """Certificates signed by hub's dev CA (its key beside ca.pem), and another CA under root."""
-        self._hub = hub
-        self._ca_pem = hub.pki.ca.read_bytes()
+    def __init__(self, pki: DevPki, root: Path) -> None:
+        """Certificates signed by the dev CA (its key beside ca.pem), and another CA under root."""
+        self._pki = pki
+        self._ca_pem = pki.ca.read_bytes()
         self._ca_cert = x509.load_pem_x509_certificate(self._ca_pem)
-        key = serialization.load_pem_private_key((hub.pki.root / "ca-key.pem").read_bytes(), password=None)
+        key = serialization.load_pem_private_key((pki.root / "ca-key.pem").read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         self._ca_key = key
         self._other_key = ec.generate_private_key(ec.SECP256R1())
         self._other_cert = _certificate(_name("another CA"), self._other_key, _name("another CA"), self._other_key, [])
         self._root = root
+        # One revoked certificate per caller, made before the hub starts (its deny file lists them).
+        self.revoked = {caller: self._issue(caller) for caller in CALLERS}
+
+    def _issue(self, caller: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        return _certificate(_name(caller), key, self._ca_cert.subject, self._ca_key, [caller]), key
+
+    def deny_file(self, path: Path) -> Path:
+        """The hub's deny file: the fingerprints of the revoked certificates."""
+        prints = ", ".join(f'"{c.fingerprint(hashes.SHA256()).hex()}"' for c, _ in self.revoked.values())
+        path.write_text(f"fingerprints = [{prints}]\n")
+        return path
 
     def credentials(self, kind: CertKind, caller: str, target: str) -> grpc.ChannelCredentials:
         """What a client presents for kind as caller (two-identities: the caller and the target, or a third agency)."""
         if kind.name == "no-certificate":
             return grpc.ssl_channel_credentials(self._ca_pem)
         if kind is VALID:
-            pair = self._hub.pki.agency(caller)
+            pair = self._pki.agency(caller)
             return grpc.ssl_channel_credentials(self._ca_pem, pair.key.read_bytes(), pair.cert.read_bytes())
         cert, key = self.make(kind, caller, target)
         key_pem = key.private_bytes(
@@ -158,6 +168,8 @@ class Certificates:
 
     def make(self, kind: CertKind, caller: str, target: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """The certificate and key of a kind other than valid and no-certificate."""
+        if kind.name == "revoked":
+            return self.revoked[caller]
         key = ec.generate_private_key(ec.SECP256R1())
         uris = [caller]
         issuer, issuer_key = self._ca_cert.subject, self._ca_key
@@ -228,12 +240,17 @@ class Outcome:
 OK = Outcome("OK")
 TLS_REFUSED = Outcome("UNAVAILABLE")
 NO_IDENTITY = Outcome("UNAUTHENTICATED", "CERTIFICATE_WITHOUT_AGENCY")
+REVOKED = Outcome("UNAUTHENTICATED", "CERTIFICATE_REVOKED")
+# What the hub answers on HubService to the kinds the TLS handshake lets in but the hub refuses.
+BY_THE_HUB = {"revoked": REVOKED, "no-identity": NO_IDENTITY, "two-identities": NO_IDENTITY}
 NOT_REGISTERED = Outcome("PERMISSION_DENIED", "AGENCY_NOT_REGISTERED")
 UNIMPLEMENTED = Outcome("UNIMPLEMENTED")
-# An acknowledgement of a sequence the room was never sent is ignored today (the session stays
-# open, nothing is acknowledged). Acks of foreign sequences are being made a refusal on a parallel
-# branch: at merge, set this to the refusal it returns (the target's delivery must stay unacked either way).
-FOREIGN_ACK = OK
+# Sequences are numbered per session (epoch in the high bits): another room's sequence is, for the
+# caller's session, a number of an earlier session of its own (ignored: OK) or one it never sent
+# (the session ends INVALID_ARGUMENT ACK_NOT_SENT), depending on the two agencies' session counts.
+# Either way the target's delivery stays unacknowledged, which the row checks.
+ACK_NOT_SENT = Outcome("INVALID_ARGUMENT", "ACK_NOT_SENT")
+FOREIGN_ACK = frozenset({OK, ACK_NOT_SENT})
 # A stream call the hub ends (a refusal) while the client is still writing its first message can
 # reach the client as INTERNAL "Internal error from Core" without the hub's status (grpc/grpc#36066);
 # the client library retries it (HubError.stream_broken), and so does the matrix, counting each.
@@ -397,8 +414,13 @@ async def matrix(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
     folder = root / "agreements"
     folder.mkdir()
     (folder / "matrix.yaml").write_text(AGREEMENT)
-    async with local_hub(root / "run", AGENCIES, (), agreements=folder, extra_certs=[ROGUE]) as hub:
-        made = Matrix(hub, Certificates(hub, root))
+    pki = make_dev_pki(root / "run" / "pki", [*AGENCIES, ROGUE])  # local_hub keeps these files
+    certs = Certificates(pki, root)
+    revocation = RevocationConfig(deny_file=certs.deny_file(root / "deny.toml"))
+    async with local_hub(
+        root / "run", AGENCIES, (), agreements=folder, extra_certs=[ROGUE], revocation=revocation
+    ) as hub:
+        made = Matrix(hub, certs)
         await seed(made)
         request.config.pluginmanager.register(_Summary(made), "access-matrix-summary")
         yield made
@@ -435,7 +457,7 @@ class Row:
     method: str
     hub_service: bool  # HubService (identity checked by the hub) or another service
     run: Callable[[Matrix, grpc.aio.Channel, str, str], Awaitable[Observed]]
-    expect: Callable[[Matrix, str, str], Outcome]  # for a valid certificate of a registered caller
+    expect: Callable[[Matrix, str, str], Outcome | frozenset[Outcome]]  # valid certificate, registered caller
     supplied: Callable[[Matrix, str, str], set[str]] = lambda _m, _c, _t: set()  # what the caller names itself
 
     @property
@@ -635,14 +657,18 @@ async def _connect_ack(matrix: Matrix, channel: grpc.aio.Channel, caller: str, t
         async with asyncio.timeout(CALL_TIMEOUT):
             while await call.read() is not grpc.aio.EOF:  # the hub ends the session once it has read the half-close
                 pass
+        got = Observed(OK)
     except grpc.aio.AioRpcError as err:
-        return observed_error(err)
+        got = observed_error(err)
+        if caller == target or got.outcome != ACK_NOT_SENT:
+            return got
     # The session records the acks it took before it ends: the receipt shows them now.
     checked = seed_of.own if caller == target else seed_of.canary
     want = hub_pb2.DELIVERY_STATE_DELIVERED if caller == target else hub_pb2.DELIVERY_STATE_STORED
     state = await _state_of(matrix, checked, target, want)
-    problem = "" if state == want else f"the target's delivery is {hub_pb2.DeliveryState.Name(state)}"
-    return Observed(OK, problem=problem)
+    if state != want:
+        got.problem = f"the target's delivery is {hub_pb2.DeliveryState.Name(state)}"
+    return got
 
 
 async def _state_of(matrix: Matrix, env: envelope_pb2.Envelope, recipient: str, want: int) -> int:
@@ -660,7 +686,7 @@ async def _state_of(matrix: Matrix, env: envelope_pb2.Envelope, recipient: str, 
         await client.close()
 
 
-def _expect_ack(_m: Matrix, caller: str, target: str) -> Outcome:
+def _expect_ack(_m: Matrix, caller: str, target: str) -> Outcome | frozenset[Outcome]:
     return OK if caller == target else FOREIGN_ACK
 
 
@@ -772,7 +798,7 @@ def cases() -> Iterator[Case]:
 CASES = tuple(cases())
 
 
-def expected(matrix: Matrix, case: Case) -> Outcome:
+def expected(matrix: Matrix, case: Case) -> Outcome | frozenset[Outcome]:
     """What the hub must answer in this cell."""
     if case.kind.refused_by == "tls":
         return TLS_REFUSED
@@ -780,11 +806,10 @@ def expected(matrix: Matrix, case: Case) -> Outcome:
         return UNIMPLEMENTED
     if not case.row.hub_service:
         return OK  # health answers any client the TLS handshake let in; it says nothing of agencies
-    if case.kind.refused_by == "hub":
-        return NO_IDENTITY
-    if case.caller not in REGISTERED:
-        return NOT_REGISTERED
-    return case.row.expect(matrix, case.caller, case.target)
+    refused = BY_THE_HUB.get(case.kind.name)
+    if refused is None and case.caller not in REGISTERED:
+        refused = NOT_REGISTERED
+    return refused if refused is not None else case.row.expect(matrix, case.caller, case.target)
 
 
 @ON_THE_MODULE_HUB
@@ -801,7 +826,8 @@ async def test_access(matrix: Matrix, case: Case) -> None:
         got = await case.row.run(matrix, channel, case.caller, case.target)
     label = HANDSHAKE_REFUSED if case.kind.refused_by == "tls" else str(got.outcome)
     matrix.results[label] += 1
-    assert want == got.outcome, f"{case.id}: expected {want}, got {got.outcome} ({got.text[:200]!r})"
+    wanted = want if isinstance(want, frozenset) else {want}
+    assert got.outcome in wanted, f"{case.id}: expected {want}, got {got.outcome} ({got.text[:200]!r})"
     assert not got.problem, f"{case.id}: {got.problem}"
     if got.outcome != OK:
         allowed = {case.caller} | case.row.supplied(matrix, case.caller, case.target)

@@ -312,10 +312,12 @@ class Answer:
 
 def _invoke(hub: FuzzHub, method: str, requests: list[bytes], *, stream: bool) -> Answer:
     path = method if method.startswith("/") else SERVICE + method
+    responses: list[bytes] = []  # kept when the call ends with an error after some responses
     try:
         if stream:
             multi = hub.channel.stream_stream(path, request_serializer=_identity, response_deserializer=_identity)
-            responses = list(multi(iter(requests), timeout=CALL_LIVENESS))
+            for response in multi(iter(requests), timeout=CALL_LIVENESS):
+                responses.append(response)  # noqa: PERF402 - one at a time: kept if the call then fails
         elif method == HEALTH + "Watch":
             multi_out = hub.channel.unary_stream(path, request_serializer=_identity, response_deserializer=_identity)
             got = multi_out(requests[0], timeout=CALL_LIVENESS)
@@ -329,7 +331,7 @@ def _invoke(hub: FuzzHub, method: str, requests: list[bytes], *, stream: bool) -
         for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
             if key == "grpc-status-details-bin":
                 details = status_pb2.Status.FromString(value)
-        return Answer(err.code(), err.details() or "", details, [])  # type: ignore[attr-defined]
+        return Answer(err.code(), err.details() or "", details, responses)  # type: ignore[attr-defined]
     return Answer(grpc.StatusCode.OK, "", None, responses)
 
 

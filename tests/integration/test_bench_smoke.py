@@ -70,3 +70,19 @@ def test_expiry_benchmark_runs_and_reports() -> None:
     assert "1. first scan:" in result.stdout
     assert "4. expiries: 500 notices stored" in result.stdout
     assert "0 notices new (expected 0)" in result.stdout
+
+
+def test_flood_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    """bench/flood.py measures a well-behaved agency alone, under a PublishStream flood and under stream churn, in one run."""
+    result = bench("flood.py", "--quick", "--runs", "1", "--count", "100", "--out", str(tmp_path))
+    assert 0 == result.returncode, result.stderr
+    assert "p99 flood / alone:" in result.stdout
+    assert "p99 churn / alone:" in result.stdout
+    assert "well-behaved agency refused:" in result.stdout
+    [report] = list(tmp_path.glob("flood-*.json"))
+    data = json.loads(report.read_text())
+    assert {"alone", "flood", "churn"} == set(data["runs"])
+    assert all(1 == len(runs) for runs in data["runs"].values())
+    assert 100 == data["runs"]["alone"][0]["events"]
+    assert sum(data["flooder"].values()) > 0, "the flooder sent nothing: the run proves nothing"
+    assert sum(data["churner"].values()) > 0, "the churner opened no stream"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -82,23 +83,50 @@ async def test_a_room_receives_only_its_own_deliveries(clients: dict[str, HubCli
     await nothing_more(clients[f.PL].inbox(), 1.5)
 
 
-async def test_acking_another_rooms_sequences_has_no_effect(hub: LocalHub, clients: dict[str, HubClient]) -> None:
-    """The Polizia Locale acknowledging the Questura's sequences neither acks nor hides them."""
+async def test_acking_another_rooms_sequences_is_refused_and_neither_acks_nor_hides_them(
+    hub: LocalHub, clients: dict[str, HubClient]
+) -> None:
+    """The Polizia Locale acknowledging the Questura's sequences (and a range around them) is refused with
+    INVALID_ARGUMENT ACK_NOT_SENT; the Questura's delivery is neither acknowledged nor hidden.
+    """
     env = f.envelope(f.CUR, (f.QUESTURA, f.PL))
     await clients[f.CUR].publish(env)
-    [pl_delivery] = await take(clients[f.PL].inbox(), 1)
-    stream_seqs = list(range(1, pl_delivery.sequence + 5))
+    questura_call = clients[f.QUESTURA].connect_call()
+    await questura_call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession()))
+    questura_sequence = await first_sequence(questura_call)
+    questura_call.cancel()  # received, not acknowledged
     call = clients[f.PL].connect_call()
     await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession()))
-    await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=stream_seqs)))
-    await asyncio.sleep(0.5)
-    call.cancel()
+    pl_sequence = await first_sequence(call)
+    guesses = [questura_sequence + k for k in range(-2, 40) if questura_sequence + k not in {0, pl_sequence}]
+    await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=guesses)))
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await read_to_the_end(call)
+    refused = HubError.from_rpc_error(ended.value)
+    assert (grpc.StatusCode.INVALID_ARGUMENT, "ACK_NOT_SENT") == (refused.code, refused.reason)
+    assert refused.fields[0].field.startswith("ack.sequences[")
 
     receipt = await clients[f.CUR].receipt(env.distribution_id)
     states = {r.agency_id: r.state for r in receipt.recipients}
     assert hub_pb2.DELIVERY_STATE_STORED == states[f.QUESTURA]
     [questura_delivery] = await take(clients[f.QUESTURA].inbox(), 1)
     assert env.distribution_id == questura_delivery.envelope.distribution_id
+
+
+async def read_to_the_end(call: Any) -> None:
+    """Read a bare Connect call until its stream ends (a refusal raises)."""
+    async with asyncio.timeout(10):
+        while await call.read() is not grpc.aio.EOF:
+            pass
+
+
+async def first_sequence(call: Any) -> int:
+    """The sequence of the first delivery on a bare Connect call."""
+    async with asyncio.timeout(10):
+        while True:
+            response = await call.read()
+            if response.WhichOneof("response") == "deliveries":
+                return int(response.deliveries.deliveries[0].sequence)
 
 
 async def test_receipts_are_for_the_sender_only(clients: dict[str, HubClient]) -> None:

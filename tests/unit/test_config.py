@@ -473,7 +473,24 @@ ERRORS = [
     ("unknown root key", {"root": 'colour = "red"\n'}, "colour: is not a known setting"),
     ("unknown hub key", {"hub": hub('listne = "0.0.0.0:7443"')}, "hub.listne: is not a known setting"),
     ("unknown nats key", {"nats": nats("replica = 3")}, "nats.replica: is not a known setting"),
-    ("unknown tls key", {"tls": SECTIONS["tls"] + 'crl_file = "crl.pem"\n'}, "tls.crl_file: is not a known setting"),
+    ("unknown tls key", {"tls": SECTIONS["tls"] + 'crl_url = "crl.pem"\n'}, "tls.crl_url: is not a known setting"),
+    # revocation and the hub's NATS user (docs/security.md)
+    (
+        "reload without a list",
+        {"tls": SECTIONS["tls"] + "reload_seconds = 5\n"},
+        "tls.reload_seconds: needs crl_file or deny_file (the files it reloads)",
+    ),
+    ("crl_file empty", {"tls": SECTIONS["tls"] + 'crl_file = ""\n'}, "tls.crl_file: must not be empty"),
+    (
+        "nats user without password",
+        {"nats": nats('user = "opsroom-hub"')},
+        "nats.password_file: is required when user is set (the file holding the user's password)",
+    ),
+    (
+        "nats password without user",
+        {"nats": nats('password_file = "p"')},
+        "nats.user: is required when password_file is set",
+    ),
     (
         "unknown nats.tls key",
         {"nats": nats('[nats.tls]\nca_file = "a"\ncert_file = "b"\nkey_file = "c"\npassword = "x"')},
@@ -646,3 +663,24 @@ def test_an_agency_names_the_format_it_receives_in() -> None:
     assert {fmt for agency, fmt in cfg.formats.items() if agency != "it.cc.cp.to"} == {"grpc"}
     bad = doc(agencies=SECTIONS["agencies"] + '\n[[agencies]]\nid = "it.cc.cp.to"\nreceives = "fax"\n')
     assert error_of(bad) == "hub.toml: agencies[2].receives: must be one of grpc, cap, eido, emsi, nue112, not 'fax'"
+
+
+def test_revocation_files_and_the_nats_user_are_read_and_checked(tmp_path: Path) -> None:
+    """[tls] crl_file, deny_file, reload_seconds and [nats] user, password_file: paths resolved, files checked at start."""
+    text = doc(
+        tls=SECTIONS["tls"] + 'crl_file = "pki/crl.pem"\ndeny_file = "deny.toml"\nreload_seconds = 0.5\n',
+        nats=nats('user = "opsroom-hub"\npassword_file = "pki/nats-hub.password"'),
+    )
+    cfg = parse(text, "hub.toml", tmp_path)
+    assert cfg.revocation is not None
+    assert (tmp_path / "pki/crl.pem", tmp_path / "deny.toml") == (cfg.revocation.crl_file, cfg.revocation.deny_file)
+    assert 0.5 == cfg.revocation.reload.total_seconds()
+    assert ("opsroom-hub", tmp_path / "pki/nats-hub.password") == (cfg.nats.user, cfg.nats.password_file)
+    keys = {key for key, _, _ in named_files(cfg)}
+    assert {"tls.crl_file", "tls.deny_file", "nats.password_file"} <= keys
+    for rel in ("pki/ca.pem", "pki/hub.pem", "pki/hub-key.pem", "pki/nats-hub.password", "keys/audit.pem"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^hub.toml: tls.crl_file: no such file: .*dev-certs --revoke"):
+        check_files(cfg, "hub.toml")
+    assert parse(doc(), "hub.toml", tmp_path).revocation is None

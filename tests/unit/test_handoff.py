@@ -172,3 +172,26 @@ def test_the_agencys_first_consumer_goes_at_once_when_a_sessions_consumer_holds_
     )
     # The session's consumer is not there (a record from before session consumers): the first one holds the floor.
     assert [] == handoff.sweepable([consumer(name(Lane.URGENT), handoff.SWEEP_AFTER * 2)], names, NOW)
+
+
+def epoch_of(message: OutMsg | StoredMsg | None) -> int:
+    assert message is not None
+    data = message.payload if isinstance(message, OutMsg) else message.data
+    return store_pb2.SessionRecord.FromString(data).epoch
+
+
+async def test_each_session_of_an_agency_counts_one_more_than_the_last_record_read() -> None:
+    """The epoch (high bits of the room's sequences) is 1 for a first session and grows by one each take-over."""
+    js = FakeJetStream()
+    assert 1 == (await take_over(js, "s1")).epoch
+    assert 1 == epoch_of(js.record)
+    assert 2 == (await take_over(js, "s2")).epoch
+    assert 2 == epoch_of(js.record)
+    # The record of a session that opened meanwhile is counted on from: here "someone-else", whose
+    # record is from before epochs were kept (0), beats the take-over that read epoch 5.
+    record = receipts.session_message(LAYOUT, AGENCY, "s4", "hub-a", NOW, epoch=5)
+    js.record = StoredMsg(record.subject, 9, record.payload, 0)
+    js.conflicts = 1
+    taken = await take_over(js, "s5")
+    assert [6, 1] == [epoch_of(m) for m in js.written[-2:]]
+    assert (1, 1) == (taken.epoch, epoch_of(js.record))

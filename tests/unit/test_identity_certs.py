@@ -78,8 +78,11 @@ def test_make_dev_pki_creates_ca_hub_and_agency_files(tmp_path: Path, pki: DevPk
         pair = pki.agency(agency)
         assert (root / "agencies" / f"{agency}.pem", root / "agencies" / f"{agency}-key.pem") == (pair.cert, pair.key)
         paths += [pair.cert, pair.key]
+    paths += [pki.nats_auth, pki.nats_password]  # the hub's NATS account (for nats-server) and password
     assert [True] * len(paths) == [p.is_file() for p in paths]
     assert len(paths) == len(all_files(root))
+    assert 0o600 == pki.nats_auth.stat().st_mode & 0o777
+    assert pki.nats_password.read_text().strip() in pki.nats_auth.read_text()
     for key_path in paths[1::2]:
         assert 0o600 == key_path.stat().st_mode & 0o777, key_path
 

@@ -5,7 +5,7 @@ importing anything:
 
 - layers: a module imports broker modules of its own layer or of the layers below it only;
 - the pure core (validation, policy, codecs, the audit chain and records, the store's model and
-  layout, lanes, plans, receipts, the delivery window, the error catalogue, ids and times) imports neither asyncio,
+  layout, lanes, plans, receipts, the delivery window and numbering, the error catalogue, ids and times) imports neither asyncio,
   gRPC nor nats-py, and no broker module that is not pure itself;
 - only broker.store imports nats-py; only broker.edge imports gRPC (and the development helpers);
 - nothing of the hub imports broker.dev, but the CLI's development commands, inside a function;
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first. A module of a layer may import from its own layer and the ones before it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("broker.errors", "broker.ids", "broker.names", "broker.times", "broker.lanes"),
+    ("broker.errors", "broker.ids", "broker.names", "broker.times", "broker.lanes", "broker.limits"),
     ("broker.ops",),
     ("broker.validate",),
     ("broker.policy",),
@@ -48,6 +48,7 @@ PURE = (
     "broker.names",
     "broker.times",
     "broker.lanes",
+    "broker.limits",
     "broker.ops.status",
     "broker.validate",
     "broker.policy.model",
@@ -56,6 +57,7 @@ PURE = (
     "broker.policy.places",
     "broker.policy.loader",
     "broker.policy.routing",
+    "broker.policy.revocation",
     "broker.store.model",
     "broker.store.layout",
     "broker.store.receipts",
@@ -63,6 +65,7 @@ PURE = (
     "broker.publish.plan",
     "broker.publish.copies",
     "broker.delivery.window",
+    "broker.delivery.numbering",
     "broker.audit.chain",
     "broker.audit.records",
     "broker.audit.verify",

@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 from opsroom.hub.v1 import hub_pb2
+from opsroom.store.v1 import store_pb2
 
 from broker.config import NatsConfig
-from broker.delivery.sessions import DeliverySession
-from broker.errors import Reason, Refused, StoreUnavailable
+from broker.delivery.sessions import MAX_BATCH, MAX_WINDOW, DeliverySession
+from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.lanes import Lane
 from broker.ops.metrics import Metrics
 from broker.publish.committer import GroupResult, Outcome
@@ -94,8 +95,8 @@ def pulled(stream_seq: int, consumer_seq: int) -> Pulled:
     return Pulled(stream_seq, 1, 0, 0, f"reply.{stream_seq}", f"d{stream_seq}", b"", {}, consumer_seq)
 
 
-async def opened() -> tuple[DeliverySession, FakeJetStream, Metrics]:
-    js = FakeJetStream()
+async def opened(js: FakeJetStream | None = None) -> tuple[DeliverySession, FakeJetStream, Metrics]:
+    js = js or FakeJetStream()
     metrics = Metrics()
     session = DeliverySession(AGENCY, js, FakeCommitter(), metrics, SystemClock(), heartbeat=5.0)
     await session.open()
@@ -116,7 +117,7 @@ async def test_the_first_deliveries_of_a_new_consumer_are_sent() -> None:
     js.pullers[Lane.URGENT].put(pulled(7, 1))
     js.pullers[Lane.URGENT].put(pulled(9, 2))
     frame = await session.next_frame()
-    assert [Layout.delivery_sequence(Lane.URGENT, 7), Layout.delivery_sequence(Lane.URGENT, 9)] == sequences(frame)
+    assert [(1 << 32) | 1, (1 << 32) | 2] == sequences(frame)  # the agency's first session: numbered 1, 2
     assert 0.0 == gaps(metrics)
 
 
@@ -189,3 +190,74 @@ async def test_a_room_silent_past_the_presence_timeout_ends_its_session_and_one_
     with pytest.raises(Refused) as caught:
         await session._presence()
     assert caught.value.reason is Reason.ROOM_SILENT
+
+
+# -- what the room sees and acknowledges: its session's own numbers --------------------------
+
+
+def previous_session(js: FakeJetStream, epoch: int) -> None:
+    """The agency's last session record is of a session with this epoch."""
+    record = receipts.session_message(js.layout, AGENCY, "earlier", "hub-b", datetime.now(UTC), epoch=epoch)
+    js.current = StoredMsg(record.subject, 12, record.payload, 0)
+
+
+async def test_deliveries_are_numbered_by_the_session_both_lanes_in_one_count_above_the_previous_session() -> None:
+    """Stream sequences 500 and 9000 (other agencies' traffic in between), both lanes: the room sees 1, 2, 3."""
+    js = FakeJetStream()
+    previous_session(js, epoch=41)
+    session, js, _metrics = await opened(js)
+    js.pullers[Lane.URGENT].put(pulled(500, 1))
+    js.pullers[Lane.BULK].put(pulled(500, 1))  # the bulk stream numbers its messages apart
+    js.pullers[Lane.URGENT].put(pulled(9000, 2))
+    frame = await session.next_frame()
+    assert [(42 << 32) | n for n in (1, 2, 3)] == sequences(frame)  # urgent first, then bulk
+    # Its record carries its epoch, for the next session to count on from.
+    assert 42 == store_pb2.SessionRecord.FromString(js.records[-1].payload).epoch
+
+
+async def test_an_ack_maps_back_to_the_delivery_a_repeated_one_and_an_earlier_sessions_are_ignored() -> None:
+    js = FakeJetStream()
+    previous_session(js, epoch=1)
+    session, js, _metrics = await opened(js)
+    js.pullers[Lane.URGENT].put(pulled(500, 1))
+    js.pullers[Lane.BULK].put(pulled(77, 1))
+    first, second = sequences(await session.next_frame())
+    session.on_ack([second, (1 << 32) | 1])  # a sequence of the session before: ignored
+    session.on_ack([second])  # repeated: ignored
+    assert [Layout.delivery_sequence(Lane.BULK, 77)] == session._to_record  # as ack records keep them
+    session.on_ack([first])
+    assert Layout.delivery_sequence(Lane.URGENT, 500) == session._to_record[-1]
+
+
+@pytest.mark.parametrize("bad", [(2 << 32) | 3, (3 << 32) | 1, 0])
+async def test_an_ack_of_a_sequence_never_sent_is_refused_naming_it_and_nothing_of_it_is_acknowledged(bad: int) -> None:
+    """Not yet numbered (3), a later session's, or none at all: ACK_NOT_SENT on ack.sequences[1]."""
+    js = FakeJetStream()
+    previous_session(js, epoch=1)
+    session, js, _metrics = await opened(js)
+    js.pullers[Lane.URGENT].put(pulled(500, 1))
+    js.pullers[Lane.URGENT].put(pulled(501, 2))
+    first, _second = sequences(await session.next_frame())
+    with pytest.raises(OpsroomError) as caught:
+        session.on_ack([first, bad])
+    assert Reason.ACK_NOT_SENT is caught.value.reason
+    assert ["ack.sequences[1]"] == [v.field for v in caught.value.violations]
+    assert caught.value.message.startswith("ack.sequences[1]: ")
+    assert [] == session._to_record
+
+
+def test_session_parameters_take_their_defaults_and_bounds() -> None:
+    """0 means the default; anything above the bound is taken as the bound (and SessionOpened says so)."""
+    js = FakeJetStream()
+
+    def session(max_batch: int, window: int) -> tuple[int, int]:
+        made = DeliverySession(AGENCY, js, FakeCommitter(), Metrics(), SystemClock(), heartbeat=5.0,
+                               max_batch=max_batch, window=window)  # fmt: skip
+        return made.max_batch, made.window
+
+    assert (64, 1024) == session(0, 0)
+    assert (MAX_BATCH, MAX_WINDOW) == session(4_000_000_000, 4_000_000_000)
+    assert (1000, 10_000) == (MAX_BATCH, MAX_WINDOW)  # as the contract documents them
+    assert (7, 9) == session(7, 9)
+    js.cfg = NatsConfig(max_ack_pending=500)
+    assert (MAX_BATCH, 500) == session(5000, 5000)  # never more than the consumer lets wait

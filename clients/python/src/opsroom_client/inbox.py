@@ -3,6 +3,8 @@
 One background task owns the Connect stream: it opens the session, reconnects after failures,
 queues what arrives (urgent before bulk) and writes acknowledgements and keepalives. A
 redelivered envelope (same distribution id) is never handed to the application twice.
+A delivery's sequence is its session's: an acknowledgement is sent on the session that
+delivered it, or not at all (the next session delivers it again, and that copy is acknowledged).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class _Seen:
 
     limit: int = 100_000
     acked: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    open: dict[str, int] = field(default_factory=dict)
+    open: dict[str, tuple[int, int]] = field(default_factory=dict)  # handed over, not acked: (session, sequence)
 
     def remember_ack(self, distribution_id: str) -> None:
         self.open.pop(distribution_id, None)
@@ -58,11 +60,14 @@ class Inbox:
         self._max_batch = max_batch
         self._window = window
         self._max_reconnects = max_reconnects
-        # (rank, arrival, item): urgent deliveries first, then bulk, then the end of the inbox.
-        self._queue: asyncio.PriorityQueue[tuple[int, int, hub_pb2.Delivery | BaseException]] = asyncio.PriorityQueue()
+        # (rank, arrival, session, item): urgent deliveries first, then bulk, then the end of the inbox.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, int, hub_pb2.Delivery | BaseException]] = (
+            asyncio.PriorityQueue()
+        )
         self._arrivals = itertools.count()
         self._seen = _Seen()
-        self._acks: list[int] = []
+        self._sessions = 0  # sessions opened so far: the current one's number
+        self._acks: list[tuple[int, int]] = []  # (session, sequence) to send
         self._keepalive = False
         self._ack_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +79,8 @@ class Inbox:
         self.reconnects = 0
         self.duplicates_dropped = 0
         self.heartbeats = 0  # heartbeats received from the hub (each answered with a keepalive)
+        self.max_batch = max_batch  # as the hub applies them (SessionOpened), once a session opened
+        self.window = window
         self.opened = asyncio.Event()
 
     def __aiter__(self) -> Inbox:
@@ -95,7 +102,7 @@ class Inbox:
         while True:
             if self._closed and self._queue.empty():
                 raise StopAsyncIteration
-            _rank, _arrival, item = await self._queue.get()
+            _rank, _arrival, session, item = await self._queue.get()
             if isinstance(item, _Closed):
                 raise StopAsyncIteration
             if isinstance(item, BaseException):
@@ -103,34 +110,43 @@ class Inbox:
             dist = item.envelope.distribution_id
             if dist in self._seen.acked:
                 self.duplicates_dropped += 1
-                self._queue_ack(item.sequence)
+                self._queue_ack(session, item.sequence)
                 continue
             if dist in self._seen.open:
                 self.duplicates_dropped += 1
-                self._seen.open[dist] = item.sequence
+                self._seen.open[dist] = (session, item.sequence)
                 continue
-            self._seen.open[dist] = item.sequence
+            self._seen.open[dist] = (session, item.sequence)
             return item
 
     def ack(self, delivery: hub_pb2.Delivery) -> None:
         """Acknowledge a delivery (sent in the background, batched with others)."""
         dist = delivery.envelope.distribution_id
-        sequence = self._seen.open.get(dist, delivery.sequence)
+        session, sequence = self._seen.open.get(dist, (self._sessions, delivery.sequence))
         self._seen.remember_ack(dist)
-        self._queue_ack(sequence)
+        self._queue_ack(session, sequence)
 
     def _put(self, item: hub_pb2.Delivery | BaseException) -> None:
         """Queue what the session received: urgent deliveries overtake bulk ones still waiting."""
         rank = (1 if item.lane == hub_pb2.LANE_BULK else 0) if isinstance(item, hub_pb2.Delivery) else 2
-        self._queue.put_nowait((rank, next(self._arrivals), item))
+        self._queue.put_nowait((rank, next(self._arrivals), self._sessions, item))
 
     def _queue_keepalive(self) -> None:
         self._keepalive = True
         self._ack_ready.set()
 
-    def _queue_ack(self, sequence: int) -> None:
-        self._acks.append(sequence)
+    def _queue_ack(self, session: int, sequence: int) -> None:
+        self._acks.append((session, sequence))
         self._ack_ready.set()
+
+    def _take_acks(self) -> list[int]:
+        """The sequences to acknowledge on the current session; those of earlier sessions are dropped.
+
+        The hub numbers deliveries per session: an earlier session's delivery comes again on
+        this one (acknowledged then, as a copy of one acknowledged already).
+        """
+        acks, self._acks = self._acks, []
+        return [sequence for session, sequence in acks if session == self._sessions]
 
     async def _run(self) -> None:
         failures = 0
@@ -158,6 +174,7 @@ class Inbox:
 
     async def _session(self) -> None:
         """One Connect stream, until it ends; raises HubError if it failed."""
+        self._sessions += 1
         call = self._connect()
         self._call = call
         writer: asyncio.Task[None] | None = None
@@ -182,9 +199,7 @@ class Inbox:
                     self.heartbeats += 1
                     self._queue_keepalive()
                 elif which == "opened":
-                    self.session_id = response.opened.session_id
-                    self.backlog = self.backlog_at_open = response.opened.backlog
-                    self.opened.set()
+                    self._opened(response.opened)
         except grpc.aio.AioRpcError as exc:
             raise HubError.from_rpc_error(exc) from None
         finally:
@@ -195,11 +210,19 @@ class Inbox:
             self._call = None
             call.cancel()
 
+    def _opened(self, opened: hub_pb2.SessionOpened) -> None:
+        """The session is open: what the hub says of it."""
+        self.session_id = opened.session_id
+        self.backlog = self.backlog_at_open = opened.backlog
+        if opened.max_batch:  # the values in effect; a hub from before it said so leaves them 0
+            self.max_batch, self.window = opened.max_batch, opened.window
+        self.opened.set()
+
     async def _write_acks(self, call: Any) -> None:
         while True:
             await self._ack_ready.wait()
             self._ack_ready.clear()
-            sequences, self._acks = self._acks, []
+            sequences = self._take_acks()
             keepalive, self._keepalive = self._keepalive, False
             try:
                 if sequences:
@@ -207,8 +230,7 @@ class Inbox:
                 elif keepalive:  # an acknowledgement says as much
                     await call.write(hub_pb2.ConnectRequest(keepalive=hub_pb2.KeepAlive()))
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError):
-                self._acks = sequences + self._acks  # sent again on the next session
-                return
+                return  # not sent: the next session delivers them again
 
     async def close(self, grace: float = 5.0) -> None:
         """Send pending acknowledgements, end the session cleanly (the hub records them) and stop."""
@@ -218,8 +240,8 @@ class Inbox:
         call, task = self._call, self._task
         if call is not None and task is not None:
             try:
-                if self._acks:
-                    sequences, self._acks = self._acks, []
+                sequences = self._take_acks()
+                if sequences:
                     await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=sequences)))
                 await call.done_writing()
                 async with asyncio.timeout(grace):

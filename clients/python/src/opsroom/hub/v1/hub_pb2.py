@@ -28,17 +28,17 @@ from opsroom.common.v1 import common_pb2 as opsroom_dot_common_dot_v1_dot_common
 from opsroom.envelope.v1 import envelope_pb2 as opsroom_dot_envelope_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18opsroom/hub/v1/hub.proto\x12\x0eopsroom.hub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1eopsroom/common/v1/common.proto\x1a\"opsroom/envelope/v1/envelope.proto\"|\n\nAcceptance\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrecipients\x18\x03 \x03(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"Q\n\x0ePublishRequest\x12/\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1d.opsroom.envelope.v1.Envelope\x12\x0e\n\x06resend\x18\x02 \x01(\x08\"A\n\x0fPublishResponse\x12.\n\nacceptance\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.Acceptance\"l\n\x14PublishStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x30\n\tenvelopes\x18\x02 \x03(\x0b\x32\x1d.opsroom.envelope.v1.Envelope\x12\x0e\n\x06resent\x18\x03 \x03(\r\"[\n\x15PublishStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12.\n\x07results\x18\x02 \x03(\x0b\x32\x1d.opsroom.hub.v1.PublishResult\"p\n\rPublishResult\x12\x30\n\nacceptance\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.AcceptanceH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xa6\x01\n\x0e\x43onnectRequest\x12+\n\x04open\x18\x01 \x01(\x0b\x32\x1b.opsroom.hub.v1.OpenSessionH\x00\x12,\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1d.opsroom.hub.v1.AckDeliveriesH\x00\x12.\n\tkeepalive\x18\x03 \x01(\x0b\x32\x19.opsroom.hub.v1.KeepAliveH\x00\x42\t\n\x07request\"0\n\x0bOpenSession\x12\x11\n\tmax_batch\x18\x01 \x01(\r\x12\x0e\n\x06window\x18\x02 \x01(\r\"\x0b\n\tKeepAlive\"\"\n\rAckDeliveries\x12\x11\n\tsequences\x18\x01 \x03(\x04\"\xb3\x01\n\x0f\x43onnectResponse\x12/\n\x06opened\x18\x01 \x01(\x0b\x32\x1d.opsroom.hub.v1.SessionOpenedH\x00\x12\x33\n\ndeliveries\x18\x02 \x01(\x0b\x32\x1d.opsroom.hub.v1.DeliveryBatchH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.opsroom.hub.v1.HeartbeatH\x00\x42\n\n\x08response\"G\n\rSessionOpened\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x03 \x01(\x04\"N\n\rDeliveryBatch\x12,\n\ndeliveries\x18\x01 \x03(\x0b\x32\x18.opsroom.hub.v1.Delivery\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x04\"\xb1\x01\n\x08\x44\x65livery\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.opsroom.envelope.v1.Envelope\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\"\n\x04lane\x18\x05 \x01(\x0e\x32\x14.opsroom.hub.v1.Lane\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x11GetReceiptRequest\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\">\n\x12GetReceiptResponse\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.opsroom.hub.v1.Receipt\"\xfa\x01\n\x07Receipt\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12\x18\n\x10sender_agency_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.opsroom.common.v1.Kind\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nrecipients\x18\x05 \x03(\x0b\x32 .opsroom.hub.v1.RecipientReceipt\x12.\n\nescalation\x18\x06 \x01(\x0b\x32\x1a.opsroom.hub.v1.Escalation\"u\n\nEscalation\x12\x14\n\x0cto_agency_id\x18\x01 \x01(\t\x12\x30\n\x0c\x65scalated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x11\n\tdelivered\x18\x04 \x01(\x08\"\xf8\x01\n\x10RecipientReceipt\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.opsroom.hub.v1.DeliveryState\x12\x30\n\x0c\x64\x65livered_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08response\x18\x04 \x01(\x0b\x32 .opsroom.hub.v1.BusinessResponse\x12\x0e\n\x06online\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x01\n\x10\x42usinessResponse\x12+\n\x07outcome\x18\x01 \x01(\x0e\x32\x1a.opsroom.common.v1.Outcome\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12 \n\x18response_distribution_id\x18\x03 \x01(\t\x12\x30\n\x0cresponded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*<\n\x04Lane\x12\x14\n\x10LANE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLANE_URGENT\x10\x01\x12\r\n\tLANE_BULK\x10\x02*\x84\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_STATE_STORED\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATE_EXPIRED\x10\x03\x32\xdf\x02\n\nHubService\x12J\n\x07Publish\x12\x1e.opsroom.hub.v1.PublishRequest\x1a\x1f.opsroom.hub.v1.PublishResponse\x12`\n\rPublishStream\x12$.opsroom.hub.v1.PublishStreamRequest\x1a%.opsroom.hub.v1.PublishStreamResponse(\x01\x30\x01\x12N\n\x07\x43onnect\x12\x1e.opsroom.hub.v1.ConnectRequest\x1a\x1f.opsroom.hub.v1.ConnectResponse(\x01\x30\x01\x12S\n\nGetReceipt\x12!.opsroom.hub.v1.GetReceiptRequest\x1a\".opsroom.hub.v1.GetReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18opsroom/hub/v1/hub.proto\x12\x0eopsroom.hub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1eopsroom/common/v1/common.proto\x1a\"opsroom/envelope/v1/envelope.proto\"|\n\nAcceptance\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrecipients\x18\x03 \x03(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"Q\n\x0ePublishRequest\x12/\n\x08\x65nvelope\x18\x01 \x01(\x0b\x32\x1d.opsroom.envelope.v1.Envelope\x12\x0e\n\x06resend\x18\x02 \x01(\x08\"A\n\x0fPublishResponse\x12.\n\nacceptance\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.Acceptance\"l\n\x14PublishStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x30\n\tenvelopes\x18\x02 \x03(\x0b\x32\x1d.opsroom.envelope.v1.Envelope\x12\x0e\n\x06resent\x18\x03 \x03(\r\"[\n\x15PublishStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12.\n\x07results\x18\x02 \x03(\x0b\x32\x1d.opsroom.hub.v1.PublishResult\"p\n\rPublishResult\x12\x30\n\nacceptance\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.AcceptanceH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\xa6\x01\n\x0e\x43onnectRequest\x12+\n\x04open\x18\x01 \x01(\x0b\x32\x1b.opsroom.hub.v1.OpenSessionH\x00\x12,\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1d.opsroom.hub.v1.AckDeliveriesH\x00\x12.\n\tkeepalive\x18\x03 \x01(\x0b\x32\x19.opsroom.hub.v1.KeepAliveH\x00\x42\t\n\x07request\"0\n\x0bOpenSession\x12\x11\n\tmax_batch\x18\x01 \x01(\r\x12\x0e\n\x06window\x18\x02 \x01(\r\"\x0b\n\tKeepAlive\"\"\n\rAckDeliveries\x12\x11\n\tsequences\x18\x01 \x03(\x04\"\xb3\x01\n\x0f\x43onnectResponse\x12/\n\x06opened\x18\x01 \x01(\x0b\x32\x1d.opsroom.hub.v1.SessionOpenedH\x00\x12\x33\n\ndeliveries\x18\x02 \x01(\x0b\x32\x1d.opsroom.hub.v1.DeliveryBatchH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.opsroom.hub.v1.HeartbeatH\x00\x42\n\n\x08response\"j\n\rSessionOpened\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x03 \x01(\x04\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x0e\n\x06window\x18\x05 \x01(\r\"N\n\rDeliveryBatch\x12,\n\ndeliveries\x18\x01 \x03(\x0b\x32\x18.opsroom.hub.v1.Delivery\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x04\"\xb1\x01\n\x08\x44\x65livery\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12/\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x1d.opsroom.envelope.v1.Envelope\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\"\n\x04lane\x18\x05 \x01(\x0e\x32\x14.opsroom.hub.v1.Lane\"8\n\tHeartbeat\x12+\n\x07sent_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x11GetReceiptRequest\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\">\n\x12GetReceiptResponse\x12(\n\x07receipt\x18\x01 \x01(\x0b\x32\x17.opsroom.hub.v1.Receipt\"\xfa\x01\n\x07Receipt\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12\x18\n\x10sender_agency_id\x18\x02 \x01(\t\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.opsroom.common.v1.Kind\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nrecipients\x18\x05 \x03(\x0b\x32 .opsroom.hub.v1.RecipientReceipt\x12.\n\nescalation\x18\x06 \x01(\x0b\x32\x1a.opsroom.hub.v1.Escalation\"u\n\nEscalation\x12\x14\n\x0cto_agency_id\x18\x01 \x01(\t\x12\x30\n\x0c\x65scalated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x11\n\tdelivered\x18\x04 \x01(\x08\"\xf8\x01\n\x10RecipientReceipt\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.opsroom.hub.v1.DeliveryState\x12\x30\n\x0c\x64\x65livered_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08response\x18\x04 \x01(\x0b\x32 .opsroom.hub.v1.BusinessResponse\x12\x0e\n\x06online\x18\x05 \x01(\x08\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa2\x01\n\x10\x42usinessResponse\x12+\n\x07outcome\x18\x01 \x01(\x0e\x32\x1a.opsroom.common.v1.Outcome\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12 \n\x18response_distribution_id\x18\x03 \x01(\t\x12\x30\n\x0cresponded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*<\n\x04Lane\x12\x14\n\x10LANE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bLANE_URGENT\x10\x01\x12\r\n\tLANE_BULK\x10\x02*\x84\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_STATE_STORED\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATE_EXPIRED\x10\x03\x32\xdf\x02\n\nHubService\x12J\n\x07Publish\x12\x1e.opsroom.hub.v1.PublishRequest\x1a\x1f.opsroom.hub.v1.PublishResponse\x12`\n\rPublishStream\x12$.opsroom.hub.v1.PublishStreamRequest\x1a%.opsroom.hub.v1.PublishStreamResponse(\x01\x30\x01\x12N\n\x07\x43onnect\x12\x1e.opsroom.hub.v1.ConnectRequest\x1a\x1f.opsroom.hub.v1.ConnectResponse(\x01\x30\x01\x12S\n\nGetReceipt\x12!.opsroom.hub.v1.GetReceiptRequest\x1a\".opsroom.hub.v1.GetReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'opsroom.hub.v1.hub_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LANE']._serialized_start=2502
-  _globals['_LANE']._serialized_end=2562
-  _globals['_DELIVERYSTATE']._serialized_start=2565
-  _globals['_DELIVERYSTATE']._serialized_end=2697
+  _globals['_LANE']._serialized_start=2537
+  _globals['_LANE']._serialized_end=2597
+  _globals['_DELIVERYSTATE']._serialized_start=2600
+  _globals['_DELIVERYSTATE']._serialized_end=2732
   _globals['_ACCEPTANCE']._serialized_start=170
   _globals['_ACCEPTANCE']._serialized_end=294
   _globals['_PUBLISHREQUEST']._serialized_start=296
@@ -62,25 +62,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTRESPONSE']._serialized_start=1032
   _globals['_CONNECTRESPONSE']._serialized_end=1211
   _globals['_SESSIONOPENED']._serialized_start=1213
-  _globals['_SESSIONOPENED']._serialized_end=1284
-  _globals['_DELIVERYBATCH']._serialized_start=1286
-  _globals['_DELIVERYBATCH']._serialized_end=1364
-  _globals['_DELIVERY']._serialized_start=1367
-  _globals['_DELIVERY']._serialized_end=1544
-  _globals['_HEARTBEAT']._serialized_start=1546
-  _globals['_HEARTBEAT']._serialized_end=1602
-  _globals['_GETRECEIPTREQUEST']._serialized_start=1604
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1648
-  _globals['_GETRECEIPTRESPONSE']._serialized_start=1650
-  _globals['_GETRECEIPTRESPONSE']._serialized_end=1712
-  _globals['_RECEIPT']._serialized_start=1715
-  _globals['_RECEIPT']._serialized_end=1965
-  _globals['_ESCALATION']._serialized_start=1967
-  _globals['_ESCALATION']._serialized_end=2084
-  _globals['_RECIPIENTRECEIPT']._serialized_start=2087
-  _globals['_RECIPIENTRECEIPT']._serialized_end=2335
-  _globals['_BUSINESSRESPONSE']._serialized_start=2338
-  _globals['_BUSINESSRESPONSE']._serialized_end=2500
-  _globals['_HUBSERVICE']._serialized_start=2700
-  _globals['_HUBSERVICE']._serialized_end=3051
+  _globals['_SESSIONOPENED']._serialized_end=1319
+  _globals['_DELIVERYBATCH']._serialized_start=1321
+  _globals['_DELIVERYBATCH']._serialized_end=1399
+  _globals['_DELIVERY']._serialized_start=1402
+  _globals['_DELIVERY']._serialized_end=1579
+  _globals['_HEARTBEAT']._serialized_start=1581
+  _globals['_HEARTBEAT']._serialized_end=1637
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1639
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1683
+  _globals['_GETRECEIPTRESPONSE']._serialized_start=1685
+  _globals['_GETRECEIPTRESPONSE']._serialized_end=1747
+  _globals['_RECEIPT']._serialized_start=1750
+  _globals['_RECEIPT']._serialized_end=2000
+  _globals['_ESCALATION']._serialized_start=2002
+  _globals['_ESCALATION']._serialized_end=2119
+  _globals['_RECIPIENTRECEIPT']._serialized_start=2122
+  _globals['_RECIPIENTRECEIPT']._serialized_end=2370
+  _globals['_BUSINESSRESPONSE']._serialized_start=2373
+  _globals['_BUSINESSRESPONSE']._serialized_end=2535
+  _globals['_HUBSERVICE']._serialized_start=2735
+  _globals['_HUBSERVICE']._serialized_end=3086
 # @@protoc_insertion_point(module_scope)

@@ -324,16 +324,23 @@ Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
 
 @_typing.final
 class OpenSession(_message.Message):
-    """Opens a delivery session."""
+    """Opens a delivery session. A value out of range is not refused: the hub clamps it and
+    SessionOpened says the values in effect.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     max_batch: _builtins.int
-    """Largest number of deliveries in one DeliveryBatch; 0 means 64; at most 1000."""
+    """Largest number of deliveries in one DeliveryBatch; 0 means 64; at most 1000 (a larger
+    value is taken as 1000).
+    """
     window: _builtins.int
-    """Deliveries the hub may leave unacknowledged on this session; 0 means 1024; at most 10000."""
+    """Deliveries the hub may leave unacknowledged on this session, per lane; 0 means 1024; at
+    most 10000, and at most the hub's nats.max_ack_pending (a larger value is taken as the
+    smaller of the two).
+    """
     def __init__(
         self,
         *,
@@ -374,7 +381,12 @@ class AckDeliveries(_message.Message):
     SEQUENCES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Sequences of the deliveries acknowledged."""
+        """Sequences of the deliveries acknowledged, as Delivery.sequence. Acknowledging a delivery
+        again is harmless; a sequence of an earlier session of the agency is ignored (its delivery
+        comes again on this session: acknowledge it there). A sequence the agency was never sent
+        ends the session with INVALID_ARGUMENT ACK_NOT_SENT naming ack.sequences[i], and nothing
+        of that message is acknowledged.
+        """
 
     def __init__(
         self,
@@ -436,22 +448,32 @@ class SessionOpened(_message.Message):
     AGENCY_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     BACKLOG_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     agency_id: _builtins.str
     """The agency of the client certificate."""
     session_id: _builtins.str
     """Id of this session, for support."""
     backlog: _builtins.int
     """Deliveries waiting when the session opened."""
+    max_batch: _builtins.int
+    """The largest batch in effect: OpenSession.max_batch, its default, or its bound (1000)."""
+    window: _builtins.int
+    """The window in effect, per lane: OpenSession.window, its default, or its bound (10000, or
+    the hub's nats.max_ack_pending if lower).
+    """
     def __init__(
         self,
         *,
         agency_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         backlog: _builtins.int = ...,
+        max_batch: _builtins.int = ...,
+        window: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "backlog", b"backlog", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_id", b"agency_id", "backlog", b"backlog", "max_batch", b"max_batch", "session_id", b"session_id", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -497,7 +519,12 @@ class Delivery(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     LANE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """Position in the room's queue, increasing; acknowledge with this."""
+    """Acknowledge with this. Numbered by the session in the order it sends, both lanes in one
+    count, so it says nothing of other agencies' traffic: the low 32 bits count 1, 2, 3...
+    within the session, the high bits are the agency's session number. It increases and is
+    never reused by a later session of the agency; it is a 64-bit integer (JavaScript: read it
+    as a string or BigInt, not a Number). A delivery sent again gets a new sequence.
+    """
     attempt: _builtins.int
     """Delivery count within this session: 1, or more when the hub sent it again because the
     client did not acknowledge it in time. A new session counts from 1 again, so a room must

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from opsroom.hub.v1 import hub_pb2 as opsroom_dot_hub_dot_v1_dot_hub__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1copsroom/store/v1/store.proto\x12\x10opsroom.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18opsroom/hub/v1/hub.proto\"{\n\tAckRecord\x12\x11\n\tsequences\x18\x01 \x03(\x04\x12,\n\x08\x61\x63ked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x19\n\x11\x65xpired_sequences\x18\x04 \x03(\x04\"W\n\x0eResponseRecord\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .opsroom.hub.v1.BusinessResponse\"\xa2\x01\n\rSessionRecord\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x05 \x01(\x08\"z\n\x0f\x45scalationTimer\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12*\n\x06\x64ue_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cto_agency_id\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\"B\n\x10\x45scalationRecord\x12.\n\nescalation\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.Escalation\"\x95\x01\n\x0bRawDelivery\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\"\n\x04lane\x18\x05 \x01(\x0e\x32\x14.opsroom.hub.v1.Lane\"V\n\x10RawDeliveryBatch\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.opsroom.store.v1.RawDelivery\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x04\"L\n\x12RawConnectResponse\x12\x36\n\ndeliveries\x18\x02 \x01(\x0b\x32\".opsroom.store.v1.RawDeliveryBatchb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1copsroom/store/v1/store.proto\x12\x10opsroom.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18opsroom/hub/v1/hub.proto\"{\n\tAckRecord\x12\x11\n\tsequences\x18\x01 \x03(\x04\x12,\n\x08\x61\x63ked_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x19\n\x11\x65xpired_sequences\x18\x04 \x03(\x04\"W\n\x0eResponseRecord\x12\x11\n\tagency_id\x18\x01 \x01(\t\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32 .opsroom.hub.v1.BusinessResponse\"\xb1\x01\n\rSessionRecord\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12-\n\topened_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x05 \x01(\x08\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\"z\n\x0f\x45scalationTimer\x12\x17\n\x0f\x64istribution_id\x18\x01 \x01(\t\x12*\n\x06\x64ue_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cto_agency_id\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\"B\n\x10\x45scalationRecord\x12.\n\nescalation\x18\x01 \x01(\x0b\x32\x1a.opsroom.hub.v1.Escalation\"\x95\x01\n\x0bRawDelivery\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12-\n\tstored_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\"\n\x04lane\x18\x05 \x01(\x0e\x32\x14.opsroom.hub.v1.Lane\"V\n\x10RawDeliveryBatch\x12\x31\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1d.opsroom.store.v1.RawDelivery\x12\x0f\n\x07\x62\x61\x63klog\x18\x02 \x01(\x04\"L\n\x12RawConnectResponse\x12\x36\n\ndeliveries\x18\x02 \x01(\x0b\x32\".opsroom.store.v1.RawDeliveryBatchb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESPONSERECORD']._serialized_start=234
   _globals['_RESPONSERECORD']._serialized_end=321
   _globals['_SESSIONRECORD']._serialized_start=324
-  _globals['_SESSIONRECORD']._serialized_end=486
-  _globals['_ESCALATIONTIMER']._serialized_start=488
-  _globals['_ESCALATIONTIMER']._serialized_end=610
-  _globals['_ESCALATIONRECORD']._serialized_start=612
-  _globals['_ESCALATIONRECORD']._serialized_end=678
-  _globals['_RAWDELIVERY']._serialized_start=681
-  _globals['_RAWDELIVERY']._serialized_end=830
-  _globals['_RAWDELIVERYBATCH']._serialized_start=832
-  _globals['_RAWDELIVERYBATCH']._serialized_end=918
-  _globals['_RAWCONNECTRESPONSE']._serialized_start=920
-  _globals['_RAWCONNECTRESPONSE']._serialized_end=996
+  _globals['_SESSIONRECORD']._serialized_end=501
+  _globals['_ESCALATIONTIMER']._serialized_start=503
+  _globals['_ESCALATIONTIMER']._serialized_end=625
+  _globals['_ESCALATIONRECORD']._serialized_start=627
+  _globals['_ESCALATIONRECORD']._serialized_end=693
+  _globals['_RAWDELIVERY']._serialized_start=696
+  _globals['_RAWDELIVERY']._serialized_end=845
+  _globals['_RAWDELIVERYBATCH']._serialized_start=847
+  _globals['_RAWDELIVERYBATCH']._serialized_end=933
+  _globals['_RAWCONNECTRESPONSE']._serialized_start=935
+  _globals['_RAWCONNECTRESPONSE']._serialized_end=1011
 # @@protoc_insertion_point(module_scope)

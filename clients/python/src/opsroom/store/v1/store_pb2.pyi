@@ -110,12 +110,17 @@ class SessionRecord(_message.Message):
     OPENED_AT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session's id, as in SessionOpened."""
     replica: _builtins.str
     """The hub replica serving it (host and process)."""
     closed: _builtins.bool
     """The session ended: the room is offline."""
+    epoch: _builtins.int
+    """The agency's session number: one more than the previous record's (0 in records from
+    before it was kept). High bits of the sequences the session hands the room.
+    """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp:
         """When it opened."""
@@ -132,10 +137,11 @@ class SessionRecord(_message.Message):
         opened_at: _timestamp_pb2.Timestamp | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
         closed: _builtins.bool = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen", "opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "last_seen", b"last_seen", "opened_at", b"opened_at", "replica", b"replica", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "epoch", b"epoch", "last_seen", b"last_seen", "opened_at", b"opened_at", "replica", b"replica", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

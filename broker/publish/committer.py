@@ -187,11 +187,17 @@ class Committer:
             return
         # Two stages: the claims and records of batch N+1 are checked and written while the
         # deliveries of batch N are; they run at most a batch ahead, so that batches keep growing
-        # with the load.
+        # with the load. Batch N+1 is formed only once the writer has taken batch N: a group
+        # queued meanwhile (another sender's, while one sender floods) joins it, not a batch later.
         recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(1)
-        recorder = asyncio.get_running_loop().create_task(self._record_batches(recorded), name="committer-records")
+        wanted = asyncio.Event()
+        wanted.set()
+        recorder = asyncio.get_running_loop().create_task(
+            self._record_batches(recorded, wanted), name="committer-records"
+        )
 
         async def next_recorded() -> list[WriteGroup] | None:
+            wanted.set()
             task = await recorded.get()
             return None if task is None else await task
 
@@ -207,9 +213,17 @@ class Committer:
                 if task is not None:
                     task.cancel()
 
-    async def _record_batches(self, recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None]) -> None:
-        """Take batches and start checking their claims and writing their audit records, in order; None at the end."""
+    async def _record_batches(
+        self, recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None], wanted: asyncio.Event
+    ) -> None:
+        """Take batches and start checking their claims and writing their audit records, in order; None at the end.
+
+        A batch is taken when the writer wants the next one (wanted), so at most one batch
+        waits formed ahead of the one being written.
+        """
         while True:
+            await wanted.wait()
+            wanted.clear()
             groups = await self._next_batch()
             if groups is None:
                 await recorded.put(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,7 +67,7 @@ def test_no_sender_waits_more_than_one_turn_of_the_others(pushes: list[tuple[str
     senders = {i[0] for i in taken}
     for sender in senders:
         positions = [n for n, i in enumerate(taken) if i[0] == sender]
-        for start, end in zip(positions, positions[1:], strict=False):
+        for start, end in itertools.pairwise(positions):
             between = [i[0] for i in taken[start + 1 : end]]
             assert len(between) == len(set(between)), (sender, between)
 

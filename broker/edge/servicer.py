@@ -286,6 +286,7 @@ class HubServicer:
         (Admission.wait_enter) instead of being refused: the stream's reader stops reading
         meanwhile, so the rest of the flood stays in the sender's transport. Only the hub-wide
         bound refuses (HUB_OVERLOADED, scope hub).
+
         An urgent envelope is begun at once; a bulk one joins the stream's bulk line, so that
         bulk envelopes waiting their turn at the lane gate do not hold up the urgent envelopes
         sent after them on the same stream.

@@ -3,6 +3,7 @@
     .venv/bin/python bench/flood.py                    # 3 rounds of 1,000 events at 50/s per phase
     .venv/bin/python bench/flood.py --quick            # 1 round-size of 200 events (CI smoke)
     .venv/bin/python bench/flood.py --hub "agency_publish_rate = 0"   # the same without the rate limit
+    .venv/bin/python bench/flood.py --phases flood     # alone and flood only (no churn)
 
 One hub process (audit on, as bench/run.py starts it) and one nats-server. The 112 room (the
 well-behaved agency) publishes incident reports at a steady rate (50/s) to the Questura, whose
@@ -304,6 +305,32 @@ async def measure(target: str, pki_root: Path, count: int, rate: float, adversar
     }
 
 
+def summary(
+    runs: dict[str, list[dict[str, Any]]],
+) -> tuple[list[float], list[float], collections.Counter[str], collections.Counter[str]]:
+    """Print the ratios and the adversaries' outcomes of the phases run; return them for the JSON report."""
+    alone = runs["alone"]
+    flood_ratio = [f["p99_ms"] / a["p99_ms"] for a, f in zip(alone, runs.get("flood", []), strict=False)]
+    churn_ratio = [c["p99_ms"] / a["p99_ms"] for a, c in zip(alone, runs.get("churn", []), strict=False)]
+    if flood_ratio:
+        print(f"p99 flood / alone: {spread(flood_ratio, 'x')} (goal <= 1.2x)")
+    if churn_ratio:
+        print(f"p99 churn / alone: {spread(churn_ratio, 'x')}")
+    flooder: collections.Counter[str] = collections.Counter()
+    churner: collections.Counter[str] = collections.Counter()
+    for r in runs.get("flood", []):
+        flooder.update(r["adversary"].get("outcomes", {}))
+    for r in runs.get("churn", []):
+        churner.update(r["adversary"].get("outcomes", {}))
+    flood_rates = [r["adversary"].get("offered_per_s", 0.0) for r in runs.get("flood", [])]
+    churn_rates = [r["adversary"].get("streams_per_s", 0.0) for r in runs.get("churn", [])]
+    if flood_rates:
+        print(f"flooder: {spread(flood_rates, '/s', 0)} envelopes answered; outcomes {dict(flooder)}")
+    if churn_rates:
+        print(f"churner: {spread(churn_rates, '/s', 0)} streams opened and closed; outcomes {dict(churner)}")
+    return flood_ratio, churn_ratio, flooder, churner
+
+
 async def main() -> int:
     """Start nats-server and the hub, run the rounds of the three phases, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,6 +341,9 @@ async def main() -> int:
     parser.add_argument("--per-request", type=int, default=100, help="envelopes per flood request")
     parser.add_argument("--flood-in-flight", type=int, default=16, help="flood requests unanswered at most")
     parser.add_argument("--churn-tasks", type=int, default=16, help="concurrent open-close loops of the churner")
+    parser.add_argument(
+        "--phases", default="alone,flood,churn", help="phases to run, comma-separated (alone is always run)"
+    )
     parser.add_argument("--hub", action="append", default=[], help="[hub] setting, key = value (overrides the bench's)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="folder for the JSON results")
     parser.add_argument("--flood", metavar="TARGET", help=argparse.SUPPRESS)  # the flooding child process
@@ -336,6 +366,8 @@ async def main() -> int:
         "flood": ["--flood", "--per-request", str(args.per_request), "--flood-in-flight", str(args.flood_in_flight)],
         "churn": ["--churn", "--churn-tasks", str(args.churn_tasks)],
     }
+    wanted = {"alone", *args.phases.split(",")}
+    phases = {name: adversary for name, adversary in phases.items() if name in wanted}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in phases}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="opsroom-flood-") as tmp:
@@ -368,27 +400,13 @@ async def main() -> int:
         finally:
             server.stop()
     elapsed = time.perf_counter() - started
-    alone = runs["alone"]
     print(f"well-behaved agency: {count} events at {args.rate:.0f}/s per phase, {args.runs} rounds; hub {hub}")
     for name in phases:
         done = runs[name]
         print(
             f"  {name}: p50 {spread([r['p50_ms'] for r in done], ' ms')}, p99 {spread([r['p99_ms'] for r in done], ' ms')}"
         )
-    flood_ratio = [f["p99_ms"] / a["p99_ms"] for a, f in zip(alone, runs["flood"], strict=True)]
-    churn_ratio = [c["p99_ms"] / a["p99_ms"] for a, c in zip(alone, runs["churn"], strict=True)]
-    print(f"p99 flood / alone: {spread(flood_ratio, 'x')} (goal <= 1.2x)")
-    print(f"p99 churn / alone: {spread(churn_ratio, 'x')}")
-    flooder: collections.Counter[str] = collections.Counter()
-    churner: collections.Counter[str] = collections.Counter()
-    for r in runs["flood"]:
-        flooder.update(r["adversary"].get("outcomes", {}))
-    for r in runs["churn"]:
-        churner.update(r["adversary"].get("outcomes", {}))
-    flood_rates = [r["adversary"].get("offered_per_s", 0.0) for r in runs["flood"]]
-    churn_rates = [r["adversary"].get("streams_per_s", 0.0) for r in runs["churn"]]
-    print(f"flooder: {spread(flood_rates, '/s', 0)} envelopes answered; outcomes {dict(flooder)}")
-    print(f"churner: {spread(churn_rates, '/s', 0)} streams opened and closed; outcomes {dict(churner)}")
+    flood_ratio, churn_ratio, flooder, churner = summary(runs)
     good_refused = sum(sum(r["refused"].values()) for rs in runs.values() for r in rs)
     print(f"well-behaved agency refused: {good_refused} (expected 0)")
     print(f"total {elapsed:.0f} s")

@@ -134,6 +134,18 @@ class RateLimiter:
             self._taken = 0
             self.forget_idle(now)
 
+    def wait(self, agency: str, lane: str, now: float) -> float:
+        """Seconds until agency's bucket on lane holds a token at now (0.0: one is there; nothing is taken)."""
+        if not self.enabled:
+            return 0.0
+        bucket = self._buckets.get((agency, lane))
+        if bucket is None:
+            return 0.0
+        bucket.refill(now)
+        if bucket.tokens >= 1.0 - _EPSILON:
+            return 0.0
+        return (1.0 - bucket.tokens) / bucket.rate
+
     def forget_idle(self, now: float) -> None:
         """Drop the buckets that are full at now: they would behave the same made afresh."""
         for key in [k for k, b in self._buckets.items() if b.is_full(now)]:

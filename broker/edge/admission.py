@@ -15,6 +15,14 @@ on the hub's one clock, broker/edge/limits.py): an envelope over it is refused w
 AGENCY_RATE_LIMITED and a retry delay saying when the bucket will hold a token again. Refusals
 of either kind cost the same as an overload refusal and are logged the same way.
 
+Those refusals are for unary Publish calls. A PublishStream over its agency's own limits (the
+agency's or the connection's bound, the agency's rate) is slowed, not refused (wait_enter): its
+reader waits for room before it takes the next envelope and reads nothing meanwhile, so HTTP/2
+flow control holds the rest of the flood in the sender's own transport, where it costs the hub
+nothing; reading and refusing each envelope would keep the one event loop busy with refusals.
+Only the hub-wide bound refuses a stream's envelope (scope hub). Waits are logged once a second
+per agency, lane and scope with their count (publish_streams_slowed).
+
 Bounds on calls (as opposed to envelopes) are the transport's: each connection may have at most
 `hub.max_calls_per_connection` calls open (HTTP/2 MAX_CONCURRENT_STREAMS); further calls wait in
 the client's transport instead of in the hub (see broker/hub.py).
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +50,8 @@ MAX_RETRY_AFTER = 30.0
 LOG_INTERVAL = 1.0
 # The scope under which rate refusals are counted for the log.
 RATE = "rate"
+# Longest a waiting stream sleeps before it checks the bounds and the rate again (seconds).
+STREAM_RECHECK = 0.1
 
 
 def _drop(table: dict[tuple[str, Lane], int], key: tuple[str, Lane]) -> None:
@@ -87,6 +98,10 @@ class Admission:
         self.rate = RateLimiter(bounds.agency_rate, bounds.agency_burst)
         self._refusals: collections.Counter[tuple[str, Lane, str]] = collections.Counter()
         self._flush: asyncio.TimerHandle | None = None
+        self._freed: asyncio.Event | None = None  # set on the next leave(), while a stream waits for room
+        self._slowed: collections.Counter[tuple[str, Lane, str]] = collections.Counter()
+        # Waits of streams over their agency's limits since the start, by agency, lane and scope.
+        self.waits: collections.Counter[tuple[str, Lane, str]] = collections.Counter()
 
     def in_flight(self, lane: Lane | None = None) -> int:
         """Envelopes in flight on lane (on both when None)."""
@@ -134,6 +149,44 @@ class Admission:
         _drop(self._agency, (agency, lane))  # keeps the table to the agencies with envelopes in flight
         if connection:
             _drop(self._connection, (connection, lane))
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+    async def wait_enter(self, agency: str, lane: Lane, connection: str = "") -> None:
+        """Take one envelope of a stream, waiting (not refusing) while the agency is over its own limits.
+
+        Over the agency's or the connection's bound of envelopes in flight, the caller waits for
+        one of them to be answered; over the agency's rate, it waits for the next token. The
+        PublishStream reader calls this before it reads on, so a stream over its agency's limits
+        is slowed: its requests stay in its own transport (HTTP/2 flow control), costing the hub
+        nothing, instead of being read and refused. Over the hub-wide bound (every agency's
+        envelopes together) it raises Overloaded as enter() does: that bound is not the agency's
+        own doing, and a refusal with a retry delay tells the sender so. Waits are counted for
+        the log (one event a second per agency, lane and scope), like refusals.
+        """
+        while True:
+            scope = ""
+            if self._lane[lane] >= self.bounds.per_lane:
+                self.enter(agency, lane, connection)  # raises Overloaded (scope hub), counted
+            if self._agency[agency, lane] >= self.bounds.per_agency:
+                scope = "agency"
+            elif connection and self._connection[connection, lane] >= self.bounds.per_connection:
+                scope = "connection"
+            if scope:
+                self._waited(agency, lane, scope)
+                if self._freed is None:
+                    self._freed = asyncio.Event()
+                with contextlib.suppress(TimeoutError):  # a bounded wait: the bounds are checked again
+                    await asyncio.wait_for(self._freed.wait(), STREAM_RECHECK)
+                continue
+            wait = self.rate.wait(agency, lane.value, self._clock())
+            if wait > 0:
+                self._waited(agency, lane, RATE)
+                await asyncio.sleep(min(wait, STREAM_RECHECK))  # the clock may be another than the loop's
+                continue
+            self.enter(agency, lane, connection)
+            return
 
     def retry_after(self, lane: Lane) -> float:
         """The delay to ask of a sender refused on lane (seconds)."""
@@ -142,8 +195,15 @@ class Admission:
             delay = max(delay, self._lane[lane] / self.bounds.bulk_per_second)
         return min(delay, MAX_RETRY_AFTER)
 
+    def _waited(self, agency: str, lane: Lane, scope: str) -> None:
+        self.waits[agency, lane, scope] += 1
+        self._note(self._slowed, agency, lane, scope)
+
     def _note_refusal(self, agency: str, lane: Lane, scope: str) -> None:
-        self._refusals[agency, lane, scope] += 1
+        self._note(self._refusals, agency, lane, scope)
+
+    def _note(self, table: collections.Counter[tuple[str, Lane, str]], agency: str, lane: Lane, scope: str) -> None:
+        table[agency, lane, scope] += 1
         if self._flush is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -155,6 +215,9 @@ class Admission:
         """Log the refusals counted since the last flush: one event per agency, lane and scope."""
         self._flush = None
         refusals, self._refusals = self._refusals, collections.Counter()
+        slowed, self._slowed = self._slowed, collections.Counter()
+        for (agency, lane, scope), count in sorted(slowed.items(), key=lambda item: (item[0][0], item[0][1].value)):
+            log.info("publish_streams_slowed", agency=agency, lane=lane.value, scope=scope, waits=count)
         for (agency, lane, scope), count in sorted(refusals.items(), key=lambda item: (item[0][0], item[0][1].value)):
             if scope == RATE:
                 log.warning(

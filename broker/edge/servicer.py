@@ -279,6 +279,8 @@ class HubServicer:
                     resent = frozenset(request.resent)
                     for i, env in enumerate(request.envelopes):
                         pending.append((i, await self._take(env, caller, connection, bulk, resend=i in resent)))
+                        # Between envelopes, let other calls (other agencies' publishes) have the loop.
+                        await asyncio.sleep(0)
                 answers.put_nowait((request.request_id, pending, started))
         finally:
             answers.put_nowait(None)
@@ -288,6 +290,11 @@ class HubServicer:
     ) -> OpsroomError | asyncio.Future[Accepted]:
         """One envelope of a PublishStream request: admitted and begun, or its refusal.
 
+        Over its agency's rate or bounds of envelopes in flight, the envelope waits for room
+        (Admission.wait_enter) instead of being refused: the stream's reader stops reading
+        meanwhile, so the rest of the flood stays in the sender's transport. Only the hub-wide
+        bound refuses (HUB_OVERLOADED, scope hub).
+
         An urgent envelope is begun at once; a bulk one joins the stream's bulk line, so that
         bulk envelopes waiting their turn at the lane gate do not hold up the urgent envelopes
         sent after them on the same stream.
@@ -296,7 +303,8 @@ class HubServicer:
         try:
             self._edge.check_draining()
             lane = lane_of(env)
-            self._admission.enter(agency, lane, connection)
+            # Over the agency's own limits the stream waits here, and reads nothing more meanwhile.
+            await self._admission.wait_enter(agency, lane, connection)
         except OpsroomError as err:
             return err
         try:

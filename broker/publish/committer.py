@@ -1,8 +1,13 @@
-"""Group commit: writes from many callers gathered into few JetStream writes, in arrival order.
+"""Group commit: writes from many callers gathered into few JetStream writes, in arrival order per sender.
 
-Each caller queues a WriteGroup (all the messages of one envelope, or one receipt) and waits for
-its own outcome. One loop takes whatever queued up while the previous write was being stored
-and writes it next, so batches grow with the load and nothing waits for a timer.
+Each caller queues a WriteGroup (all the messages of one envelope, or one receipt) under its
+sender (an agency; the hub's own records under "") and waits for its own outcome. One loop takes
+whatever queued up while the previous write was being stored and writes it next, so batches
+grow with the load and nothing waits for a timer. A batch takes the waiting senders' groups in
+turn, one each, round robin (broker/publish/fair.py): one agency's thousands of queued
+envelopes do not go ahead of another agency's one, which joins the next write. The groups of
+one sender keep their order; "arrival order" below means the order groups are taken in, which
+for one sender's groups is the order they were queued in.
 
 A group may carry a claim: a subject filter that no stored message may match yet (an envelope's
 distribution id). Before anything of a batch is written, its claims are looked up in one read;
@@ -49,6 +54,7 @@ from broker.audit.log import Draft
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable
 from broker.ops.logging import get_logger
 from broker.ops.metrics import Metrics
+from broker.publish.fair import FairQueue
 from broker.store.model import BatchAck, DuplicateInBatch, OutMsg
 
 log = get_logger(__name__)
@@ -135,24 +141,39 @@ class Committer:
         self._metrics = metrics
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        self._queue: asyncio.Queue[WriteGroup] = asyncio.Queue(maxsize=queue_size)
-        self._carry: WriteGroup | None = None
+        self._queue_size = queue_size
+        self._queue: FairQueue[WriteGroup] = FairQueue()
+        self._queued = asyncio.Event()  # set while groups are queued
+        self._room = asyncio.Event()  # set while the queue is under queue_size
+        self._room.set()
         self._closed = False
 
     async def enqueue(
-        self, messages: Sequence[OutMsg], *, tail: bool = False, audit: Draft | None = None, claim: str = ""
+        self,
+        messages: Sequence[OutMsg],
+        *,
+        tail: bool = False,
+        audit: Draft | None = None,
+        claim: str = "",
+        sender: str = "",
     ) -> asyncio.Future[GroupResult]:
         """Queue messages for atomic storage (waiting while the queue is full); returns the future outcome.
 
-        Groups are stored in the order they were queued. The future resolves to STORED or
-        DUPLICATE, or fails with the store's error.
+        The groups of one sender (an agency id; "" for the hub's own records) are stored in the
+        order they were queued; batches take the waiting senders' groups in turn
+        (broker/publish/fair.py), so one sender's backlog does not hold up another's group.
+        The future resolves to STORED or DUPLICATE, or fails with the store's error.
         """
         if self._closed:
             raise StoreUnavailable("the hub is stopping")
         if len(messages) > self._max_messages:
             raise Refused(Reason.ENVELOPE_TOO_LARGE, f"{len(messages)} messages exceed one batch")
         group = WriteGroup(messages, tail, audit, claim)
-        await self._queue.put(group)
+        while len(self._queue) >= self._queue_size:
+            self._room.clear()
+            await self._room.wait()
+        self._queue.push(sender, group)
+        self._queued.set()
         return group.future
 
     async def submit(self, messages: Sequence[OutMsg], *, tail: bool = False) -> GroupResult:
@@ -166,11 +187,17 @@ class Committer:
             return
         # Two stages: the claims and records of batch N+1 are checked and written while the
         # deliveries of batch N are; they run at most a batch ahead, so that batches keep growing
-        # with the load.
+        # with the load. Batch N+1 is formed only once the writer has taken batch N: a group
+        # queued meanwhile (another sender's, while one sender floods) joins it, not a batch later.
         recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(1)
-        recorder = asyncio.get_running_loop().create_task(self._record_batches(recorded), name="committer-records")
+        wanted = asyncio.Event()
+        wanted.set()
+        recorder = asyncio.get_running_loop().create_task(
+            self._record_batches(recorded, wanted), name="committer-records"
+        )
 
         async def next_recorded() -> list[WriteGroup] | None:
+            wanted.set()
             task = await recorded.get()
             return None if task is None else await task
 
@@ -186,9 +213,17 @@ class Committer:
                 if task is not None:
                     task.cancel()
 
-    async def _record_batches(self, recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None]) -> None:
-        """Take batches and start checking their claims and writing their audit records, in order; None at the end."""
+    async def _record_batches(
+        self, recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None], wanted: asyncio.Event
+    ) -> None:
+        """Take batches and start checking their claims and writing their audit records, in order; None at the end.
+
+        A batch is taken when the writer wants the next one (wanted), so at most one batch
+        waits formed ahead of the one being written.
+        """
         while True:
+            await wanted.wait()
+            wanted.clear()
             groups = await self._next_batch()
             if groups is None:
                 await recorded.put(None)
@@ -292,30 +327,18 @@ class Committer:
             await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
 
     async def _next_batch(self) -> list[WriteGroup] | None:
-        """The groups that queued up, within the batch limits; None once closed and empty."""
-        while True:
-            if self._carry is not None:
-                first, self._carry = self._carry, None
-                break
-            if self._closed and self._queue.empty():
+        """The groups that queued up, within the batch limits, senders in turn; None once closed and empty."""
+        while not self._queue:
+            if self._closed:
                 return None
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
-                break
-            except TimeoutError:
-                continue
+            self._queued.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queued.wait(), timeout=0.5)
         if self._linger:
             await asyncio.sleep(self._linger)  # let more gather: fewer, larger writes (bulk lane)
-        groups = [first]
-        count, size = len(first.messages), first.size
-        while not self._queue.empty():
-            nxt = self._queue.get_nowait()
-            if count + len(nxt.messages) > self._max_messages or size + nxt.size > self._max_bytes:
-                self._carry = nxt
-                break
-            groups.append(nxt)
-            count += len(nxt.messages)
-            size += nxt.size
+        groups = self._queue.batch(_weight, self._max_messages, self._max_bytes)
+        if len(self._queue) < self._queue_size:
+            self._room.set()
         return groups
 
     def close(self) -> None:
@@ -431,6 +454,11 @@ class Committer:
         reason = exc.reason.name if isinstance(exc, OpsroomError) else type(exc).__name__
         self._metrics.commit_failures.labels(reason.lower()).inc()
         log.warning("commit_failed", reason=reason, messages=count)
+
+
+def _weight(group: WriteGroup) -> tuple[int, int]:
+    """A group's messages and bytes, as a batch's limits count them."""
+    return len(group.messages), group.size
 
 
 def _has_tail(group: WriteGroup) -> bool:

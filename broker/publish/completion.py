@@ -66,7 +66,7 @@ class Completion:
         if not missing:
             return answer, None
         log.info("envelope_completed", distribution_id=env.distribution_id, count=len(missing))
-        return answer, await self._committers[lane_of(env)].enqueue(missing, tail=tail)
+        return answer, await self._committers[lane_of(env)].enqueue(missing, tail=tail, sender=agency_id)
 
     async def _missing(  # noqa: PLR0917 - the envelope as sent and what is stored of it
         self,

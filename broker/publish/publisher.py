@@ -262,7 +262,9 @@ class Publisher:
         if self._audited:
             entry = audit_records.publish_entry(env, caller, digest, copies.views, acceptance.accepted_at)
             draft = Draft.of_entry(entry)  # shares an entry with the batch (no message id)
-        group = await self._committers[lane].enqueue(messages, tail=extra is not None, audit=draft, claim=claim)
+        group = await self._committers[lane].enqueue(
+            messages, tail=extra is not None, audit=draft, claim=claim, sender=agency_id
+        )
         return group, acceptance, decision
 
     async def _referenced(self, env: envelope_pb2.Envelope) -> dict[str, Referenced]:

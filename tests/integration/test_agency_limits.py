@@ -22,6 +22,7 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2, hub_pb2_grpc
 
 from broker.dev.testing import LocalHub, local_hub
+from broker.lanes import Lane
 from broker.times import ManualClock
 from tests import factories as f
 from tests.integration.conftest import AGENCIES, ALLOW
@@ -103,8 +104,14 @@ async def test_an_agency_over_its_rate_is_refused_with_retry_info_while_another_
         await good_channel.close()
 
 
-async def test_the_rate_limit_refuses_per_envelope_inside_a_publish_stream_batch(tmp_path: Path) -> None:
-    """A batch of 10 over a burst of 6: the first 6 results are acceptances, the other 4 AGENCY_RATE_LIMITED at their index."""
+async def test_a_publish_stream_over_its_rate_is_slowed_not_refused(tmp_path: Path) -> None:
+    """A batch of 10 over a burst of 6 on a clock that does not move: the stream waits, nothing is refused.
+
+    The hub takes the burst, then waits for tokens before it takes (or reads) anything more of
+    the stream: no answer comes while the clock stands still. Once the clock has moved by the
+    time of the 4 missing tokens, the request is answered with 10 acceptances; no envelope was
+    refused AGENCY_RATE_LIMITED, and the waits were counted.
+    """
     clock = ManualClock(datetime.now(UTC))
     async with local_hub(
         tmp_path, AGENCIES, ALLOW, clock=clock, agency_publish_rate=RATE, agency_publish_burst=float(BURST)
@@ -115,16 +122,20 @@ async def test_the_rate_limit_refuses_per_envelope_inside_a_publish_stream_batch
         async def requests() -> AsyncIterator[hub_pb2.PublishStreamRequest]:
             yield hub_pb2.PublishStreamRequest(request_id=1, envelopes=batch)
 
+        async def answers() -> list[hub_pb2.PublishStreamResponse]:
+            return [r async for r in stub.PublishStream(requests(), timeout=CALLS_WITHIN)]
+
+        answered = asyncio.get_running_loop().create_task(answers())
+        waits = hub.hub.admission.waits
         async with asyncio.timeout(CALLS_WITHIN):
-            [response] = [r async for r in stub.PublishStream(requests(), timeout=CALLS_WITHIN)]
-        kinds = [r.WhichOneof("result") for r in response.results]
-        assert ["acceptance"] * BURST + ["error"] * (10 - BURST) == kinds
-        for result in response.results[BURST:]:
-            info, delay = details_of(result.error)
-            assert info is not None
-            assert "AGENCY_RATE_LIMITED" == info.reason
-            assert delay is not None
-            assert delay > 0
+            while not waits[f.CUR, Lane.URGENT, "rate"]:
+                await asyncio.sleep(0.01)
+        assert not answered.done(), "the stream was answered while its agency had no token"
+        clock.advance((10 - BURST) / RATE)  # the time of the missing tokens
+        async with asyncio.timeout(CALLS_WITHIN):
+            [response] = await answered
+        assert ["acceptance"] * 10 == [r.WhichOneof("result") for r in response.results]
+        assert 0 == rate_refusals(hub, f.CUR)
         await channel.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import structlog
 
@@ -87,3 +89,51 @@ def test_refusals_are_logged_as_one_event_per_agency_lane_and_scope_with_the_cou
         {"agency": f.CUR, "lane": "urgent", "scope": "agency", "count": 1000, "in_flight": 1},
     ] == [{k: e[k] for k in ("agency", "lane", "scope", "count", "in_flight")} for e in logs]
     assert {("publishes_refused_overloaded", "HUB_OVERLOADED")} == {(e["event"], e["reason"]) for e in logs}
+
+
+# -- streams: slowed, not refused, over the agency's own limits ---------------------------------
+
+# liveness: a wait that leave() or the next token ends takes milliseconds.
+WAIT_LIVENESS = 10.0
+
+
+async def test_a_stream_over_its_agency_s_bound_waits_for_a_slot_and_takes_it_when_one_is_freed() -> None:
+    """wait_enter does not refuse at the agency's bound: it returns once one of the agency's envelopes leaves."""
+    admission = Admission(Bounds(per_lane=10, per_agency=2))
+    admission.enter(f.CUR, Lane.URGENT)
+    admission.enter(f.CUR, Lane.URGENT)
+    waiting = asyncio.get_running_loop().create_task(admission.wait_enter(f.CUR, Lane.URGENT, "peer-1"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert admission.waits[f.CUR, Lane.URGENT, "agency"] >= 1
+    admission.enter(f.PL, Lane.URGENT)  # another agency is not held up by it
+    admission.leave(f.CUR, Lane.URGENT)
+    await asyncio.wait_for(waiting, WAIT_LIVENESS)
+    assert 2 == admission.in_flight_of(f.CUR, Lane.URGENT)
+    assert 1 == admission.in_flight_on("peer-1", Lane.URGENT)
+    admission.close()
+
+
+async def test_a_stream_over_its_agency_s_rate_waits_for_the_next_token_on_the_hub_s_clock() -> None:
+    """With a clock that does not move, the wait goes on; once the clock moves by a token's time, it returns."""
+    now = [100.0]
+    admission = Admission(Bounds(per_lane=10, per_agency=10, agency_rate=4.0, agency_burst=1.0), clock=lambda: now[0])
+    await admission.wait_enter(f.CUR, Lane.URGENT)  # the burst
+    waiting = asyncio.get_running_loop().create_task(admission.wait_enter(f.CUR, Lane.URGENT))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert admission.waits[f.CUR, Lane.URGENT, "rate"] >= 1
+    now[0] += 0.25
+    await asyncio.wait_for(waiting, WAIT_LIVENESS)
+    assert 2 == admission.in_flight_of(f.CUR, Lane.URGENT)
+    admission.close()
+
+
+async def test_a_stream_is_still_refused_over_the_hub_wide_bound() -> None:
+    """The hub-wide bound is every agency's: over it a stream's envelope is refused (scope hub), not held."""
+    admission = Admission(Bounds(per_lane=1, per_agency=1))
+    admission.enter(f.PL, Lane.URGENT)
+    with pytest.raises(Overloaded) as caught:
+        await admission.wait_enter(f.CUR, Lane.URGENT)
+    assert "hub" == caught.value.metadata["scope"]
+    admission.close()

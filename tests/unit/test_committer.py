@@ -661,3 +661,25 @@ def test_every_room_stores_envelopes_in_arrival_order(envelopes: list[tuple[Sequ
     for room in ROOMS:
         expected = [f"e{n}:{room}" for n, (rooms, _) in enumerate(envelopes) if room in rooms]
         assert expected == [name for name in stored if name.endswith(f":{room}")]
+
+
+async def test_another_sender_s_group_joins_the_next_batch_not_behind_a_sender_s_backlog() -> None:
+    """While a batch is in flight, one sender queues 30 groups and another one: the other's goes into the next batch.
+
+    Batches hold 10 messages; the senders are taken in turn, so the late sender's group is second
+    in the next batch, and the flooding sender's groups keep their order across the batches.
+    """
+    store = FakeStore()
+    store.hold()
+    committer = Committer(store.commit, Metrics(), max_messages=10)
+    async with running(committer):
+        first = await committer.enqueue(group("x"), sender="flood")
+        async with asyncio.timeout(WAIT):
+            await store.in_flight.wait()
+        backlog = [await committer.enqueue(group(f"f{i}"), sender="flood") for i in range(30)]
+        late = await committer.enqueue(group("good"), sender="good")
+        store.release()
+        results = await outcomes([first, *backlog, late])
+    assert all(isinstance(r, GroupResult) and r.outcome is Outcome.STORED for r in results)
+    assert ["f0/0", "good/0", *(f"f{i}/0" for i in range(1, 9))] == store.calls[1]
+    assert [f"f{i}/0" for i in range(30)] == [n for n in store.stored if n.startswith("f")]

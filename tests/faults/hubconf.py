@@ -2,7 +2,7 @@
 
 Settings are written by the config file's naming rule (a field's name; a duration as
 `<name>_seconds`), with the few exceptions the file has (audit retention in days, allow rules'
-from/to). The text is parsed back with broker.config.parse before it is used: a setting this
+from/to, the revocation lists under [tls], the sizes by payload as [sizes]). The text is parsed back with broker.config.parse before it is used: a setting this
 writer does not render (a field added to the hub's config later, say) fails loudly here
 instead of running the hub with a default.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from broker.config import HubConfig, parse
 
 _DAY = timedelta(days=1)
-_SECTIONS = ("tls", "nats", "agencies", "allow", "agreements", "audit", "limits")
+_SECTIONS = ("tls", "nats", "agencies", "allow", "agreements", "audit", "limits", "revocation", "payload_bytes")
 
 
 def _value(value: object) -> str:
@@ -55,7 +55,10 @@ def _table(header: str, items: dict[str, object]) -> list[str]:
 def hub_toml(cfg: HubConfig) -> str:
     """The TOML text of cfg (paths as they are in cfg: absolute ones stay valid wherever the file goes)."""
     lines = _table("hub", _items(cfg, skip=_SECTIONS))
-    lines += _table("tls", _items(cfg.tls))
+    tls = _items(cfg.tls)
+    if cfg.revocation is not None:
+        tls.update(_items(cfg.revocation))  # the revocation lists are [tls] keys
+    lines += _table("tls", tls)
     lines += _table("nats", _items(cfg.nats))
     if cfg.nats.tls is not None:
         lines += _table("nats.tls", _items(cfg.nats.tls))
@@ -71,6 +74,7 @@ def hub_toml(cfg: HubConfig) -> str:
     if cfg.agreements is not None:
         lines += _table("agreements", _items(cfg.agreements))
     lines += _table("limits", _items(cfg.limits))
+    lines += _table("sizes", dict(cfg.payload_bytes))
     for agency in cfg.agencies:
         lines += _table("[agencies]", _items(agency))
     for rule in cfg.allow:

@@ -78,6 +78,17 @@ def request() -> envelope_pb2.Envelope:
     return f.envelope(f.PL, (f.CC,), kind=common_pb2.KIND_REQUEST, assistance_request=f.assistance_request())
 
 
+def carabinieri_answer(env: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+    """The Carabinieri operator's answer (accepted) to the request env."""
+    return f.envelope(
+        f.CC,
+        (f.PL,),
+        kind=common_pb2.KIND_RESPONSE,
+        references=((env.distribution_id, f.PL),),
+        assistance_response=f.assistance_response(),
+    )
+
+
 async def test_an_unanswered_request_goes_to_the_alternate_room(hub: LocalHub, clock: ManualClock) -> None:
     """No answer before the deadline: the Questura gets the request, the sender a REQUEST_ESCALATED notice, the receipt says so."""
     pl, cc, questura = hub.client(f.PL), hub.client(f.CC), hub.client(f.QUESTURA)
@@ -117,13 +128,7 @@ async def test_a_request_answered_in_time_does_not_escalate(hub: LocalHub, clock
     env = request()
     await pl.publish(env)
     await take(cc.inbox(), 1)
-    answer = f.envelope(
-        f.CC,
-        (f.PL,),
-        kind=common_pb2.KIND_RESPONSE,
-        references=((env.distribution_id, f.PL),),
-        assistance_response=f.assistance_response(),
-    )
+    answer = carabinieri_answer(env)
     await cc.publish(answer)
     pl_inbox = pl.inbox()
     [reply] = await take(pl_inbox, 1)
@@ -149,13 +154,7 @@ async def test_status_counts_the_deadline_running_for_the_room_asked_until_it_an
     snap = await status_reader.snapshot(hub.hub.js, hub.hub.cfg, clock.now())
     rooms = {a.agency_id: a for a in snap.agencies}
     assert (1, 1, 0) == (snap.escalation_timers, rooms[f.CC].escalations_pending, rooms[f.QUESTURA].escalations_pending)
-    answer = f.envelope(
-        f.CC,
-        (f.PL,),
-        kind=common_pb2.KIND_RESPONSE,
-        references=((env.distribution_id, f.PL),),
-        assistance_response=f.assistance_response(),
-    )
+    answer = carabinieri_answer(env)
     await cc.publish(answer)
     snap = await status_reader.snapshot(hub.hub.js, hub.hub.cfg, clock.now())
     assert (0, 0) == (snap.escalation_timers, {a.agency_id: a for a in snap.agencies}[f.CC].escalations_pending)

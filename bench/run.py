@@ -293,8 +293,12 @@ to = ["{RECEIVER}"]
 @contextlib.contextmanager
 def hub_process(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """`opsroom serve` in its own process, stopped by PID."""
+    profile = os.environ.get("OPSROOM_BENCH_PROFILE")  # a folder: each hub run writes a cProfile file there
+    python = [sys.executable]
+    if profile:
+        python += ["-m", "cProfile", "-o", str(Path(profile) / f"hub-{time.time_ns()}.prof")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "broker", "--log-level", "WARNING", "serve", "--config", str(config)],
+        [*python, "-m", "broker", "--log-level", "WARNING", "serve", "--config", str(config)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )

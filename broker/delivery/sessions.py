@@ -36,7 +36,7 @@ from broker.delivery.numbering import Numbering, NumbersExhausted, Sent, Unmappe
 from broker.delivery.window import LaneWindow
 from broker.errors import OpsroomError, Reason, Refused, StoreUnavailable, Violation
 from broker.lanes import LANES, Lane
-from broker.ops.logging import get_logger
+from broker.ops.logging import debug_enabled, get_logger
 from broker.ops.metrics import Metrics
 from broker.publish.committer import Committer, GroupResult, Outcome
 from broker.store import receipts
@@ -47,6 +47,13 @@ from broker.store.model import ConsumerGone, DuplicateInBatch, OutMsg, Pulled, W
 from broker.times import Clock, timestamp
 
 log = get_logger(__name__)
+
+
+def _trace(event: str, distribution_id: str, agency_id: str, lane: Lane, **more: int) -> None:
+    """A per-delivery debug event, built only when debug events are written (one per delivery is hot)."""
+    if debug_enabled():
+        log.debug(event, distribution_id=distribution_id, agency=agency_id, lane=lane.value, **more)
+
 
 DEFAULT_MAX_BATCH = 64
 DEFAULT_WINDOW = 1024
@@ -303,8 +310,7 @@ class DeliverySession:
             if item.delivered == 1:
                 self._metrics.publish_to_delivery.observe(max(0.0, (now_ns - item.time_ns) / 1e9))
             # The distribution id is the correlation id: envelope_accepted, delivery_sent, delivery_acknowledged.
-            log.debug("delivery_sent", distribution_id=item.distribution_id, agency=self.agency_id,
-                      lane=state.lane.value, attempt=item.delivered)  # fmt: skip
+            _trace("delivery_sent", item.distribution_id, self.agency_id, state.lane, attempt=item.delivered)
         backlog = sum(state.pending for state in self._lanes)
         batch.backlog = backlog
         self._metrics.deliveries.labels(self.agency_id).inc(len(batch.deliveries))
@@ -340,8 +346,8 @@ class DeliverySession:
             state = self._lanes[LANES.index(delivery.lane)]
             if state.acknowledge(delivery.stream_seq):
                 self._to_record.append(Layout.delivery_sequence(delivery.lane, delivery.stream_seq))
-                log.debug("delivery_acknowledged", distribution_id=state.unacked[delivery.stream_seq].distribution_id,
-                          agency=self.agency_id, lane=delivery.lane.value)  # fmt: skip
+                distribution_id = state.unacked[delivery.stream_seq].distribution_id
+                _trace("delivery_acknowledged", distribution_id, self.agency_id, delivery.lane)
         if self._to_record:
             self._ack_event.set()
 

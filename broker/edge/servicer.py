@@ -54,6 +54,9 @@ log = get_logger(__name__)
 SERVICE = "opsroom.hub.v1.HubService"
 # Requests on one PublishStream read ahead of their answers; a faster sender waits.
 STREAM_READ_AHEAD = 64
+# A PublishStream reader gives the event loop up after this much work on one request (not after
+# each envelope: a turn of the loop per envelope costs more than the envelope's own checks).
+READ_SLICE_SECONDS = 0.002
 # Refusals logged once a second with their count (broker/edge/admission.py), not one by one.
 _AGGREGATED = frozenset({Reason.HUB_OVERLOADED, Reason.AGENCY_RATE_LIMITED})
 
@@ -277,10 +280,13 @@ class HubServicer:
                     pending = [(i, err) for i in range(len(request.envelopes))]
                 else:
                     resent = frozenset(request.resent)
+                    slice_from = started
                     for i, env in enumerate(request.envelopes):
                         pending.append((i, await self._take(env, caller, connection, bulk, resend=i in resent)))
-                        # Between envelopes, let other calls (other agencies' publishes) have the loop.
-                        await asyncio.sleep(0)
+                        # After a slice of work, let other calls (other agencies' publishes) have the loop.
+                        if time.perf_counter() - slice_from >= READ_SLICE_SECONDS:
+                            await asyncio.sleep(0)
+                            slice_from = time.perf_counter()
                 answers.put_nowait((request.request_id, pending, started))
         finally:
             answers.put_nowait(None)

@@ -96,6 +96,8 @@ def drop_unlisted_keys(_logger: object, _method: str, event_dict: MutableMapping
 
 def configure(*, json: bool = True, level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Configure structlog for the process: JSON lines (or console lines for the demo) on stderr."""
+    global _level  # noqa: PLW0603 - the process's one logging level, read by debug_enabled
+    _level = level
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -110,6 +112,14 @@ def configure(*, json: bool = True, level: int = logging.INFO, stream: TextIO | 
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+_level = logging.INFO
+
+
+def debug_enabled() -> bool:
+    """Whether debug events are written: hot paths (one event per delivery) check it before building one."""
+    return _level <= logging.DEBUG
 
 
 def get_logger(name: str) -> Any:

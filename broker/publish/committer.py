@@ -187,7 +187,7 @@ class Committer:
             return
         # Two stages: the claims and records of batch N+1 are checked and written while the
         # deliveries of batch N are; they run at most a batch ahead, so that batches keep growing
-        # with the load. Batch N+1 is formed only once the writer has taken batch N: a group
+        # with the load. Batch N+1 is formed when the writer takes batch N, not before: a group
         # queued meanwhile (another sender's, while one sender floods) joins it, not a batch later.
         recorded: asyncio.Queue[asyncio.Task[list[WriteGroup]] | None] = asyncio.Queue(1)
         wanted = asyncio.Event()
@@ -197,8 +197,8 @@ class Committer:
         )
 
         async def next_recorded() -> list[WriteGroup] | None:
-            wanted.set()
             task = await recorded.get()
+            wanted.set()  # the next batch is formed and prepared while this one is written
             return None if task is None else await task
 
         try:

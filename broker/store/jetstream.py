@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
@@ -47,6 +46,7 @@ from broker.store.nats_api import (
     ConnectionEvents,
     api_error,
 )
+from broker.store.nats_client import HubClient
 from broker.store.reads import Reads
 
 log = get_logger(__name__)
@@ -148,7 +148,7 @@ class JetStream(Reads, Consumers):
                 options["password"] = cfg.password_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ServerUnreachable(f"cannot read nats.password_file {cfg.password_file}: {exc.strerror}") from exc
-        nc = Client()
+        nc = HubClient()
         try:
             # nats-py tries the servers in turn until one answers: bounded by what is left of the wait.
             async with asyncio.timeout(max(deadline - loop.time(), _LAST_TRY)):

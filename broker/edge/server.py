@@ -47,6 +47,10 @@ def keepalive_options(cfg: HubConfig) -> list[tuple[str, int]]:
     options = [
         ("grpc.keepalive_time_ms", _ms(cfg.keepalive_time)),
         ("grpc.keepalive_timeout_ms", _ms(cfg.keepalive_timeout)),
+        # gRPC core (1.85) waits for a ping's answer this long, whatever keepalive_timeout says
+        # (default one minute): a host that stops answering was closed after 60 s, not 10
+        # (tests/integration/test_keepalive.py).
+        ("grpc.http2.ping_timeout_ms", _ms(cfg.keepalive_timeout)),
         ("grpc.http2.min_ping_interval_without_data_ms", _ms(cfg.min_ping_interval)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", cfg.max_ping_strikes),

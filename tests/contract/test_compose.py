@@ -326,7 +326,12 @@ def test_hub_config_loads_and_uses_the_compose_network() -> None:
         shipped,
         metrics_listen=cfg.metrics_listen,
         tls=cfg.tls,
-        nats=replace(shipped.nats, servers=cfg.nats.servers, monitor_urls=cfg.nats.monitor_urls),
+        nats=replace(
+            shipped.nats,
+            servers=cfg.nats.servers,
+            monitor_urls=cfg.nats.monitor_urls,
+            password_file=cfg.nats.password_file,
+        ),
         agreements=replace(shipped.agreements, folder=cfg.agreements.folder),
         audit=replace(shipped.audit, signing_key=cfg.audit.signing_key),
     )
@@ -382,6 +387,23 @@ def test_pki_service_writes_every_file_the_hub_checks_at_start(tmp_path: Path) -
         assert pair.cert.is_file(), agency_id
         assert pair.key.is_file(), agency_id
     assert ("hub", host_port(cfg.listen)[1]) == host_port(option(rooms, "--hub"))
+
+    # nats-server's container includes the account the pki service wrote, for the user and
+    # password the hub's config names: the server starts with it (-t) and it grants that user.
+    nats_root = container("nats", tmp_path, volumes)
+    nats_config = inside(nats_root, option(command("nats"), "--config"))
+    include = re.search(r'^include "([^"]+)"$', nats_config.read_text(encoding="utf-8"), re.MULTILINE)
+    assert include, "the compose nats-server admits clients without the hub's credentials"
+    account = (nats_config.parent / include.group(1)).resolve()
+    assert account == (volumes / "pki" / "nats-auth.conf").resolve()
+    checked = subprocess.run(
+        [str(find_nats_server()), "-t", "-c", str(nats_config)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert 0 == checked.returncode, checked.stderr
+    assert cfg.nats.password_file is not None
+    password = cfg.nats.password_file.read_text(encoding="utf-8").strip()
+    assert f'user: "{cfg.nats.user}"' in account.read_text(encoding="utf-8")
+    assert f'password: "{password}"' in account.read_text(encoding="utf-8")
 
 
 # -- Prometheus and Grafana ---------------------------------------------------------------
@@ -451,18 +473,15 @@ def test_grafana_reads_the_compose_prometheus_and_the_shipped_dashboards() -> No
 
 
 def test_nats_config_is_valid_sync_always_and_stores_in_its_volume() -> None:
+    """Its blocks; nats-server's check of it, with the account it includes, is in the pki test above."""
     path = COMPOSE_DIR / "nats.conf"
-    checked = subprocess.run(
-        [str(find_nats_server()), "-t", "-c", str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert 0 == checked.returncode, checked.stderr
     text = path.read_text(encoding="utf-8")
     jetstream = re.search(r"^jetstream\s*\{(.*?)^\}", text, re.MULTILINE | re.DOTALL)
     assert jetstream, "no jetstream block"
     assert re.search(r"^\s*sync_interval:\s*always\s*$", jetstream.group(1), re.MULTILINE)
     store = re.search(r'^\s*store_dir:\s*"?([^"\s]+)"?', jetstream.group(1), re.MULTILINE)
     assert store
-    [volume] = [m for m in mounts("nats") if m.named]
+    [volume] = [m for m in mounts("nats") if m.named and m.source == "nats-data"]
     assert store.group(1) == volume.target
     assert option(command("nats"), "--config") == mount_of("nats", path).target
     # The hub's URLs name this service and the ports it listens on.

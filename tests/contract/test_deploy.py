@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import load
+from broker.dev.certs import NATS_HUB_USER, nats_authorization
 from broker.dev.embedded import CONFIG_TEMPLATE, SYNC_ALWAYS, find_nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,14 +21,39 @@ DEPLOY = ROOT / "deploy"
 NATS_CONFIGS = sorted((ROOT / "deploy" / "nats").rglob("*.conf"))
 
 
+# Where each shipped nats-server config includes the hub's account from (relative to its folder).
+AUTH_INCLUDE = re.compile(r'^include "((?:\.\./pki/)?nats-auth\.conf)"$', re.MULTILINE)
+
+
 @pytest.mark.parametrize("path", NATS_CONFIGS, ids=[p.name for p in NATS_CONFIGS])
-def test_nats_configs_are_valid_and_sync_always(path: Path) -> None:
-    """nats-server accepts each config (-t), and each sets jetstream sync_interval: always."""
+def test_nats_configs_are_valid_and_sync_always(path: Path, tmp_path: Path) -> None:
+    """nats-server accepts each config (-t) with the account dev-certs writes where it includes it; sync_interval: always."""
+    copy = tmp_path / "deploy" / path.relative_to(DEPLOY)
+    copy.parent.mkdir(parents=True)
+    copy.write_text(path.read_text())
+    include = AUTH_INCLUDE.search(path.read_text())
+    assert include, f"{path.name} admits clients without the hub's credentials"
+    auth = copy.parent / include.group(1)
+    auth.parent.mkdir(parents=True, exist_ok=True)
+    auth.write_text(nats_authorization("development-password"))
     result = subprocess.run(
-        [str(find_nats_server()), "-t", "-c", str(path)], capture_output=True, text=True, check=False
+        [str(find_nats_server()), "-t", "-c", str(copy)], capture_output=True, text=True, check=False
     )
     assert 0 == result.returncode, result.stderr
     assert re.search(r"^\s*sync_interval:\s*always\s*$", path.read_text(), re.MULTILINE)
+    auth.unlink()  # without the account the server does not start: no config runs open by mistake
+    missing = subprocess.run(
+        [str(find_nats_server()), "-t", "-c", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert 0 != missing.returncode
+
+
+@pytest.mark.parametrize("name", ["hub.toml", "hub-cluster.toml"])
+def test_example_hub_configs_connect_with_the_hubs_nats_user(name: str) -> None:
+    """The shipped hub configs name the user the account grants and the password file dev-certs writes."""
+    cfg = load(DEPLOY / name)
+    assert NATS_HUB_USER == cfg.nats.user
+    assert DEPLOY / "pki" / "nats-hub.password" == cfg.nats.password_file
 
 
 def test_embedded_config_is_sync_always() -> None:

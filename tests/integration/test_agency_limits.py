@@ -21,7 +21,7 @@ from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2, hub_pb2_grpc
 
-from broker.dev.testing import LocalHub, local_hub
+from broker.dev.testing import LocalHub, credentials, local_hub
 from broker.lanes import Lane
 from broker.times import ManualClock
 from tests import factories as f
@@ -259,3 +259,67 @@ async def reopened(stub: hub_pb2_grpc.HubServiceStub) -> hub_pb2.PublishStreamRe
 async def one_batch_of(agency: str) -> AsyncIterator[hub_pb2.PublishStreamRequest]:
     """One PublishStream request of one incident from agency to the Questura."""
     yield hub_pb2.PublishStreamRequest(request_id=1, envelopes=[f.envelope(agency, (f.QUESTURA,))])
+
+
+def own_connection_stub(hub: LocalHub, agency: str) -> tuple[grpc.aio.Channel, hub_pb2_grpc.HubServiceStub]:
+    """A stub on a connection of its own (gRPC would otherwise share one connection between like channels)."""
+    creds = credentials(hub.pki, agency)
+    channel = grpc.aio.secure_channel(
+        hub.target,
+        grpc.ssl_channel_credentials(creds.ca, creds.key, creds.cert),
+        options=[
+            ("grpc.ssl_target_name_override", "localhost"),
+            ("grpc.enable_retries", 0),
+            ("grpc.use_local_subchannel_pool", 1),
+        ],
+    )
+    return channel, hub_pb2_grpc.HubServiceStub(channel)
+
+
+async def test_one_connection_over_its_bound_is_refused_while_another_connection_of_the_agency_publishes(
+    tmp_path: Path,
+) -> None:
+    """A bound of 2 envelopes in flight per connection: 40 publishes at once on one CUR connection meet it.
+
+    Those over it get HUB_OVERLOADED (RESOURCE_EXHAUSTED) with scope "connection" and a retry
+    delay, and at least the first two are accepted; meanwhile a second connection of the same
+    agency, one publish at a time, has every publish accepted: one integration of an agency
+    cannot take its whole room.
+    """
+    async with local_hub(tmp_path, AGENCIES, ALLOW, max_inflight_publishes_per_connection=2) as hub:
+        busy_channel, busy = own_connection_stub(hub, f.CUR)
+        calm_channel, calm = own_connection_stub(hub, f.CUR)
+
+        async def publish(stub: hub_pb2_grpc.HubServiceStub) -> grpc.aio.AioRpcError | None:
+            try:
+                await stub.Publish(
+                    hub_pb2.PublishRequest(envelope=f.envelope(f.CUR, (f.QUESTURA,))), timeout=CALLS_WITHIN
+                )
+            except grpc.aio.AioRpcError as error:
+                return error
+            return None
+
+        async def one_at_a_time() -> list[grpc.aio.AioRpcError | None]:
+            return [await publish(calm) for _ in range(10)]
+
+        async with asyncio.timeout(CALLS_WITHIN * 2):
+            busy_results, calm_results = await asyncio.gather(
+                asyncio.gather(*(publish(busy) for _ in range(40))), one_at_a_time()
+            )
+        assert [None] * 10 == calm_results
+        refused = [r for r in busy_results if r is not None]
+        assert 2 <= busy_results.count(None) < 40
+        for error in refused:
+            status = status_of_error(error)
+            info, delay = details_of(status)
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] == status.code
+            assert info is not None
+            assert ("HUB_OVERLOADED", "connection", "urgent") == (
+                info.reason,
+                info.metadata["scope"],
+                info.metadata["lane"],
+            )
+            assert delay is not None
+            assert delay > 0
+        await busy_channel.close()
+        await calm_channel.close()

@@ -1,8 +1,9 @@
 """The README's "Running the hub alone" steps, run as written, and the hub's one-line refusals at start.
 
 The steps are read from the README's code block (so the two cannot drift) and run as real
-processes in a copy of deploy/: nats-server with deploy/nats/local.conf, `opsroom dev-certs`,
-`opsroom serve`, `opsroom sim --once`; the only change is the ports (free ones instead of 4222,
+processes in a copy of deploy/: `opsroom dev-certs`, nats-server with deploy/nats/local.conf
+(which admits only the hub's NATS user, from the account dev-certs wrote), `opsroom serve`,
+`opsroom sim --once`; the only change is the ports (free ones instead of 4222,
 8222, 7443 and 9464), in the copied files and in the sim's --hub. Every process is stopped by
 its PID. Time bounds here are liveness bounds on a busy machine, not performance claims.
 """
@@ -28,6 +29,7 @@ from structlog.testing import capture_logs
 from broker.config import NatsConfig
 from broker.dev.embedded import find_nats_server, free_port
 from broker.store.jetstream import _host_port, _reach_one
+from tests.integration.test_transport import connect_once
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +53,8 @@ PORTS = {
 EXPECTED_STEPS = [
     "make venv",
     ". .venv/bin/activate",
-    "nats-server -c deploy/nats/local.conf &",
     "opsroom dev-certs --config deploy/hub.toml",
+    "nats-server -c deploy/nats/local.conf &",
     "opsroom serve --config deploy/hub.toml &",
     "opsroom sim --once",
     "kill %2; wait %2; kill %1",
@@ -147,6 +149,10 @@ def test_readme_steps_run_the_hub_alone(tmp_path: Path, processes: list[subproce
     assert (tmp_path / "deploy/keys/audit.pem").is_file()
     assert (tmp_path / "deploy/keys/audit.pub.pem").is_file()
     assert (tmp_path / ".opsroom/nats/jetstream").is_dir()
+    assert (tmp_path / "deploy/pki/nats-auth.conf").is_file()
+    # The nats-server of the steps admits the hub's user only: a client without it is refused.
+    refusal = asyncio.run(_nats_refusal(ports["nats"]))
+    assert any("authorization" in e.lower() for e in refusal), refusal
     # kill %2; wait %2; kill %1: the hub drains and exits 0, then nats-server.
     assert ["nats", "serve"] == sorted(background)
     assert 0 == _stop(background["serve"]), _logs(logs)
@@ -154,6 +160,15 @@ def test_readme_steps_run_the_hub_alone(tmp_path: Path, processes: list[subproce
     said = hub_log.read_text(encoding="utf-8")
     assert f"opsroom hub listening on 127.0.0.1:{ports['hub']}" in said
     assert "Traceback" not in said
+
+
+async def _nats_refusal(port: int) -> list[str]:
+    """What nats-server said to a client that brought no credentials (empty if it got in)."""
+    nc, errors = await connect_once(f"nats://127.0.0.1:{port}")
+    if nc is not None:
+        await nc.close()
+        return []
+    return errors
 
 
 def _logs(folder: Path) -> str:

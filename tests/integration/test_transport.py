@@ -116,7 +116,7 @@ async def authed_hub(tmp_path: Path) -> AsyncIterator[LocalHub]:
         yield env
 
 
-async def _connect(url: str, **credentials: str) -> tuple[nats.NATS | None, list[str]]:
+async def connect_once(url: str, **credentials: str) -> tuple[nats.NATS | None, list[str]]:
     """A nats-py connection (no reconnects) and the errors the server reported; None if it was refused."""
     errors: list[str] = []
 
@@ -155,7 +155,7 @@ async def test_hub_works_end_to_end_with_its_nats_user(authed_hub: LocalHub) -> 
 async def test_a_connection_without_the_hubs_credentials_is_refused(
     authed_hub: LocalHub, credentials: dict[str, str]
 ) -> None:
-    nc, errors = await _connect(authed_hub.nats.url, **credentials)
+    nc, errors = await connect_once(authed_hub.nats.url, **credentials)
     if nc is not None:
         await nc.close()
     assert nc is None
@@ -164,7 +164,7 @@ async def test_a_connection_without_the_hubs_credentials_is_refused(
 
 async def test_another_user_cannot_reach_the_hubs_subjects_or_streams(authed_hub: LocalHub) -> None:
     """A user of the same account without the hub's permissions: publishing, reading and the JetStream API refused."""
-    nc, errors = await _connect(authed_hub.nats.url, user="tool", password="tool-password")
+    nc, errors = await connect_once(authed_hub.nats.url, user="tool", password="tool-password")
     assert nc is not None
     try:
         await nc.publish(f"opsroom.dlv.{f.PL.replace('.', '_')}.urgent.forged", b"x")
@@ -187,7 +187,7 @@ async def test_another_user_cannot_reach_the_hubs_subjects_or_streams(authed_hub
 async def test_the_hubs_user_reaches_its_streams_only(authed_hub: LocalHub) -> None:
     """With the hub's own password: its stream answers; another stream, and the account's stream list, do not."""
     password = authed_hub.pki.nats_password.read_text().strip()
-    nc, errors = await _connect(authed_hub.nats.url, user="opsroom-hub", password=password)
+    nc, errors = await connect_once(authed_hub.nats.url, user="opsroom-hub", password=password)
     assert nc is not None
     try:
         info = await nc.request("$JS.API.STREAM.INFO.OPSROOM", b"", timeout=5)

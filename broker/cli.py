@@ -220,15 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_status.add_argument("--config", type=Path, required=True, help="the hub's config (for NATS and the agencies)")
     p_status.add_argument("--json", action="store_true", help="as JSON instead of a screen of text")
 
-    audit_command.add_commands(commands)
-    from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
-
-    convert.add_command(commands)
-    p_adapter = commands.add_parser(
-        "adapter", help="run a connector: cap (HTTP, Atom), nue112 (SOAP), eido (STA-024 WebSocket), emsi (HTTP)"
-    )
-    p_adapter.add_argument("format", choices=["cap", "eido", "emsi", "nue112"], help="the standard it speaks")
-    p_adapter.add_argument("options", nargs=argparse.REMAINDER, help="the connector's options (--help for them)")
+    _tool_commands(commands)
 
     args = parser.parse_args(argv)
     level = logging.getLevelNamesMapping().get(args.log_level.upper(), logging.WARNING)
@@ -240,12 +232,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _tool_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The audit log's commands, `simulate` (drills), `convert` and `adapter` (adapters/)."""
+    audit_command.add_commands(commands)
+    from broker.drill import command as drill_command  # noqa: PLC0415 - the serving hub never loads the drill tool
+
+    drill_command.add_command(commands)
+    from adapters import convert  # noqa: PLC0415 - the hub never imports the adapters; its command line does
+
+    convert.add_command(commands)
+    p_adapter = commands.add_parser(
+        "adapter", help="run a connector: cap (HTTP, Atom), nue112 (SOAP), eido (STA-024 WebSocket), emsi (HTTP)"
+    )
+    p_adapter.add_argument("format", choices=["cap", "eido", "emsi", "nue112"], help="the standard it speaks")
+    p_adapter.add_argument("options", nargs=argparse.REMAINDER, help="the connector's options (--help for them)")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return asyncio.run(serve(args.config))
     if args.command in {"demo", "sim", "dev-certs"}:
         return _run_dev(args)
-    if args.command in {"audit", "convert", "adapter", "status"}:
+    if args.command in {"audit", "convert", "adapter", "status", "simulate"}:
         return _run_tool(args)
     if args.command == "init":
         return init(args.folder, force=args.force)
@@ -262,6 +270,10 @@ def _run_tool(args: argparse.Namespace) -> int:
         return audit_command.run(args)
     if args.command == "status":
         return asyncio.run(status(args.config, as_json=args.json))
+    if args.command == "simulate":
+        from broker.drill import command as drill_command  # noqa: PLC0415 - the serving hub never loads the drill tool
+
+        return drill_command.run(args)
     if args.command == "adapter":
         from adapters.connect import cap, eido, emsi, nue112  # noqa: PLC0415 - the hub never imports them; its CLI does
 

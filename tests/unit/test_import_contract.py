@@ -8,7 +8,8 @@ importing anything:
   layout, lanes, plans, receipts, the delivery window and numbering, the error catalogue, ids and times) imports neither asyncio,
   gRPC nor nats-py, and no broker module that is not pure itself;
 - only broker.store imports nats-py; only broker.edge imports gRPC (and the development helpers);
-- nothing of the hub imports broker.dev, but the CLI's development commands, inside a function;
+- nothing of the hub imports broker.dev or broker.drill, but the CLI's development and drill
+  commands, inside a function;
 - the adapters are clients of the hub: they use the hub's pure modules only (code lists, the
   validation), their codecs are pure, only their connectors (adapters.connect) do I/O; the hub
   never imports them, but the CLI's convert and adapter commands, inside a function.
@@ -41,6 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("broker.hub",),
     ("broker.cli", "broker.__main__"),
     ("broker.dev",),
+    ("broker.drill",),
 )
 PURE = (
     "broker.errors",
@@ -70,6 +72,8 @@ PURE = (
     "broker.audit.records",
     "broker.audit.verify",
     "broker.audit.query",
+    "broker.drill.scenario",
+    "broker.drill.expect",
 )
 IO = (
     "asyncio",
@@ -85,7 +89,7 @@ IO = (
 ONLY_IN = {"nats": ("broker.store",), "grpc": ("broker.edge", "broker.dev"), "grpc_health": ("broker.edge", "broker.dev"),
            "grpc_reflection": ("broker.edge",),
            "grpc_status": ("broker.edge",)}  # fmt: skip
-DEV = "broker.dev"
+DEV = ("broker.dev", "broker.drill")  # development helpers and the drill tool: never in the serving path
 DEV_LAZY_OK = ("broker.cli",)
 ADAPTERS = "adapters"
 ADAPTERS_IO = ("adapters.connect",)
@@ -210,6 +214,8 @@ def test_every_pure_module_named_exists() -> None:
         ("broker.store.jetstream", "from broker.publish.committer import Committer\n", "against the layers"),
         ("broker.hub", "from broker.dev.embedded import NatsServer\n", "never imports the development helpers"),
         ("broker.cli", "from broker.dev import commands\n", "never imports the development helpers"),
+        ("broker.hub", "from broker.drill.run import play\n", "never imports the development helpers"),
+        ("broker.drill.expect", "import asyncio\n", "a pure module imports neither I/O"),
         ("broker.newthing", "x = 1\n", "in no layer of the contract"),
         ("adapters.cap", "import asyncio\n", "a codec is pure"),
         ("adapters.cap", "from broker.store.jetstream import JetStream\n", "only the hub's pure modules"),

@@ -1,0 +1,5 @@
+"""Drills: scenario files run by simulated rooms against a hub, expectations checked, a report written.
+
+scenario (the file, pure), expect (the verdict, pure), run (the rooms and the steps, I/O),
+report (what people read), command (`opsroom simulate`). Never imported by the serving hub.
+"""

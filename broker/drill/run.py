@@ -1,0 +1,167 @@
+"""Owns running a drill: the scenario's rooms as real clients of a hub, its steps published in order, what they saw.
+
+Each room is a client of the hub with its own certificate (the development PKI of the embedded
+hub, or the files of a running hub's): it records every delivery as it arrives (before any
+deduplication), acknowledges it, and answers the requests its operator answers in the scenario.
+Each step is published by its room's client; a refusal is recorded with its code and reason, not
+raised. After a step the drill waits until every delivery and answer the step expects has arrived,
+or for `patience` seconds (a liveness bound: the drill goes on and the verdict says what is
+missing). Times are one monotonic clock; the verdict is broker/drill/expect.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from opsroom.common.v1 import common_pb2
+from opsroom.envelope.v1 import envelope_pb2
+from opsroom.request.v1 import request_pb2
+from opsroom_client import HubClient, HubError, RetryPolicy
+
+from broker.dev.testing import local_hub
+from broker.drill.expect import Observations, Published, Received
+from broker.drill.scenario import Room, Scenario, Step, envelope_of
+from broker.ops.logging import get_logger
+from broker.times import timestamp
+
+log = get_logger(__name__)
+
+Printer = Callable[[str], None]
+ClientOf = Callable[[str], HubClient]
+# After the last step: how long a delivery that should not happen is given to show up.
+SETTLE_SECONDS = 1.0
+# A drill's publish gives up after this long (a refusal is an answer; only a hub that does not
+# answer at all takes this long).
+PUBLISH_TIMEOUT = 30.0
+
+
+class _SimRoom:
+    """A room's client: records, acknowledges and answers what it receives."""
+
+    def __init__(self, room: Room, client: HubClient, seen: Observations, changed: asyncio.Event, status: int) -> None:
+        self.room = room
+        self.client = client
+        self._seen = seen
+        self._changed = changed
+        self._status = status
+
+    async def run(self) -> None:
+        """Receive until cancelled."""
+        inbox = self.client.inbox(max_batch=32, window=256)
+        async for delivery in inbox:
+            env = delivery.envelope
+            self._seen.received.append(Received(self.room.agency, env, time.monotonic()))
+            inbox.ack(delivery)
+            self._changed.set()
+            payload = env.WhichOneof("payload") or ""
+            outcome = self.room.answers.get(payload)
+            if env.kind == common_pb2.KIND_REQUEST and outcome:
+                await self._answer(env, payload, outcome)
+
+    async def _answer(self, request: envelope_pb2.Envelope, payload: str, outcome: str) -> None:
+        value = common_pb2.Outcome.Value(f"OUTCOME_{outcome}")
+        now = timestamp(datetime.now(UTC))
+        response = envelope_pb2.Envelope(
+            distribution_id=str(uuid.uuid4()),
+            sender=common_pb2.Sender(agency_id=self.room.agency, operator_id="OP-DRILL"),
+            sent_at=now,
+            status=self._status,  # type: ignore[arg-type]
+            kind=common_pb2.KIND_RESPONSE,
+            recipients=[request.sender.agency_id],
+            confidentiality=common_pb2.CONFIDENTIALITY_RESTRICTED,
+            incident_ids=request.incident_ids,
+            references=[
+                common_pb2.Reference(distribution_id=request.distribution_id, sender_agency_id=request.sender.agency_id)
+            ],
+            legal_basis=request.legal_basis,
+        )
+        if payload == "assistance_request":
+            response.assistance_response.CopyFrom(
+                request_pb2.AssistanceResponse(outcome=value, cause="esercitazione", responded_at=now)
+            )
+        else:
+            response.handover_response.CopyFrom(
+                request_pb2.HandoverResponse(outcome=value, cause="esercitazione", responded_at=now)
+            )
+        try:
+            await self.client.publish(response)
+        except HubError as err:  # the verdict will say the answer never arrived
+            log.warning("drill_answer_refused", agency=self.room.agency, reason=err.reason)
+
+
+def _expected_here(step: Step, seen: Observations, published: Published) -> bool:
+    """Whether everything the step waits for (deliveries, answers) has arrived."""
+    dist = published.distribution_id
+    if any(not seen.copies(agency, dist) for agency in step.expect.delivered_to):
+        return False
+    for agency in step.expect.answered:
+        if not any(
+            r.agency == step.sender
+            and r.envelope.kind == common_pb2.KIND_RESPONSE
+            and r.envelope.sender.agency_id == agency
+            and any(ref.distribution_id == dist for ref in r.envelope.references)
+            for r in seen.received
+        ):
+            return False
+    return True
+
+
+async def play(scenario: Scenario, client_of: ClientOf, out: Printer, *, patience: float = 30.0) -> Observations:
+    """Run the scenario's steps against the hub the clients reach; what the rooms saw."""
+    seen = Observations()
+    changed = asyncio.Event()
+    status = common_pb2.Status.Value(f"STATUS_{scenario.status}")
+    rooms = {r.agency: _SimRoom(r, client_of(r.agency), seen, changed, status) for r in scenario.rooms}
+    tasks = [asyncio.create_task(room.run(), name=f"drill-room-{agency}") for agency, room in rooms.items()]
+    sent: dict[str, tuple[str, str]] = {}
+    try:
+        for number, step in enumerate(scenario.steps, 1):
+            out(f"{number}. {step.say or step.id}")
+            missing = [ref for ref in step.references if ref not in sent]
+            if missing:
+                seen.published[step.id] = Published(
+                    step.id, "", time.monotonic(), ("NOT_SENT", "REFERENCE_REFUSED"), f"step {missing[0]} was refused"
+                )
+                out(f"   not sent: it refers to {missing[0]}, which was refused")
+                continue
+            env = envelope_of(step, scenario.status, datetime.now(UTC), sent)
+            at = time.monotonic()
+            try:
+                acceptance = await rooms[step.sender].client.publish(env)
+            except HubError as err:
+                seen.published[step.id] = Published(
+                    step.id, env.distribution_id, at, (err.code.name, err.reason), str(err)
+                )
+                out(f"   refused: {err.code.name} {err.reason}")
+                continue
+            published = seen.published[step.id] = Published(step.id, env.distribution_id, at)
+            sent[step.id] = (env.distribution_id, step.sender)
+            out(f"   accepted for {', '.join(acceptance.recipients) or 'nobody'}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(patience):
+                    while not _expected_here(step, seen, published):
+                        changed.clear()
+                        await changed.wait()
+        await asyncio.sleep(SETTLE_SECONDS)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for room in rooms.values():
+            await room.client.close()
+    return seen
+
+
+@contextlib.asynccontextmanager
+async def embedded_hub(scenario: Scenario, work: Path) -> AsyncIterator[ClientOf]:
+    """nats-server and a hub under work with the scenario's rooms and agreements; clients for its rooms."""
+    agencies = {r.agency: r.name for r in scenario.rooms}
+    retry = RetryPolicy(timeout=PUBLISH_TIMEOUT)
+    async with local_hub(work, agencies, (), agreements=scenario.agreements) as hub:
+        yield lambda agency: hub.client(agency, retry=retry)

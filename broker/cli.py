@@ -33,7 +33,7 @@ log = hub_logging.get_logger(__name__)
 # are package data): `opsroom init` copies them; their agreements are the demo's and explain's default.
 SHIPPED = Path(str(resources.files("broker").joinpath("data", "deploy")))
 _DEFAULT_AGREEMENTS = SHIPPED / "agreements"
-_INIT_FILES = ("hub.toml", "hub-cluster.toml", "agreements", "nats", "systemd")
+_INIT_FILES = ("hub.toml", "hub-cluster.toml", "agreements", "nats", "scenarios", "systemd")
 
 
 async def serve(config_path: Path) -> int:
@@ -138,7 +138,7 @@ def policy_explain(envelope_file: Path, folder: Path, sender: str | None, at: st
 
 
 def init(folder: Path, *, force: bool) -> int:
-    """Copy the shipped config, agreements, nats-server configs and systemd unit into folder."""
+    """Copy the shipped config, agreements, nats-server configs, drill scenarios and systemd units into folder."""
     existing = [name for name in _INIT_FILES if (folder / name).exists()]
     if existing and not force:
         raise ConfigError(f"{folder}: {', '.join(existing)} already there (--force overwrites)")
@@ -150,8 +150,8 @@ def init(folder: Path, *, force: bool) -> int:
         else:
             shutil.copyfile(source, folder / name)
     _print(f"wrote {', '.join(_INIT_FILES)} to {folder}; next:")
-    _print(f"  nats-server -c {folder / 'nats' / 'local.conf'}   (stores in .opsroom/nats)")
-    _print(f"  opsroom dev-certs --config {folder / 'hub.toml'}   (development certificates and audit key)")
+    _print(f"  opsroom dev-certs --config {folder / 'hub.toml'}   (development certificates, audit key, NATS account)")
+    _print(f"  nats-server -c {folder / 'nats' / 'local.conf'}   (stores in .opsroom/nats; admits the hub's user only)")
     _print(f"  opsroom serve --config {folder / 'hub.toml'}")
     return 0
 

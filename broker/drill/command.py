@@ -1,6 +1,7 @@
 """Owns `opsroom simulate SCENARIO`: a drill against the embedded hub, its progress, its verdict, its report.
 
-Exit status 0 when every expectation passed, 1 when one failed, 2 when the scenario file cannot be run.
+Exit status 0 when every expectation passed, 1 when one failed, 2 when the scenario file cannot be
+run. The drill's modules are imported when the command runs, never when the CLI starts (`serve`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from broker.drill.expect import Check, Observations, judge
-from broker.drill.run import embedded_hub, play
-from broker.drill.scenario import Scenario, ScenarioError, load
+if TYPE_CHECKING:
+    from broker.drill.expect import Check
+    from broker.drill.scenario import Scenario
 
 
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +24,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p = commands.add_parser("simulate", help="run a drill scenario (deploy/scenarios/*.yaml) and check what it expects")
     p.add_argument("scenario", type=Path, help="the scenario file")
     p.add_argument("--data", type=Path, help="folder for nats-server and the certificates (default: a temporary one)")
-    p.add_argument("--report", type=Path, help="write the verdict and the observations as JSON here")
+    p.add_argument("--report", type=Path, help="folder for the report: report.html (self-contained) and report.json")
     p.add_argument("--patience", type=float, default=30.0, help="seconds a step waits for what it expects (default 30)")
 
 
@@ -33,6 +34,10 @@ def _print(line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the drill; 0 if every expectation passed, 1 if one failed, 2 if the scenario cannot be run."""
+    from broker.drill.expect import judge  # noqa: PLC0415 - loaded for this command only
+    from broker.drill.report import render_html, report_data, with_times  # noqa: PLC0415
+    from broker.drill.scenario import ScenarioError, load  # noqa: PLC0415
+
     try:
         scenario = load(args.scenario)
     except ScenarioError as exc:
@@ -40,63 +45,37 @@ def run(args: argparse.Namespace) -> int:
         return 2
     _print(f"drill {scenario.id}: {scenario.title} ({len(scenario.rooms)} rooms, {len(scenario.steps)} steps)")
     if args.data is not None:
-        seen = asyncio.run(_play(scenario, args.data, args.patience))
+        seen, audit = asyncio.run(_play(scenario, args.data, args.patience))
     else:
         with tempfile.TemporaryDirectory(prefix="opsroom-drill-") as work:
-            seen = asyncio.run(_play(scenario, Path(work), args.patience))
+            seen, audit = asyncio.run(_play(scenario, Path(work), args.patience))
     checks = judge(scenario, seen)
     for line in verdict_lines(checks):
         _print(line)
     if args.report is not None:
-        args.report.write_text(json.dumps(report_data(scenario, seen, checks), indent=2) + "\n", encoding="utf-8")
-        _print(f"report: {args.report}")
+        data = with_times(report_data(scenario, seen, checks, audit), seen)
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        (args.report / "report.html").write_text(render_html(data), encoding="utf-8")
+        _print(f"report: {args.report / 'report.html'} (and report.json)")
     return 0 if all(c.passed for c in checks) else 1
 
 
-async def _play(scenario: Scenario, work: Path, patience: float) -> Observations:
-    async with embedded_hub(scenario, work) as client_of:
-        return await play(scenario, client_of, _print, patience=patience)
+async def _play(scenario: Scenario, work: Path, patience: float) -> tuple[Any, Any]:
+    from broker.drill.run import embedded_hub, play  # noqa: PLC0415 - loaded for this command only
+
+    async with embedded_hub(scenario, work) as hub:
+        seen = await play(scenario, hub.client_of, _print, patience=patience)
+        ids = [p.distribution_id for p in seen.published.values() if p.distribution_id and p.refused is None]
+        return seen, await hub.audit_rows(ids)
 
 
 def verdict_lines(checks: list[Check]) -> list[str]:
     """The expectation table as text: one line per check, failures with why, then the count."""
     out = ["", "expectations:"]
-    out += [
-        f"  {'PASS' if c.passed else 'FAIL'}  {c.step}: {c.what}" + (f" ({c.why})" if c.why else "") for c in checks
-    ]
+    out += [f"  {'PASS' if c.passed else 'FAIL'}  {c.step}: {c.what}{f' ({c.why})' if c.why else ''}" for c in checks]
     failed = sum(not c.passed for c in checks)
     out.append(
         f"{len(checks) - failed} of {len(checks)} expectations passed" + (f", {failed} FAILED" if failed else "")
     )
     return out
-
-
-def report_data(scenario: Scenario, seen: Observations, checks: list[Check]) -> dict[str, Any]:
-    """The report as data: the verdict, and per step when it was published and who received it when (ids only)."""
-    steps = []
-    for step in scenario.steps:
-        published = seen.published.get(step.id)
-        deliveries = []
-        if published is not None and published.distribution_id:
-            deliveries = [
-                {"agency": r.agency, "after_ms": round((r.at - published.at) * 1000, 1)}
-                for r in seen.received
-                if r.envelope.distribution_id == published.distribution_id
-            ]
-        steps.append(
-            {
-                "step": step.id,
-                "from": step.sender,
-                "kind": step.kind,
-                "distribution_id": published.distribution_id if published else "",
-                "refused": " ".join(published.refused) if published and published.refused else "",
-                "deliveries": deliveries,
-            }
-        )
-    return {
-        "scenario": scenario.id,
-        "title": scenario.title,
-        "passed": all(c.passed for c in checks),
-        "checks": [{"step": c.step, "what": c.what, "passed": c.passed, "why": c.why} for c in checks],
-        "steps": steps,
-    }

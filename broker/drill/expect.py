@@ -35,6 +35,7 @@ class Received:
     agency: str
     envelope: envelope_pb2.Envelope
     at: float
+    lane: str = ""  # "urgent" or "bulk", as the delivery said
 
 
 @dataclass

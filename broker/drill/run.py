@@ -15,19 +15,23 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
+from opsroom.hub.v1 import hub_pb2
 from opsroom.request.v1 import request_pb2
 from opsroom_client import HubClient, HubError, RetryPolicy
 
+from broker.audit.query import Question, Row, answer
+from broker.audit.tools import read_log
 from broker.dev.testing import local_hub
 from broker.drill.expect import Observations, Published, Received
 from broker.drill.scenario import Room, Scenario, Step, envelope_of
 from broker.ops.logging import get_logger
+from broker.store.jetstream import JetStream
 from broker.times import timestamp
 
 log = get_logger(__name__)
@@ -56,7 +60,8 @@ class _SimRoom:
         inbox = self.client.inbox(max_batch=32, window=256)
         async for delivery in inbox:
             env = delivery.envelope
-            self._seen.received.append(Received(self.room.agency, env, time.monotonic()))
+            lane = hub_pb2.Lane.Name(delivery.lane).removeprefix("LANE_").lower() if delivery.lane else ""
+            self._seen.received.append(Received(self.room.agency, env, time.monotonic(), lane))
             inbox.ack(delivery)
             self._changed.set()
             payload = env.WhichOneof("payload") or ""
@@ -158,10 +163,31 @@ async def play(scenario: Scenario, client_of: ClientOf, out: Printer, *, patienc
     return seen
 
 
+class DrillHub:
+    """The hub a drill runs against: clients for its rooms, and the audit records of the drill's envelopes."""
+
+    def __init__(self, client_of: ClientOf, js: JetStream | None) -> None:
+        """client_of makes a room's client; js is the embedded hub's store (None: its audit log is not read)."""
+        self.client_of = client_of
+        self._js = js
+
+    async def audit_rows(self, distribution_ids: Iterable[str]) -> list[Row]:
+        """The audit records about these envelopes (their own and those linking them), in log order."""
+        if self._js is None:
+            return []
+        log = await read_log(self._js)
+        wanted = set(distribution_ids)
+        return [
+            row
+            for row in answer(log.items, Question())
+            if row.distribution_id in wanted or wanted.intersection(row.linked)
+        ]
+
+
 @contextlib.asynccontextmanager
-async def embedded_hub(scenario: Scenario, work: Path) -> AsyncIterator[ClientOf]:
-    """nats-server and a hub under work with the scenario's rooms and agreements; clients for its rooms."""
+async def embedded_hub(scenario: Scenario, work: Path) -> AsyncIterator[DrillHub]:
+    """nats-server and a hub under work with the scenario's rooms and agreements, its audit log on."""
     agencies = {r.agency: r.name for r in scenario.rooms}
     retry = RetryPolicy(timeout=PUBLISH_TIMEOUT)
     async with local_hub(work, agencies, (), agreements=scenario.agreements) as hub:
-        yield lambda agency: hub.client(agency, retry=retry)
+        yield DrillHub(lambda agency: hub.client(agency, retry=retry), hub.hub.js)

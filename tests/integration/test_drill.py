@@ -7,7 +7,9 @@ scenario's rooms as real clients with their own certificates, the verdict and th
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "deploy" / "scenarios").glob("*.yaml"))
 # liveness: a scenario of a few steps takes seconds on a quiet machine.
 DRILL_LIVENESS = 300.0
+CHROMIUM_LIVENESS = 120.0  # a page of a few hundred kilobytes renders in a second or two
 
 
 def simulate(scenario: Path, work: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
-    report = work / "report.json"
+    """`opsroom simulate` as a process, its report in work/report; the result and report.json (empty if none)."""
+    report = work / "report"
     result = subprocess.run(
         [
             sys.executable,
@@ -42,7 +46,8 @@ def simulate(scenario: Path, work: Path) -> tuple[subprocess.CompletedProcess[st
         check=False,
         cwd=work,
     )
-    data: dict[str, object] = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    path = report / "report.json"
+    data: dict[str, object] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     return result, data
 
 
@@ -102,3 +107,66 @@ def test_a_scenario_that_cannot_run_exits_2_naming_the_value(tmp_path: Path) -> 
     assert 2 == result.returncode
     assert f"opsroom: {bad}: rooms: [] should be non-empty" in result.stderr
     assert {} == report
+
+
+# Values in the Torino scenario's payloads that are personal data or free text: no report may show them.
+PERSONAL = ("Mario", "Esempio", "+390000000000", "ZZ000ZZ", "cella: area", "Persone che litigano", "1234567")
+
+
+def chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("OPSROOM_REQUIRE_CHROMIUM") == "1":
+        pytest.fail("chromium is required here (OPSROOM_REQUIRE_CHROMIUM=1): apt-get install chromium")
+    return found
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_the_html_report_renders_in_chromium_with_its_timeline_and_plot_and_no_personal_data(tmp_path: Path) -> None:
+    """The report of the Torino drill, opened by headless Chromium: a screenshot, and the DOM after load.
+
+    The page records which of its images decoded (onload); both plots must have. The HTML and the
+    JSON hold none of the scenario's personal values.
+    """
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    result, report = simulate(ROOT / "deploy" / "scenarios" / "torino-demo.yaml", tmp_path)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    page = tmp_path / "report" / "report.html"
+    text = page.read_text(encoding="utf-8")
+    raw = (tmp_path / "report" / "report.json").read_text(encoding="utf-8")
+    assert [v for v in PERSONAL if v in text or v in raw] == []
+    audit = report["audit"]
+    assert isinstance(audit, list)
+    assert {"collection", "disclosure"} <= {row["action"] for row in audit}
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1280,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=CHROMIUM_LIVENESS,
+        check=True,
+    )
+    assert (1280, 2400) == png_size(shot)
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=CHROMIUM_LIVENESS,
+        check=True,
+    ).stdout
+    assert 'data-images="timeline,latency"' in dom
+    assert 'id="verdict">PASSED: ' in dom
+    assert dom.count("<tr>") > 30  # the expectations, steps and audit tables

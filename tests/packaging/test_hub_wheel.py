@@ -61,6 +61,7 @@ def test_the_wheel_ships_no_keys_and_no_tests(hub_venv: Path) -> None:
     shipped = {p.relative_to(site).as_posix() for p in (site / "broker").rglob("*") if p.is_file()}
     assert "broker/data/deploy/hub.toml" in shipped
     assert "broker/data/deploy/agreements/torino.yaml" in shipped
+    assert "broker/data/deploy/scenarios/scenario.schema.json" in shipped
     assert [p for p in shipped if "/pki/" in p or "/keys/" in p or p.endswith((".pem", ".key"))] == []
     assert not (site / "tests").exists()
 
@@ -87,6 +88,14 @@ def test_the_installed_hub_starts_from_its_shipped_config(
         _serve_until_ready(bin_dir, tmp_path, nats_log=nats_log, hub_log=hub_log, metrics_port=ports["127.0.0.1:9464"],
                            processes=processes)  # fmt: skip
     assert "Traceback" not in (tmp_path / "hub.log").read_text()
+
+
+def test_the_installed_drill_tool_runs_the_shipped_scenario(hub_venv: Path, tmp_path: Path) -> None:
+    """`opsroom init` copies the scenarios; `opsroom simulate` of the installed wheel checks them with its schema."""
+    bin_dir = hub_venv / "bin"
+    run(bin_dir / "opsroom", "init", "site", cwd=tmp_path)
+    out = run(bin_dir / "opsroom", "simulate", "site/scenarios/torino-demo.yaml", "--data", "drill", cwd=tmp_path)
+    assert "27 of 27 expectations passed" in out
 
 
 def _serve_until_ready(bin_dir: Path, tmp_path: Path, *, nats_log: IO[str], hub_log: IO[str], metrics_port: int,

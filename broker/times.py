@@ -39,6 +39,26 @@ class SystemClock:
         return time.monotonic()
 
 
+class ShiftedClock:
+    """The machine's clocks, the wall time moved so that it read `start` when the clock was made (drills).
+
+    A drill set on a summer night runs in December: agreements whose rules have a schedule
+    decide by this time, and it moves on as real time does.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        """Wall time start from now on."""
+        self._offset = start - datetime.now(UTC)
+
+    def now(self) -> datetime:
+        """The machine's wall time plus the shift."""
+        return datetime.now(UTC) + self._offset
+
+    def monotonic(self) -> float:
+        """time.monotonic()."""
+        return time.monotonic()
+
+
 @dataclass
 class ManualClock:
     """A clock that moves only when told (tests, benchmarks): both readings advance together."""

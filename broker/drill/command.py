@@ -65,7 +65,7 @@ async def _play(scenario: Scenario, work: Path, patience: float) -> tuple[Any, A
     from broker.drill.run import embedded_hub, play  # noqa: PLC0415 - loaded for this command only
 
     async with embedded_hub(scenario, work) as hub:
-        seen = await play(scenario, hub.client_of, _print, patience=patience)
+        seen = await play(scenario, hub.client_of, _print, clock=hub.clock, patience=patience)
         ids = [p.distribution_id for p in seen.published.values() if p.distribution_id and p.refused is None]
         return seen, await hub.audit_rows(ids)
 

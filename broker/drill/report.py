@@ -58,6 +58,7 @@ def report_data(
                 "payload": next(iter(step.payload), ""),
                 "distribution_id": published.distribution_id if published else "",
                 "refused": " ".join(published.refused) if published and published.refused else "",
+                "refusal": published.message if published and published.refused else "",
                 "deliveries": deliveries,
             }
         )
@@ -176,7 +177,7 @@ def render_html(data: dict[str, Any], when: datetime | None = None) -> str:
     step_rows = []
     for s in data["steps"]:
         outcome = (
-            f"refused {s['refused']}"
+            f"refused {s['refused']}: {s['refusal']}"
             if s["refused"]
             else ", ".join(f"{d['agency']} {d['after_ms']:.0f} ms ({d['lane']})" for d in s["deliveries"])
         )

@@ -16,7 +16,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from opsroom.common.v1 import common_pb2
@@ -32,7 +31,7 @@ from broker.drill.expect import Observations, Published, Received
 from broker.drill.scenario import Room, Scenario, Step, envelope_of
 from broker.ops.logging import get_logger
 from broker.store.jetstream import JetStream
-from broker.times import timestamp
+from broker.times import Clock, ShiftedClock, SystemClock, timestamp
 
 log = get_logger(__name__)
 
@@ -48,8 +47,11 @@ PUBLISH_TIMEOUT = 30.0
 class _SimRoom:
     """A room's client: records, acknowledges and answers what it receives."""
 
-    def __init__(self, room: Room, client: HubClient, seen: Observations, changed: asyncio.Event, status: int) -> None:
+    def __init__(
+        self, room: Room, client: HubClient, seen: Observations, changed: asyncio.Event, *, status: int, clock: Clock
+    ) -> None:
         self.room = room
+        self._clock = clock
         self.client = client
         self._seen = seen
         self._changed = changed
@@ -71,7 +73,7 @@ class _SimRoom:
 
     async def _answer(self, request: envelope_pb2.Envelope, payload: str, outcome: str) -> None:
         value = common_pb2.Outcome.Value(f"OUTCOME_{outcome}")
-        now = timestamp(datetime.now(UTC))
+        now = timestamp(self._clock.now())
         response = envelope_pb2.Envelope(
             distribution_id=str(uuid.uuid4()),
             sender=common_pb2.Sender(agency_id=self.room.agency, operator_id="OP-DRILL"),
@@ -117,12 +119,20 @@ def _expected_here(step: Step, seen: Observations, published: Published) -> bool
     return True
 
 
-async def play(scenario: Scenario, client_of: ClientOf, out: Printer, *, patience: float = 30.0) -> Observations:
-    """Run the scenario's steps against the hub the clients reach; what the rooms saw."""
+async def play(
+    scenario: Scenario, client_of: ClientOf, out: Printer, *, clock: Clock | None = None, patience: float = 30.0
+) -> Observations:
+    """Run the scenario's steps against the hub the clients reach; what the rooms saw.
+
+    clock stamps the envelopes (the hub's, when the drill is set at another time).
+    """
+    clock = clock or SystemClock()
     seen = Observations()
     changed = asyncio.Event()
     status = common_pb2.Status.Value(f"STATUS_{scenario.status}")
-    rooms = {r.agency: _SimRoom(r, client_of(r.agency), seen, changed, status) for r in scenario.rooms}
+    rooms = {
+        r.agency: _SimRoom(r, client_of(r.agency), seen, changed, status=status, clock=clock) for r in scenario.rooms
+    }
     tasks = [asyncio.create_task(room.run(), name=f"drill-room-{agency}") for agency, room in rooms.items()]
     sent: dict[str, tuple[str, str]] = {}
     try:
@@ -135,13 +145,13 @@ async def play(scenario: Scenario, client_of: ClientOf, out: Printer, *, patienc
                 )
                 out(f"   not sent: it refers to {missing[0]}, which was refused")
                 continue
-            env = envelope_of(step, scenario.status, datetime.now(UTC), sent)
+            env = envelope_of(step, scenario.status, clock.now(), sent)
             at = time.monotonic()
             try:
                 acceptance = await rooms[step.sender].client.publish(env)
             except HubError as err:
                 seen.published[step.id] = Published(
-                    step.id, env.distribution_id, at, (err.code.name, err.reason), str(err)
+                    step.id, env.distribution_id, at, (err.code.name, err.reason), err.message
                 )
                 out(f"   refused: {err.code.name} {err.reason}")
                 continue
@@ -166,9 +176,10 @@ async def play(scenario: Scenario, client_of: ClientOf, out: Printer, *, patienc
 class DrillHub:
     """The hub a drill runs against: clients for its rooms, and the audit records of the drill's envelopes."""
 
-    def __init__(self, client_of: ClientOf, js: JetStream | None) -> None:
+    def __init__(self, client_of: ClientOf, js: JetStream | None, clock: Clock) -> None:
         """client_of makes a room's client; js is the embedded hub's store (None: its audit log is not read)."""
         self.client_of = client_of
+        self.clock = clock
         self._js = js
 
     async def audit_rows(self, distribution_ids: Iterable[str]) -> list[Row]:
@@ -189,5 +200,6 @@ async def embedded_hub(scenario: Scenario, work: Path) -> AsyncIterator[DrillHub
     """nats-server and a hub under work with the scenario's rooms and agreements, its audit log on."""
     agencies = {r.agency: r.name for r in scenario.rooms}
     retry = RetryPolicy(timeout=PUBLISH_TIMEOUT)
-    async with local_hub(work, agencies, (), agreements=scenario.agreements) as hub:
-        yield DrillHub(lambda agency: hub.client(agency, retry=retry), hub.hub.js)
+    clock: Clock = ShiftedClock(scenario.at) if scenario.at is not None else SystemClock()
+    async with local_hub(work, agencies, (), agreements=scenario.agreements, clock=clock) as hub:
+        yield DrillHub(lambda agency: hub.client(agency, retry=retry), hub.hub.js, clock)

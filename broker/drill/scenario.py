@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 
-from broker.times import timestamp
+from broker.times import parse_rfc3339, timestamp
 
 SCHEMA_NAME = "scenario.schema.json"
 _TIME = re.compile(r"^now(?:([+-])(\d+)([smh]))?$")
@@ -86,6 +86,7 @@ class Scenario:
     path: Path
     agreements: Path | None
     status: str
+    at: datetime | None  # when the drill is set (None: now)
     rooms: tuple[Room, ...]
     steps: tuple[Step, ...]
 
@@ -124,6 +125,8 @@ def load(path: Path, schema_folder: Path | None = None) -> Scenario:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path}: not YAML: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("at"), datetime):  # YAML reads an unquoted time itself
+        data["at"] = data["at"].isoformat()
     validator = jsonschema.Draft202012Validator(schema(schema_folder or default_schema_folder()))
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
@@ -164,6 +167,9 @@ def _build(path: Path, data: dict[str, Any]) -> Scenario:
             )
         )
     agreements = (path.parent / data["agreements"]).resolve() if "agreements" in data else None
+    at = parse_rfc3339(data["at"]) if "at" in data else None
+    if "at" in data and at is None:
+        raise ScenarioError(f"{path}: at: {data['at']!r} is not an RFC 3339 time with its offset")
     return Scenario(
         id=data["id"],
         title=data["title"],
@@ -171,6 +177,7 @@ def _build(path: Path, data: dict[str, Any]) -> Scenario:
         path=path,
         agreements=agreements,
         status=data.get("status", "EXERCISE"),
+        at=at,
         rooms=rooms,
         steps=tuple(steps),
     )

@@ -44,11 +44,19 @@ def report_data(
         published = seen.published.get(step.id)
         deliveries = []
         if published is not None and published.distribution_id:
-            deliveries = [
-                {"agency": r.agency, "after_ms": round((r.at - published.at) * 1000, 1), "lane": r.lane}
-                for r in seen.received
-                if r.envelope.distribution_id == published.distribution_id
-            ]
+            got: set[str] = set()
+            for r in seen.received:
+                if r.envelope.distribution_id != published.distribution_id:
+                    continue
+                deliveries.append(
+                    {
+                        "agency": r.agency,
+                        "after_ms": round((r.at - published.at) * 1000, 1),
+                        "lane": r.lane,
+                        "again": r.agency in got,  # a copy the room's client received before (not acknowledged)
+                    }
+                )
+                got.add(r.agency)
         steps.append(
             {
                 "step": step.id,
@@ -179,7 +187,10 @@ def render_html(data: dict[str, Any], when: datetime | None = None) -> str:
         outcome = (
             f"refused {s['refused']}: {s['refusal']}"
             if s["refused"]
-            else ", ".join(f"{d['agency']} {d['after_ms']:.0f} ms ({d['lane']})" for d in s["deliveries"])
+            else ", ".join(
+                f"{d['agency']}{' again' if d['again'] else ''} {d['after_ms']:.0f} ms ({d['lane']})"
+                for d in s["deliveries"]
+            )
         )
         step_rows.append([s["step"], s["from"], f"{s['kind']} {s['payload']}", outcome or "nothing delivered"])
     audit_rows = [

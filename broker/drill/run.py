@@ -47,24 +47,46 @@ PUBLISH_TIMEOUT = 30.0
 class _SimRoom:
     """A room's client: records, acknowledges and answers what it receives."""
 
-    def __init__(
-        self, room: Room, client: HubClient, seen: Observations, changed: asyncio.Event, *, status: int, clock: Clock
-    ) -> None:
+    client: HubClient
+
+    def __init__(self, room: Room, seen: Observations, changed: asyncio.Event, *, status: int, clock: Clock) -> None:
         self.room = room
         self._clock = clock
-        self.client = client
         self._seen = seen
         self._changed = changed
         self._status = status
+        self._acks: set[asyncio.TimerHandle] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, client: HubClient) -> None:
+        """Connect (again) with client and receive."""
+        self.client = client
+        self._task = asyncio.create_task(self.run(), name=f"drill-room-{self.room.agency}")
+
+    async def stop(self) -> None:
+        """Go away: the session ends, and what was not yet acknowledged stays unacknowledged."""
+        for handle in self._acks:
+            handle.cancel()
+        self._acks.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.client.close()
 
     async def run(self) -> None:
-        """Receive until cancelled."""
+        """Receive until cancelled; acknowledge each delivery after the room's ack delay."""
         inbox = self.client.inbox(max_batch=32, window=256)
+        delay = self.room.ack_delay_ms / 1000
         async for delivery in inbox:
             env = delivery.envelope
             lane = hub_pb2.Lane.Name(delivery.lane).removeprefix("LANE_").lower() if delivery.lane else ""
             self._seen.received.append(Received(self.room.agency, env, time.monotonic(), lane))
-            inbox.ack(delivery)
+            if delay:
+                handle = asyncio.get_running_loop().call_later(delay, inbox.ack, delivery)
+                self._acks.add(handle)
+            else:
+                inbox.ack(delivery)
             self._changed.set()
             payload = env.WhichOneof("payload") or ""
             outcome = self.room.answers.get(payload)
@@ -102,12 +124,12 @@ class _SimRoom:
             log.warning("drill_answer_refused", agency=self.room.agency, reason=err.reason)
 
 
-def _expected_here(step: Step, seen: Observations, published: Published) -> bool:
-    """Whether everything the step waits for (deliveries, answers) has arrived."""
+def _expected_here(step: Step, seen: Observations, published: Published, online: set[str]) -> bool:
+    """Whether everything the step waits for (deliveries, answers) from the rooms online has arrived."""
     dist = published.distribution_id
-    if any(not seen.copies(agency, dist) for agency in step.expect.delivered_to):
+    if any(not seen.copies(agency, dist) for agency in step.expect.delivered_to if agency in online):
         return False
-    for agency in step.expect.answered:
+    for agency in (a for a in step.expect.answered if a in online):
         if not any(
             r.agency == step.sender
             and r.envelope.kind == common_pb2.KIND_RESPONSE
@@ -124,53 +146,109 @@ async def play(
 ) -> Observations:
     """Run the scenario's steps against the hub the clients reach; what the rooms saw.
 
-    clock stamps the envelopes (the hub's, when the drill is set at another time).
+    clock stamps the envelopes (the hub's, when the drill is set at another time). A room whose
+    `offline` window starts at a step leaves before it and comes back before the step its window
+    ends at; a step waits only for the rooms online, and the drill ends once everything expected
+    has arrived (or after patience).
     """
     clock = clock or SystemClock()
     seen = Observations()
     changed = asyncio.Event()
     status = common_pb2.Status.Value(f"STATUS_{scenario.status}")
-    rooms = {
-        r.agency: _SimRoom(r, client_of(r.agency), seen, changed, status=status, clock=clock) for r in scenario.rooms
-    }
-    tasks = [asyncio.create_task(room.run(), name=f"drill-room-{agency}") for agency, room in rooms.items()]
+    rooms = {r.agency: _SimRoom(r, seen, changed, status=status, clock=clock) for r in scenario.rooms}
+    for agency, room in rooms.items():
+        room.start(client_of(agency))
+    online = set(rooms)
     sent: dict[str, tuple[str, str]] = {}
     try:
         for number, step in enumerate(scenario.steps, 1):
+            await asyncio.sleep(step.pause_ms / 1000)
             out(f"{number}. {step.say or step.id}")
-            missing = [ref for ref in step.references if ref not in sent]
-            if missing:
-                seen.published[step.id] = Published(
-                    step.id, "", time.monotonic(), ("NOT_SENT", "REFERENCE_REFUSED"), f"step {missing[0]} was refused"
-                )
-                out(f"   not sent: it refers to {missing[0]}, which was refused")
+            await _comings_and_goings(scenario, step, rooms=rooms, online=online, client_of=client_of, out=out)
+            published = await _publish(
+                scenario, step, client=rooms[step.sender].client, clock=clock, seen=seen, sent=sent, out=out
+            )
+            if published is None:
                 continue
-            env = envelope_of(step, scenario.status, clock.now(), sent)
-            at = time.monotonic()
-            try:
-                acceptance = await rooms[step.sender].client.publish(env)
-            except HubError as err:
-                seen.published[step.id] = Published(
-                    step.id, env.distribution_id, at, (err.code.name, err.reason), err.message
-                )
-                out(f"   refused: {err.code.name} {err.reason}")
-                continue
-            published = seen.published[step.id] = Published(step.id, env.distribution_id, at)
-            sent[step.id] = (env.distribution_id, step.sender)
-            out(f"   accepted for {', '.join(acceptance.recipients) or 'nobody'}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(patience):
-                    while not _expected_here(step, seen, published):
+                    while not _expected_here(step, seen, published, online):
                         changed.clear()
                         await changed.wait()
+        for agency in set(rooms) - online:  # a window open to the end closes with the drill
+            rooms[agency].start(client_of(agency))
+            online.add(agency)
+            out(f"   {rooms[agency].room.name} is back")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(patience):
+                while not all(
+                    _expected_here(step, seen, seen.published[step.id], online)
+                    for step in scenario.steps
+                    if step.id in seen.published and seen.published[step.id].refused is None
+                ):
+                    changed.clear()
+                    await changed.wait()
         await asyncio.sleep(SETTLE_SECONDS)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         for room in rooms.values():
-            await room.client.close()
+            await room.stop()
     return seen
+
+
+async def _comings_and_goings(
+    scenario: Scenario,
+    step: Step,
+    *,
+    rooms: dict[str, _SimRoom],
+    online: set[str],
+    client_of: ClientOf,
+    out: Printer,
+) -> None:
+    """Before step: the rooms whose offline window ends here come back, those whose window starts here leave."""
+    for room in scenario.rooms:
+        if room.offline is None:
+            continue
+        leave, back = room.offline
+        if step.id == back and room.agency not in online:
+            rooms[room.agency].start(client_of(room.agency))
+            online.add(room.agency)
+            out(f"   {room.name} is back")
+        if step.id == leave and room.agency in online:
+            await rooms[room.agency].stop()
+            online.discard(room.agency)
+            out(f"   {room.name} goes offline")
+
+
+async def _publish(
+    scenario: Scenario,
+    step: Step,
+    *,
+    client: HubClient,
+    clock: Clock,
+    seen: Observations,
+    sent: dict[str, tuple[str, str]],
+    out: Printer,
+) -> Published | None:
+    """Publish the step's envelope; record it, accepted or refused; None when it was not accepted."""
+    missing = [ref for ref in step.references if ref not in sent]
+    if missing:
+        seen.published[step.id] = Published(
+            step.id, "", time.monotonic(), ("NOT_SENT", "REFERENCE_REFUSED"), f"step {missing[0]} was refused"
+        )
+        out(f"   not sent: it refers to {missing[0]}, which was refused")
+        return None
+    env = envelope_of(step, scenario.status, clock.now(), sent)
+    at = time.monotonic()
+    try:
+        acceptance = await client.publish(env)
+    except HubError as err:
+        seen.published[step.id] = Published(step.id, env.distribution_id, at, (err.code.name, err.reason), err.message)
+        out(f"   refused: {err.code.name} {err.reason}")
+        return None
+    published = seen.published[step.id] = Published(step.id, env.distribution_id, at)
+    sent[step.id] = (env.distribution_id, step.sender)
+    out(f"   accepted for {', '.join(acceptance.recipients) or 'nobody'}")
+    return published
 
 
 class DrillHub:

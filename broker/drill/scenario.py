@@ -45,6 +45,8 @@ class Room:
     name: str
     kind: str = ""
     answers: Mapping[str, str] = field(default_factory=dict)
+    ack_delay_ms: int = 0  # its client acknowledges each delivery this long after receiving it
+    offline: tuple[str, str] | None = None  # (step it leaves before, step it is back before; "" for the end)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Step:
     operator_id: str
     payload: Mapping[str, Any]
     expect: Expect
+    pause_ms: int = 0  # between the previous step and this one
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,17 @@ def load(path: Path, schema_folder: Path | None = None) -> Scenario:
 
 
 def _build(path: Path, data: dict[str, Any]) -> Scenario:
-    rooms = tuple(Room(r["agency"], r["name"], r.get("kind", ""), dict(r.get("answers", {}))) for r in data["rooms"])
+    rooms = tuple(
+        Room(
+            r["agency"],
+            r["name"],
+            r.get("kind", ""),
+            dict(r.get("answers", {})),
+            r.get("ack_delay_ms", 0),
+            (r["offline"]["from"], r["offline"].get("until", "")) if "offline" in r else None,
+        )
+        for r in data["rooms"]
+    )
     agencies = {r.agency for r in rooms}
     if len(agencies) != len(rooms):
         raise ScenarioError(f"{path}: rooms: an agency has two rooms")
@@ -164,10 +177,12 @@ def _build(path: Path, data: dict[str, Any]) -> Scenario:
                 operator_id=raw.get("operator_id", ""),
                 payload=raw["payload"],
                 expect=expect,
+                pause_ms=raw.get("pause_ms", 0),
             )
         )
+    _check_windows(path, rooms, [s.id for s in steps])
     agreements = (path.parent / data["agreements"]).resolve() if "agreements" in data else None
-    at = parse_rfc3339(data["at"]) if "at" in data else None
+    at = _when(data["at"]) if "at" in data else None
     if "at" in data and at is None:
         raise ScenarioError(f"{path}: at: {data['at']!r} is not an RFC 3339 time with its offset")
     return Scenario(
@@ -181,6 +196,27 @@ def _build(path: Path, data: dict[str, Any]) -> Scenario:
         rooms=rooms,
         steps=tuple(steps),
     )
+
+
+def _when(text: str) -> datetime | None:
+    """An RFC 3339 time with its offset (None without one: a drill's time must say its zone)."""
+    try:
+        naive = datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return None
+    return None if naive else parse_rfc3339(text)
+
+
+def _check_windows(path: Path, rooms: tuple[Room, ...], order: list[str]) -> None:
+    """Each room's offline window names steps of the scenario, the end after the start."""
+    for i, room in enumerate(rooms):
+        if room.offline is None:
+            continue
+        leave, back = room.offline
+        if leave not in order or (back and back not in order):
+            raise ScenarioError(f"{path}: rooms[{i}].offline: names a step the scenario does not have")
+        if back and order.index(back) <= order.index(leave):
+            raise ScenarioError(f"{path}: rooms[{i}].offline: until must be a step after from")
 
 
 def _expect(where: str, raw: Mapping[str, Any], agencies: set[str]) -> Expect:

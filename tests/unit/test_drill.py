@@ -67,6 +67,17 @@ def test_every_shipped_scenario_loads_and_builds_envelopes_the_hub_validates(pat
             "steps[0].expect: it.gdf.cp.to is not one of the scenario's rooms",
         ),
         (lambda d: d["steps"][0]["payload"].update(alert={}), "steps[0].payload: {"),
+        (lambda d: d["rooms"][2].update(offline={"from": "nowhere"}), "rooms[2].offline: names a step the scenario"),
+        (
+            lambda d: d["rooms"][2].update(offline={"from": "closure", "until": "backup"}),
+            "rooms[2].offline: until must be a step after from",
+        ),
+        (lambda d: d["rooms"][2].update(ack_delay_ms=-1), "rooms[2].ack_delay_ms: -1 is less than the minimum of 0"),
+        (lambda d: d.update(at="next tuesday"), "at: 'next tuesday' is not an RFC 3339 time"),
+        (
+            lambda d: d.update(at="2026-07-11T23:40:00"),
+            "at: '2026-07-11T23:40:00' is not an RFC 3339 time with its offset",
+        ),
     ],
 )
 def test_a_scenario_that_cannot_run_is_refused_naming_the_value(tmp_path: Path, change: Any, says: str) -> None:
@@ -232,3 +243,14 @@ def _outcome(env: envelope_pb2.Envelope, outcome: int) -> envelope_pb2.Envelope:
     changed.CopyFrom(env)
     changed.handover_response.outcome = outcome  # type: ignore[assignment]
     return changed
+
+
+def test_room_behaviour_and_time_are_read() -> None:
+    scenario = load(ROOT / "deploy" / "scenarios" / "torino-room-offline.yaml")
+    cc = scenario.room("it.cc.cp.to")
+    assert cc is not None
+    assert (3000, ("backup", "closure")) == (cc.ack_delay_ms, cc.offline)
+    assert [0, 0, 0, 3000] == [s.pause_ms for s in scenario.steps]
+    lodi = load(ROOT / "deploy" / "scenarios" / "lodi-night-venue.yaml")
+    assert lodi.at is not None
+    assert "2026-07-11T21:40:00+00:00" == lodi.at.astimezone(UTC).isoformat()

@@ -100,12 +100,12 @@ async def rooms(target: str, pki_root: Path, *, once: bool, wait: float) -> int:
         for path in (pki.ca, pair.cert, pair.key):
             if not path.is_file():
                 raise ConfigError(f"{path}: no such file (make the PKI with `opsroom dev-certs --config FILE`)")
-    await _wait_serving(target, pki, next(iter(sim.TORINO_ROOMS)), wait)
+    await wait_serving(target, pki, next(iter(sim.TORINO_ROOMS)), wait)
     _print(f"the hub at {target} is serving; rooms connecting with the certificates in {pki_root}")
     return await _play(target, pki, once=once)
 
 
-async def _wait_serving(target: str, pki: DevPki, agency_id: str, within: float) -> None:
+async def wait_serving(target: str, pki: DevPki, agency_id: str, within: float) -> None:
     """Until the hub at target says SERVING to a gRPC health check (mTLS as agency_id); else ServerUnreachable."""
     pair = pki.agency(agency_id)
     creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes())

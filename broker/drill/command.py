@@ -26,6 +26,9 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--data", type=Path, help="folder for nats-server and the certificates (default: a temporary one)")
     p.add_argument("--report", type=Path, help="folder for the report: report.html (self-contained) and report.json")
     p.add_argument("--patience", type=float, default=30.0, help="seconds a step waits for what it expects (default 30)")
+    p.add_argument("--hub", help="host:port of a running hub to drill instead of an embedded one")
+    p.add_argument("--pki", type=Path, default=Path("deploy/pki"), help="with --hub: the dev-certs folder (deploy/pki)")
+    p.add_argument("--wait", type=float, default=30.0, help="with --hub: seconds to wait for it to serve (default 30)")
 
 
 def _print(line: str) -> None:
@@ -44,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"opsroom: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     _print(f"drill {scenario.id}: {scenario.title} ({len(scenario.rooms)} rooms, {len(scenario.steps)} steps)")
-    if args.data is not None:
-        seen, audit = asyncio.run(_play(scenario, args.data, args.patience))
-    else:
-        with tempfile.TemporaryDirectory(prefix="opsroom-drill-") as work:
-            seen, audit = asyncio.run(_play(scenario, Path(work), args.patience))
+    if args.hub is not None and scenario.at is not None:
+        message = f"opsroom: {args.scenario}: at: a drill set in time needs the embedded hub (its clock)"
+        print(message, file=sys.stderr)  # noqa: T201
+        return 2
+    seen, audit = _observe(args, scenario)
     checks = judge(scenario, seen)
     for line in verdict_lines(checks):
         _print(line)
@@ -61,6 +64,16 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(c.passed for c in checks) else 1
 
 
+def _observe(args: argparse.Namespace, scenario: Scenario) -> tuple[Any, Any]:
+    """Play the scenario against the hub the arguments say: what the rooms saw, and the audit rows."""
+    if args.hub is not None:
+        return asyncio.run(_play_remote(scenario, args.hub, args.pki, args.wait, args.patience))
+    if args.data is not None:
+        return asyncio.run(_play(scenario, args.data, args.patience))
+    with tempfile.TemporaryDirectory(prefix="opsroom-drill-") as work:
+        return asyncio.run(_play(scenario, Path(work), args.patience))
+
+
 async def _play(scenario: Scenario, work: Path, patience: float) -> tuple[Any, Any]:
     from broker.drill.run import embedded_hub, play  # noqa: PLC0415 - loaded for this command only
 
@@ -68,6 +81,14 @@ async def _play(scenario: Scenario, work: Path, patience: float) -> tuple[Any, A
         seen = await play(scenario, hub.client_of, _print, clock=hub.clock, patience=patience)
         ids = [p.distribution_id for p in seen.published.values() if p.distribution_id and p.refused is None]
         return seen, await hub.audit_rows(ids)
+
+
+async def _play_remote(scenario: Scenario, target: str, pki: Path, wait: float, patience: float) -> tuple[Any, Any]:
+    from broker.drill.run import play, remote_hub  # noqa: PLC0415 - loaded for this command only
+
+    async with remote_hub(scenario, target, pki, wait=wait) as hub:
+        _print(f"the hub at {target} is serving; rooms connecting with the certificates in {pki}")
+        return await play(scenario, hub.client_of, _print, clock=hub.clock, patience=patience), []
 
 
 def verdict_lines(checks: list[Check]) -> list[str]:

@@ -26,9 +26,12 @@ from opsroom_client import HubClient, HubError, RetryPolicy
 
 from broker.audit.query import Question, Row, answer
 from broker.audit.tools import read_log
-from broker.dev.testing import local_hub
+from broker.dev.certs import DevPki
+from broker.dev.commands import wait_serving
+from broker.dev.testing import credentials, local_hub
 from broker.drill.expect import Observations, Published, Received
 from broker.drill.scenario import Room, Scenario, Step, envelope_of
+from broker.errors import ConfigError
 from broker.ops.logging import get_logger
 from broker.store.jetstream import JetStream
 from broker.times import Clock, ShiftedClock, SystemClock, timestamp
@@ -281,3 +284,25 @@ async def embedded_hub(scenario: Scenario, work: Path) -> AsyncIterator[DrillHub
     clock: Clock = ShiftedClock(scenario.at) if scenario.at is not None else SystemClock()
     async with local_hub(work, agencies, (), agreements=scenario.agreements, clock=clock) as hub:
         yield DrillHub(lambda agency: hub.client(agency, retry=retry), hub.hub.js, clock)
+
+
+@contextlib.asynccontextmanager
+async def remote_hub(scenario: Scenario, target: str, pki_root: Path, *, wait: float) -> AsyncIterator[DrillHub]:
+    """A hub already running at target, reached with the development certificates in pki_root (dev-certs' layout).
+
+    Every room's certificate must be there (a ConfigError names the first missing file); waits up
+    to wait seconds for the hub to say SERVING. Its audit log is not read (the report says so).
+    """
+    pki = DevPki.at(pki_root)
+    for room in scenario.rooms:
+        pair = pki.agency(room.agency)
+        for path in (pki.ca, pair.cert, pair.key):
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such file (make the PKI with `opsroom dev-certs --config FILE`)")
+    await wait_serving(target, pki, scenario.rooms[0].agency, wait)
+    retry = RetryPolicy(timeout=PUBLISH_TIMEOUT)
+    yield DrillHub(
+        lambda agency: HubClient(target, credentials(pki, agency), server_name="localhost", retry=retry),
+        None,
+        SystemClock(),
+    )

@@ -6,6 +6,7 @@ scenario's rooms as real clients with their own certificates, the verdict and th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -15,6 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from broker.dev.testing import local_hub
+from broker.drill.scenario import load
 
 pytestmark = pytest.mark.integration
 
@@ -170,3 +174,32 @@ def test_the_html_report_renders_in_chromium_with_its_timeline_and_plot_and_no_p
     assert 'data-images="timeline,latency"' in dom
     assert 'id="verdict">PASSED: ' in dom
     assert dom.count("<tr>") > 30  # the expectations, steps and audit tables
+
+
+async def test_a_drill_against_a_running_hub_by_address_with_its_certificates(tmp_path: Path) -> None:
+    """`--hub HOST:PORT --pki DIR`: the rooms connect to a hub already running (here one this test started)."""
+    scenario = load(ROOT / "deploy" / "scenarios" / "torino-road-accident.yaml")
+    agencies = {r.agency: r.name for r in scenario.rooms}
+    async with local_hub(tmp_path / "hub", agencies, (), agreements=ROOT / "deploy" / "agreements") as hub:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker", "simulate", str(scenario.path),
+            "--hub", hub.target, "--pki", str(hub.pki.root), "--report", str(tmp_path / "report"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        )  # fmt: skip
+        async with asyncio.timeout(DRILL_LIVENESS):
+            out, err = await proc.communicate()
+    assert 0 == proc.returncode, out.decode() + err.decode()
+    assert f"the hub at {hub.target} is serving" in out.decode()
+    assert "15 of 15 expectations passed" in out.decode()
+    report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    assert [] == report["audit"]  # a remote hub's audit log is its own: not read
+
+
+def test_a_drill_without_a_room_s_certificate_names_the_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "simulate", str(ROOT / "deploy" / "scenarios" / "torino-demo.yaml"),
+         "--hub", "127.0.0.1:9", "--pki", str(tmp_path / "nothing"), "--wait", "1"],
+        capture_output=True, text=True, timeout=DRILL_LIVENESS, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert 2 == result.returncode
+    assert f"opsroom: {tmp_path / 'nothing' / 'ca.pem'}: no such file" in result.stderr

@@ -287,6 +287,7 @@ def _run_tool(args: argparse.Namespace) -> int:
 def _run_dev(args: argparse.Namespace) -> int:
     """The development commands: their code (broker.dev) is loaded only for them, never by `serve`."""
     from broker.dev import commands  # noqa: PLC0415 - development helpers stay out of the serving path
+    from broker.drill.demo import play_demo  # noqa: PLC0415 - the demo is a drill: its rooms play a scenario file
 
     if args.command == "demo":
         with contextlib.suppress(KeyboardInterrupt):
@@ -298,12 +299,13 @@ def _run_dev(args: argparse.Namespace) -> int:
                     once=args.once,
                     keep=args.keep_data,
                     agreements=args.agreements,
+                    play=play_demo,
                 )
             )
         return 130
     if args.command == "sim":
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(commands.rooms(args.hub, args.pki, once=args.once, wait=args.wait))
+            return asyncio.run(commands.rooms(args.hub, args.pki, once=args.once, wait=args.wait, play=play_demo))
         return 130
     return commands.dev_certs(args.out, args.agency, args.config, revoke=args.revoke, reinstate=args.reinstate)
 

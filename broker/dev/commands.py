@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
-from opsroom_client import HubClient
 
 from broker.config import HubConfig, load, named_files
 from broker.dev import sim
 from broker.dev.certs import NATS_HUB_USER, DevPki, make_dev_pki, nats_authorization, write_crl
 from broker.dev.embedded import NatsServer
-from broker.dev.testing import credentials, dev_config
+from broker.dev.testing import dev_config
 from broker.edge.servicer import SERVICE
 from broker.errors import ConfigError, ServerUnreachable
 from broker.hub import Hub
 from broker.ops.console import say as _print
-from broker.ops.console import until_signal as _until_signal
 
 
 def _write_config(path: Path, cfg: HubConfig, pki: DevPki, nats: NatsServer, port: int) -> Path:
@@ -61,7 +59,16 @@ def _prepare(data: Path, *, keep: bool) -> DevPki:
     return make_dev_pki(data / "pki", sim.TORINO_ROOMS)
 
 
-async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep: bool, agreements: Path) -> int:
+async def demo(
+    data: Path,
+    *,
+    listen: str,
+    metrics_listen: str,
+    once: bool,
+    keep: bool,
+    agreements: Path,
+    play: Callable[..., Awaitable[int]],
+) -> int:
     """The embedded default: nats-server, the hub and four simulated Torino rooms playing a scenario."""
     pki = _prepare(data, keep=keep)
     # nats-server takes the hub's user only (the dev PKI's password), limited to the hub's subjects and streams.
@@ -81,7 +88,7 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         _print(f"routing by the agreements in {agreements}")
         _print(f"its config: {status_config} (opsroom status --config {status_config})")
         try:
-            return await _play(f"127.0.0.1:{hub.port}", pki, once=once)
+            return await play(f"127.0.0.1:{hub.port}", pki, once=once)
         finally:
             await hub.stop(grace=2)
     finally:
@@ -89,7 +96,7 @@ async def demo(data: Path, *, listen: str, metrics_listen: str, once: bool, keep
         _print("stopped nats-server")
 
 
-async def rooms(target: str, pki_root: Path, *, once: bool, wait: float) -> int:
+async def rooms(target: str, pki_root: Path, *, once: bool, wait: float, play: Callable[..., Awaitable[int]]) -> int:
     """The four simulated Torino rooms and their scenario, against a hub running at target.
 
     Waits (up to wait seconds) for the hub's gRPC health to say SERVING first.
@@ -102,7 +109,7 @@ async def rooms(target: str, pki_root: Path, *, once: bool, wait: float) -> int:
                 raise ConfigError(f"{path}: no such file (make the PKI with `opsroom dev-certs --config FILE`)")
     await wait_serving(target, pki, next(iter(sim.TORINO_ROOMS)), wait)
     _print(f"the hub at {target} is serving; rooms connecting with the certificates in {pki_root}")
-    return await _play(target, pki, once=once)
+    return await play(target, pki, once=once)
 
 
 async def wait_serving(target: str, pki: DevPki, agency_id: str, within: float) -> None:
@@ -128,42 +135,6 @@ async def wait_serving(target: str, pki: DevPki, agency_id: str, within: float) 
             if loop.time() >= deadline:
                 raise ServerUnreachable(f"no hub serving at {target} within {within:g} s: is `opsroom serve` running?")
             await asyncio.sleep(0.5)
-
-
-async def _play(target: str, pki: DevPki, *, once: bool) -> int:
-    rooms = {
-        agency_id: sim.Room(
-            agency_id,
-            name,
-            HubClient(target, credentials(pki, agency_id), server_name="localhost"),
-            _print,
-            accepts=frozenset(
-                {"assistance_request"}
-                if agency_id == sim.CC
-                else {"handover_request"}
-                if agency_id == sim.QUESTURA
-                else ()
-            ),
-        )
-        for agency_id, name in sim.TORINO_ROOMS.items()
-    }
-    async with asyncio.TaskGroup() as group:
-        for room in rooms.values():
-            group.create_task(room.run())
-        try:
-            receipts = await sim.run_scenario(rooms, _print)
-            for name, receipt in receipts.items():
-                for line in sim.describe_receipt(name, receipt):
-                    _print(line)
-            if once:
-                _print("scenario complete")
-            else:
-                _print("scenario complete; the hub keeps running with the rooms connected. Ctrl-C stops all.")
-                await _until_signal(asyncio.Event())
-        finally:
-            for room in rooms.values():  # ends each room's inbox, and so its task
-                await room.client.close()
-    return 0
 
 
 def dev_certs(

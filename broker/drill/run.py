@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 from opsroom.common.v1 import common_pb2
@@ -28,6 +28,7 @@ from broker.audit.query import Question, Row, answer
 from broker.audit.tools import read_log
 from broker.dev.certs import DevPki
 from broker.dev.commands import wait_serving
+from broker.dev.sim import summary
 from broker.dev.testing import credentials, local_hub
 from broker.drill.expect import Observations, Published, Received
 from broker.drill.scenario import Room, Scenario, Step, envelope_of
@@ -52,9 +53,19 @@ class _SimRoom:
 
     client: HubClient
 
-    def __init__(self, room: Room, seen: Observations, changed: asyncio.Event, *, status: int, clock: Clock) -> None:
+    def __init__(
+        self,
+        room: Room,
+        seen: Observations,
+        changed: asyncio.Event,
+        *,
+        status: int,
+        clock: Clock,
+        show: Printer | None = None,
+    ) -> None:
         self.room = room
         self._clock = clock
+        self._show = show
         self._seen = seen
         self._changed = changed
         self._status = status
@@ -85,6 +96,8 @@ class _SimRoom:
             env = delivery.envelope
             lane = hub_pb2.Lane.Name(delivery.lane).removeprefix("LANE_").lower() if delivery.lane else ""
             self._seen.received.append(Received(self.room.agency, env, time.monotonic(), lane))
+            if self._show is not None:
+                self._show(f"  [{self.room.name}] <- {summary(env)}")
             if delay:
                 handle = asyncio.get_running_loop().call_later(delay, inbox.ack, delivery)
                 self._acks.add(handle)
@@ -123,6 +136,8 @@ class _SimRoom:
             )
         try:
             await self.client.publish(response)
+            if self._show is not None:
+                self._show(f"  [{self.room.name}] -> RESPONSE {outcome} sent")
         except HubError as err:  # the verdict will say the answer never arrived
             log.warning("drill_answer_refused", agency=self.room.agency, reason=err.reason)
 
@@ -145,20 +160,31 @@ def _expected_here(step: Step, seen: Observations, published: Published, online:
 
 
 async def play(
-    scenario: Scenario, client_of: ClientOf, out: Printer, *, clock: Clock | None = None, patience: float = 30.0
+    scenario: Scenario,
+    client_of: ClientOf,
+    out: Printer,
+    *,
+    clock: Clock | None = None,
+    patience: float = 30.0,
+    show: bool = False,
+    linger: Callable[[Observations], Awaitable[None]] | None = None,
 ) -> Observations:
     """Run the scenario's steps against the hub the clients reach; what the rooms saw.
 
     clock stamps the envelopes (the hub's, when the drill is set at another time). A room whose
     `offline` window starts at a step leaves before it and comes back before the step its window
     ends at; a step waits only for the rooms online, and the drill ends once everything expected
-    has arrived (or after patience).
+    has arrived (or after patience). show prints each delivery as its room receives it (without
+    its personal data); linger runs with the rooms still connected, once everything has arrived.
     """
     clock = clock or SystemClock()
     seen = Observations()
     changed = asyncio.Event()
     status = common_pb2.Status.Value(f"STATUS_{scenario.status}")
-    rooms = {r.agency: _SimRoom(r, seen, changed, status=status, clock=clock) for r in scenario.rooms}
+    rooms = {
+        r.agency: _SimRoom(r, seen, changed, status=status, clock=clock, show=out if show else None)
+        for r in scenario.rooms
+    }
     for agency, room in rooms.items():
         room.start(client_of(agency))
     online = set(rooms)
@@ -192,6 +218,8 @@ async def play(
                     changed.clear()
                     await changed.wait()
         await asyncio.sleep(SETTLE_SECONDS)
+        if linger is not None:
+            await linger(seen)
     finally:
         for room in rooms.values():
             await room.stop()

@@ -117,8 +117,9 @@ def test_demo_plays_the_scenario(tmp_path: Path) -> None:
         "[Carabinieri - Comando Provinciale di Torino] <- REQUEST assistance_request from it.pl.001272",
         "[Polizia Locale di Torino] <- RESPONSE assistance_response from it.cc.cp.to: ACCEPTED",
         "plate withheld",
-        "it.cc.cp.to: DELIVERED, operator answered ACCEPTED",
-        "it.ps.questura.to: DELIVERED, operator answered ACCEPTED",
+        "PASS  backup: it.cc.cp.to answered ACCEPTED",
+        "PASS  handover: it.ps.questura.to answered ACCEPTED",
+        "27 of 27 expectations passed",
         "scenario complete",
         "stopped nats-server",
     ):

@@ -141,8 +141,9 @@ def test_readme_steps_run_the_hub_alone(tmp_path: Path, processes: list[subproce
         if argv[1] == "sim":
             out = result.stdout
             assert "scenario complete" in out, out
-            assert "it.cc.cp.to: DELIVERED, operator answered ACCEPTED" in out, out
-            assert "it.ps.questura.to: DELIVERED, operator answered ACCEPTED" in out, out
+            assert "PASS  backup: it.cc.cp.to answered ACCEPTED" in out, out
+            assert "PASS  handover: it.ps.questura.to answered ACCEPTED" in out, out
+            assert "27 of 27 expectations passed" in out, out
     # What the steps made, where the README says.
     assert (tmp_path / "deploy/pki/hub.pem").is_file()
     assert (tmp_path / "deploy/pki/agencies/it.pl.001272-key.pem").is_file()

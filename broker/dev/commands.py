@@ -26,7 +26,7 @@ from broker.hub import Hub
 from broker.ops.console import say as _print
 
 
-def _write_config(path: Path, cfg: HubConfig, pki: DevPki, nats: NatsServer, port: int) -> Path:
+def write_config(path: Path, cfg: HubConfig, pki: DevPki, nats: NatsServer, port: int) -> Path:
     """A hub.toml describing the running demo hub, for `opsroom status` and `opsroom audit` beside it."""
     agencies = "".join(f'[[agencies]]\nid = "{a.id}"\nname = "{a.name}"\n' for a in cfg.agencies)
     path.write_text(
@@ -82,7 +82,7 @@ async def demo(
         cfg = replace(cfg, nats=replace(cfg.nats, user=NATS_HUB_USER, password_file=pki.nats_password))
         hub = Hub(replace(cfg, reflection=True))  # a development hub: grpcurl may list and describe it
         await hub.start()
-        status_config = _write_config(data / "hub.toml", cfg, pki, nats, hub.port)
+        status_config = write_config(data / "hub.toml", cfg, pki, nats, hub.port)
         metrics = f"http://127.0.0.1:{hub.metrics_port}/metrics" if hub.metrics_port else "off"
         _print(f"hub listening on 127.0.0.1:{hub.port} (mTLS, dev CA in {data / 'pki'}); metrics: {metrics}")
         _print(f"routing by the agreements in {agreements}")

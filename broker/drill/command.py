@@ -22,7 +22,13 @@ if TYPE_CHECKING:
 def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The simulate command's arguments on the CLI's subparsers."""
     p = commands.add_parser("simulate", help="run a drill scenario (deploy/scenarios/*.yaml) and check what it expects")
-    p.add_argument("scenario", type=Path, help="the scenario file")
+    p.add_argument("scenario", type=Path, nargs="?", help="the scenario file (not with --load)")
+    load = p.add_argument_group("load mode: many rooms publishing (instead of a scenario)")
+    load.add_argument("--load", action="store_true", help="run the load mode")
+    load.add_argument("--rooms", type=int, default=50, help="Polizia Locale rooms, one per comune of Torino (<= 312)")
+    load.add_argument("--rate", type=float, default=100.0, help="events a second, all rooms together (default 100)")
+    load.add_argument("--duration", type=float, default=20.0, help="seconds of publishing (default 20)")
+    load.add_argument("--bulk-share", type=float, default=0.5, help="share of bulk events (default 0.5)")
     p.add_argument("--data", type=Path, help="folder for nats-server and the certificates (default: a temporary one)")
     p.add_argument("--report", type=Path, help="folder for the report: report.html (self-contained) and report.json")
     p.add_argument("--patience", type=float, default=30.0, help="seconds a step waits for what it expects (default 30)")
@@ -41,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from broker.drill.report import render_html, report_data, with_times  # noqa: PLC0415
     from broker.drill.scenario import ScenarioError, load  # noqa: PLC0415
 
+    if args.load:
+        return _run_load(args)
+    if args.scenario is None:
+        print("opsroom: simulate: give a scenario file, or --load", file=sys.stderr)  # noqa: T201
+        return 2
     try:
         scenario = load(args.scenario)
     except ScenarioError as exc:
@@ -62,6 +73,29 @@ def run(args: argparse.Namespace) -> int:
         (args.report / "report.html").write_text(render_html(data), encoding="utf-8")
         _print(f"report: {args.report / 'report.html'} (and report.json)")
     return 0 if all(c.passed for c in checks) else 1
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    """The load mode: a table, and with --report its data as report.json and a page."""
+    from broker.drill.load import LoadPlan, run_load  # noqa: PLC0415 - loaded for this command only
+    from broker.drill.report import render_load_html  # noqa: PLC0415
+
+    if not (0 < args.rooms <= 312 and args.rate > 0 and args.duration > 0 and 0 <= args.bulk_share <= 1):
+        message = "opsroom: simulate --load: 1-312 rooms, a positive rate and duration, a bulk share in 0-1"
+        print(message, file=sys.stderr)  # noqa: T201
+        return 2
+    plan = LoadPlan(args.rooms, args.rate, args.duration, args.bulk_share)
+    work_root = args.data
+    with tempfile.TemporaryDirectory(prefix="opsroom-load-") as temporary:
+        result = asyncio.run(run_load(plan, work_root or Path(temporary), _print))
+    for line in result.table():
+        _print(line)
+    if args.report is not None:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "report.json").write_text(json.dumps(result.data(), indent=2) + "\n", encoding="utf-8")
+        (args.report / "report.html").write_text(render_load_html(result.data(), result.table()), encoding="utf-8")
+        _print(f"report: {args.report / 'report.html'} (and report.json)")
+    return 0
 
 
 def _observe(args: argparse.Namespace, scenario: Scenario) -> tuple[Any, Any]:

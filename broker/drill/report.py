@@ -220,3 +220,22 @@ def render_html(data: dict[str, Any], when: datetime | None = None) -> str:
 {_table(["position", "action", "agency", "recipient", "distribution id", "rule", "withheld"], audit_rows)}
 </body></html>
 """  # noqa: E501 - HTML template
+
+
+def render_load_html(data: dict[str, Any], summary: Sequence[str], when: datetime | None = None) -> str:
+    """The load mode's page: what was offered, per lane the deliveries and their latency, the hub's cost."""
+    lanes = [
+        [lane, str(v["deliveries"]), f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", f"{v['p999_ms']:.1f}"]
+        for lane, v in data["lanes"].items()
+    ]
+    stamp = (when or datetime.now(UTC)).isoformat(timespec="seconds")
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in (summary[0], summary[-1]))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Load drill</title><style>{_STYLE}</style></head>
+<body><h1>Load drill: {data["rooms"]} rooms, {data["rate"]:g} events/s, {data["duration_s"]:g} s</h1>
+<p class="sub">run {stamp}; the hub in its own process, measured from /proc</p>
+<ul>{lines}</ul>
+<h2>Publish to delivery, per lane</h2>
+{_table(["lane", "deliveries", "p50 ms", "p99 ms", "p999 ms"], lanes)}
+</body></html>
+"""

@@ -203,3 +203,25 @@ def test_a_drill_without_a_room_s_certificate_names_the_file(tmp_path: Path) -> 
     )  # fmt: skip
     assert 2 == result.returncode
     assert f"opsroom: {tmp_path / 'nothing' / 'ca.pem'}: no such file" in result.stderr
+
+
+def test_the_load_mode_runs_rooms_across_comuni_and_reports_per_lane(tmp_path: Path) -> None:
+    """A small load drill (CI budget): 10 rooms, 20 events/s for 3 s; every accepted event reaches both State rooms."""
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "simulate", "--load", "--rooms", "10", "--rate", "20", "--duration", "3",
+         "--data", str(tmp_path / "data"), "--report", str(tmp_path / "report")],
+        capture_output=True, text=True, timeout=DRILL_LIVENESS, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert 0 == result.returncode, result.stdout + result.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    accepted = report["published"] - sum(report["refused"].values())
+    assert report["published"] > 0
+    assert {} == report["refused"]
+    lanes = report["lanes"]
+    assert {"urgent", "bulk"} == set(lanes)
+    assert 2 * accepted == sum(lane["deliveries"] for lane in lanes.values())
+    assert all(0 < lane["p50_ms"] <= lane["p99_ms"] <= lane["p999_ms"] for lane in lanes.values())
+    assert report["hub_cpu_seconds"] > 0
+    assert report["hub_rss_max_mb"] > 0
+    assert "lane     deliveries" in result.stdout
+    assert "<h2>Publish to delivery, per lane</h2>" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")

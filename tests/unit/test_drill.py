@@ -15,7 +15,9 @@ from opsroom.incident.v1 import incident_pb2
 from opsroom.request.v1 import request_pb2
 
 from broker.drill.expect import Check, Observations, Published, Received, judge
+from broker.drill.load import load_rooms, percentile, write_agreement
 from broker.drill.scenario import ScenarioError, envelope_of, load
+from broker.policy.loader import load_dir
 from broker.validate import codelists
 from broker.validate.checker import validate_envelope
 from broker.validate.fields import ValidationContext
@@ -254,3 +256,32 @@ def test_room_behaviour_and_time_are_read() -> None:
     lodi = load(ROOT / "deploy" / "scenarios" / "lodi-night-venue.yaml")
     assert lodi.at is not None
     assert "2026-07-11T21:40:00+00:00" == lodi.at.astimezone(UTC).isoformat()
+
+
+# -- the load mode's pure parts ------------------------------------------------------------------
+
+
+def test_load_rooms_are_polizia_locale_rooms_of_the_province_s_comuni_in_code_order() -> None:
+    rooms = load_rooms(3)
+    assert ["it.pl.001001", "it.pl.001002", "it.pl.001003"] == list(rooms)
+    assert all(name.startswith("Polizia Locale di ") for name in rooms.values())
+    assert 312 == len(load_rooms(312))
+    with pytest.raises(ValueError, match="312 comuni"):
+        load_rooms(313)
+
+
+def test_the_load_agreement_is_one_the_hub_accepts(tmp_path: Path) -> None:
+    rooms = load_rooms(5)
+    write_agreement(tmp_path / "agreements", rooms)
+    [agreement] = load_dir(tmp_path / "agreements").agreements
+    assert {*rooms, "it.ps.questura.to", "it.cc.cp.to"} == {p.agency for p in agreement.parties}
+    assert all(p.drills for p in agreement.parties)
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [([], 0.5, 0.0), ([5.0], 0.99, 5.0), ([float(i) for i in range(1, 101)], 0.5, 50.0),
+     ([float(i) for i in range(1, 101)], 0.99, 99.0), ([float(i) for i in range(1, 1001)], 0.999, 999.0)],
+)  # fmt: skip
+def test_percentiles_by_nearest_rank(values: list[float], q: float, expected: float) -> None:
+    assert expected == percentile(values, q)

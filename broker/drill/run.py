@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 from opsroom.common.v1 import common_pb2
@@ -62,10 +63,12 @@ class _SimRoom:
         status: int,
         clock: Clock,
         show: Printer | None = None,
+        seed: int = 1,
     ) -> None:
         self.room = room
         self._clock = clock
         self._show = show
+        self._rng = random.Random(f"{seed}:{room.agency}")  # noqa: S311 - a drill's draws, not security
         self._seen = seen
         self._changed = changed
         self._status = status
@@ -105,9 +108,16 @@ class _SimRoom:
                 inbox.ack(delivery)
             self._changed.set()
             payload = env.WhichOneof("payload") or ""
-            outcome = self.room.answers.get(payload)
-            if env.kind == common_pb2.KIND_REQUEST and outcome:
-                await self._answer(env, payload, outcome)
+            answer = self.room.answers.get(payload)
+            if env.kind == common_pb2.KIND_REQUEST and answer:
+                await self._answer(env, payload, self._draw(answer))
+
+    def _draw(self, answer: str | Mapping[str, float]) -> str:
+        """The outcome to answer: the one given, or one drawn by weight."""
+        if isinstance(answer, str):
+            return answer
+        outcomes = sorted(answer)
+        return self._rng.choices(outcomes, weights=[answer[o] for o in outcomes])[0]
 
     async def _answer(self, request: envelope_pb2.Envelope, payload: str, outcome: str) -> None:
         value = common_pb2.Outcome.Value(f"OUTCOME_{outcome}")
@@ -182,7 +192,7 @@ async def play(
     changed = asyncio.Event()
     status = common_pb2.Status.Value(f"STATUS_{scenario.status}")
     rooms = {
-        r.agency: _SimRoom(r, seen, changed, status=status, clock=clock, show=out if show else None)
+        r.agency: _SimRoom(r, seen, changed, status=status, clock=clock, show=out if show else None, seed=scenario.seed)
         for r in scenario.rooms
     }
     for agency, room in rooms.items():

@@ -44,7 +44,8 @@ class Room:
     agency: str
     name: str
     kind: str = ""
-    answers: Mapping[str, str] = field(default_factory=dict)
+    # Per request payload: the outcome its operator answers, or outcomes by weight (drawn from the seed).
+    answers: Mapping[str, str | Mapping[str, float]] = field(default_factory=dict)
     ack_delay_ms: int = 0  # its client acknowledges each delivery this long after receiving it
     offline: tuple[str, str] | None = None  # (step it leaves before, step it is back before; "" for the end)
 
@@ -92,6 +93,7 @@ class Scenario:
     at: datetime | None  # when the drill is set (None: now)
     rooms: tuple[Room, ...]
     steps: tuple[Step, ...]
+    seed: int = 1  # of the draws (answers by weight)
 
     def room(self, agency: str) -> Room | None:
         """The room of an agency, if the scenario has one."""
@@ -193,6 +195,7 @@ def _build(path: Path, data: dict[str, Any]) -> Scenario:
         agreements=agreements,
         status=data.get("status", "EXERCISE"),
         at=at,
+        seed=data.get("seed", 1),
         rooms=rooms,
         steps=tuple(steps),
     )

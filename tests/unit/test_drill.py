@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +17,10 @@ from opsroom.request.v1 import request_pb2
 
 from broker.drill.expect import Check, Observations, Published, Received, judge
 from broker.drill.load import load_rooms, percentile, write_agreement
-from broker.drill.scenario import ScenarioError, envelope_of, load
+from broker.drill.run import _SimRoom
+from broker.drill.scenario import Room, ScenarioError, envelope_of, load
 from broker.policy.loader import load_dir
+from broker.times import SystemClock
 from broker.validate import codelists
 from broker.validate.checker import validate_envelope
 from broker.validate.fields import ValidationContext
@@ -285,3 +288,31 @@ def test_the_load_agreement_is_one_the_hub_accepts(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_percentiles_by_nearest_rank(values: list[float], q: float, expected: float) -> None:
     assert expected == percentile(values, q)
+
+
+def test_answers_by_weight_are_drawn_from_the_seed_and_fixed_ones_are_given() -> None:
+    def room(answers: dict[str, Any], seed: int = 1) -> _SimRoom:
+        return _SimRoom(Room("it.cc.cp.to", "CC", answers=answers), Observations(), asyncio.Event(), status=2,
+                        clock=SystemClock(), seed=seed)  # fmt: skip
+
+    assert ["REJECTED"] * 5 == [room({})._draw("REJECTED") for _ in range(5)]
+    only = room({})
+    assert {"ACCEPTED"} == {only._draw({"ACCEPTED": 1, "REJECTED": 0}) for _ in range(50)}
+    mixed = [room({})._draw({"ACCEPTED": 1, "REJECTED": 1}) for _ in range(1)]
+    again = [room({})._draw({"ACCEPTED": 1, "REJECTED": 1}) for _ in range(1)]
+    assert mixed == again  # the same seed, the same first draw
+    many = room({})
+    drawn = [many._draw({"ACCEPTED": 3, "REJECTED": 1}) for _ in range(400)]
+    assert 0.6 < drawn.count("ACCEPTED") / len(drawn) < 0.9  # 3 to 1, loosely
+
+
+def test_answers_by_weight_in_a_file_are_checked(tmp_path: Path) -> None:
+    data = torino()
+    data["rooms"][2]["answers"] = {"assistance_request": {"ACCEPTED": 3, "REJECTED": 1}}
+    data["seed"] = 7
+    scenario = load(write(tmp_path, data))
+    assert 7 == scenario.seed
+    assert {"ACCEPTED": 3, "REJECTED": 1} == scenario.rooms[2].answers["assistance_request"]
+    data["rooms"][2]["answers"] = {"assistance_request": {"MAYBE": 1}}
+    with pytest.raises(ScenarioError, match=r"rooms\[2\]\.answers\.assistance_request"):
+        load(write(tmp_path, data))

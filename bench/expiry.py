@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from broker.config import NatsConfig  # noqa: E402
 from broker.delivery.expiry import Backlog, Expirer  # noqa: E402
 from broker.dev.embedded import NatsServer  # noqa: E402
+from broker.dev.processes import cpu_seconds  # noqa: E402
 from broker.lanes import Lane  # noqa: E402
 from broker.ops.metrics import Metrics  # noqa: E402
 from broker.publish.committer import Committer  # noqa: E402
@@ -47,12 +47,6 @@ from broker.store.model import OutMsg  # noqa: E402
 
 SENDER = "it.nue.cur.to"
 PAYLOAD = b"x" * 1000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used (from /proc; Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Clock:

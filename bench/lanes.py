@@ -53,6 +53,7 @@ from bench.run import (  # noqa: E402
 )
 from broker.dev.certs import make_dev_pki  # noqa: E402
 from broker.dev.embedded import NatsServer, free_port  # noqa: E402
+from broker.dev.processes import rss_mb  # noqa: E402
 
 BULK_SENDER = "it.pl.001272"
 READS_INCIDENT = "urn:emergency:uid:incidentid:transits-001272:bench"
@@ -194,14 +195,6 @@ async def urgent_run(target: str, pki_root: Path, count: int, rate: float, *, fl
         "accept_p99_ms": round(percentile(accepted, 0.99), 2),
         "bulk_per_s": round(bulk_rate, 1),
     }
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def backlog_replay(target: str, pki_root: Path, pid: int, count: int) -> dict[str, float]:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,8 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from opsroom_client import HubClient, new_envelope  # noqa: E402
 
+from broker.dev import processes  # noqa: E402
 from broker.dev.certs import make_dev_pki  # noqa: E402
 from broker.dev.embedded import NatsServer, free_port  # noqa: E402
+from broker.dev.processes import cpu_seconds  # noqa: E402
 from broker.dev.testing import credentials  # noqa: E402
 
 SENDER = "it.nue.cur.to"
@@ -314,12 +315,7 @@ def hub_process(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
                 time.sleep(0.1)
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc, timeout=20)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -332,12 +328,6 @@ def scrape(port: int) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used (from /proc; Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def breakdown(

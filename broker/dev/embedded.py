@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.dev import processes
 from broker.ops.logging import get_logger
 
 log = get_logger(__name__)
@@ -145,13 +146,7 @@ class NatsServer:
         """SIGTERM (JetStream flushes and closes cleanly), SIGKILL if it does not exit in time."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+        processes.stop(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:

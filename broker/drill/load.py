@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -33,8 +31,9 @@ from opsroom.alert.v1 import alert_pb2
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.incident.v1 import incident_pb2
-from opsroom_client import HubClient, HubError
+from opsroom_client import HubClient, HubError, new_envelope
 
+from broker.dev import processes
 from broker.dev.certs import make_dev_pki, nats_authorization
 from broker.dev.commands import wait_serving, write_config
 from broker.dev.embedded import NatsServer, free_port
@@ -180,16 +179,10 @@ def write_agreement(folder: Path, rooms: dict[str, str], province: str = PROVINC
 def _event(agency: str, now: datetime, *, bulk: bool) -> envelope_pb2.Envelope:
     """An urgent incident or a bulk (routine camera) alert from agency's comune, to both State rooms."""
     comune = agency[-6:]
-    env = envelope_pb2.Envelope(
-        distribution_id=str(uuid.uuid4()),
-        sender=common_pb2.Sender(agency_id=agency),
-        sent_at=timestamp(now),
-        status=common_pb2.STATUS_EXERCISE,
-        kind=common_pb2.KIND_REPORT,
-        recipients=[QUESTURA, CARABINIERI],
-        confidentiality=common_pb2.CONFIDENTIALITY_RESTRICTED,
-        legal_basis=common_pb2.LegalBasis(law="d.l. 14/2017 art. 2", purpose=common_pb2.PURPOSE_PUBLIC_SECURITY),
+    env = new_envelope(
+        agency, kind=common_pb2.KIND_REPORT, recipients=[QUESTURA, CARABINIERI], status=common_pb2.STATUS_EXERCISE
     )
+    env.sent_at.CopyFrom(timestamp(now))
     if bulk:
         env.alert.CopyFrom(
             alert_pb2.Alert(
@@ -228,18 +221,6 @@ def _event(agency: str, now: datetime, *, bulk: bool) -> envelope_pb2.Envelope:
     return env
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 @contextlib.asynccontextmanager
 async def _hub_process(work: Path, rooms: dict[str, str]) -> AsyncIterator[tuple[str, Any, subprocess.Popen[bytes]]]:
     """nats-server and `opsroom serve` (its own process) for the load drill; (address, PKI, process)."""
@@ -264,12 +245,7 @@ async def _hub_process(work: Path, rooms: dict[str, str]) -> AsyncIterator[tuple
             await wait_serving(target, pki, QUESTURA, START_WITHIN)
             yield target, pki, proc
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            processes.stop(proc, timeout=30)
             log.close()
     finally:
         nats.stop()
@@ -323,7 +299,7 @@ class _LoadRun:
 
     async def sample(self) -> None:
         while self._sampling:
-            self.result.hub_rss_max_mb = max(self.result.hub_rss_max_mb, _rss_mb(self._proc.pid))
+            self.result.hub_rss_max_mb = max(self.result.hub_rss_max_mb, processes.rss_mb(self._proc.pid))
             await asyncio.sleep(0.5)
 
     async def run(self, rooms: dict[str, str]) -> LoadResult:
@@ -331,7 +307,7 @@ class _LoadRun:
         senders = {agency: self.client(agency) for agency in rooms}
         tasks = [asyncio.create_task(self.receive(r)) for r in receivers]
         sampler = asyncio.create_task(self.sample())
-        cpu_before = _cpu_seconds(self._proc.pid)
+        cpu_before = processes.cpu_seconds(self._proc.pid)
         started = time.monotonic()
         try:
             await asyncio.gather(*(self.publish(a, s) for a, s in senders.items()))
@@ -342,7 +318,7 @@ class _LoadRun:
                         self._arrived.clear()
                         await self._arrived.wait()
             self.result.seconds = time.monotonic() - started
-            self.result.hub_cpu_seconds = _cpu_seconds(self._proc.pid) - cpu_before
+            self.result.hub_cpu_seconds = processes.cpu_seconds(self._proc.pid) - cpu_before
         finally:
             self._sampling = False
             await sampler

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -44,8 +43,10 @@ from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom_client import HubClient, HubError
 
+from broker.dev import processes
 from broker.dev.certs import DevPki, make_dev_pki
 from broker.dev.embedded import NatsServer, free_port
+from broker.dev.processes import rss_mb
 from broker.dev.testing import credentials
 from broker.errors import ERROR_DOMAIN, Reason
 from tests import factories as f
@@ -78,14 +79,6 @@ def _identity(data: bytes) -> bytes:
 
 
 # -- the hub process and the steady room ---------------------------------------------------------------------
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MB (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def write_config(root: Path, pki: DevPki, nats: NatsServer, port: int) -> Path:
@@ -224,12 +217,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
             made.room.stop()
             channel.close()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            processes.stop(proc, timeout=20)
     finally:
         nats.stop()
 

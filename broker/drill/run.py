@@ -15,15 +15,15 @@ import asyncio
 import contextlib
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from opsroom.common.v1 import common_pb2
 from opsroom.envelope.v1 import envelope_pb2
 from opsroom.hub.v1 import hub_pb2
 from opsroom.request.v1 import request_pb2
-from opsroom_client import HubClient, HubError, RetryPolicy
+from opsroom_client import HubClient, HubError, RetryPolicy, new_envelope
 
 from broker.audit.query import Question, Row, answer
 from broker.audit.tools import read_log
@@ -122,28 +122,21 @@ class _SimRoom:
     async def _answer(self, request: envelope_pb2.Envelope, payload: str, outcome: str) -> None:
         value = common_pb2.Outcome.Value(f"OUTCOME_{outcome}")
         now = timestamp(self._clock.now())
-        response = envelope_pb2.Envelope(
-            distribution_id=str(uuid.uuid4()),
-            sender=common_pb2.Sender(agency_id=self.room.agency, operator_id="OP-DRILL"),
-            sent_at=now,
-            status=self._status,  # type: ignore[arg-type]
+        assistance = payload == "assistance_request"
+        field = "assistance_response" if assistance else "handover_response"
+        message = request_pb2.AssistanceResponse if assistance else request_pb2.HandoverResponse
+        answer: dict[str, Any] = {field: message(outcome=value, cause="esercitazione", responded_at=now)}
+        response = new_envelope(
+            self.room.agency,
             kind=common_pb2.KIND_RESPONSE,
             recipients=[request.sender.agency_id],
-            confidentiality=common_pb2.CONFIDENTIALITY_RESTRICTED,
+            status=self._status,
+            operator_id="OP-DRILL",
             incident_ids=request.incident_ids,
-            references=[
-                common_pb2.Reference(distribution_id=request.distribution_id, sender_agency_id=request.sender.agency_id)
-            ],
-            legal_basis=request.legal_basis,
+            references=[(request.distribution_id, request.sender.agency_id)],
+            **answer,
         )
-        if payload == "assistance_request":
-            response.assistance_response.CopyFrom(
-                request_pb2.AssistanceResponse(outcome=value, cause="esercitazione", responded_at=now)
-            )
-        else:
-            response.handover_response.CopyFrom(
-                request_pb2.HandoverResponse(outcome=value, cause="esercitazione", responded_at=now)
-            )
+        response.sent_at.CopyFrom(now)  # the drill's clock (shifted when the drill is set in time)
         try:
             await self.client.publish(response)
             if self._show is not None:

@@ -380,11 +380,20 @@ async def read_until(call: Any, wanted: set[str], within: float) -> dict[str, in
     return seen
 
 
+async def _connect(channel: grpc.aio.Channel, session: hub_pb2.OpenSession) -> tuple[Any, Any]:
+    """A Connect call that sent session; the call and its first response (grpc.aio.EOF if it ended first)."""
+    call = _stream(channel, _hub_method("Connect"), hub_pb2.ConnectResponse)(timeout=CALL_TIMEOUT * 3)
+    await call.write(hub_pb2.ConnectRequest(open=session))
+    return call, await call.read()
+
+
+# The largest session a room may ask for: every delivery of a backlog comes in one read loop.
+LARGEST = hub_pb2.OpenSession(window=10_000, max_batch=1000)
+
+
 async def open_session(channel: grpc.aio.Channel) -> tuple[Any, hub_pb2.SessionOpened]:
     """A Connect call, opened; its SessionOpened."""
-    call = _stream(channel, _hub_method("Connect"), hub_pb2.ConnectResponse)(timeout=CALL_TIMEOUT * 3)
-    await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession()))
-    first = await call.read()
+    call, first = await _connect(channel, hub_pb2.OpenSession())
     assert first is not grpc.aio.EOF
     assert first.WhichOneof("response") == "opened", first
     return call, first.opened
@@ -604,10 +613,8 @@ def _expect_receipt(_m: Matrix, caller: str, target: str) -> Outcome:
 
 async def _connect_open(matrix: Matrix, channel: grpc.aio.Channel, caller: str, target: str) -> Observed:
     """Open a session; it is the caller's, and every delivery its backlog holds was addressed to the caller."""
-    call = _stream(channel, _hub_method("Connect"), hub_pb2.ConnectResponse)(timeout=CALL_TIMEOUT * 3)
     try:
-        await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession(window=10_000, max_batch=1000)))
-        first = await call.read()
+        call, first = await _connect(channel, LARGEST)
         if first is grpc.aio.EOF:
             await call
             return Observed(OK, problem="the session ended before it opened")
@@ -640,10 +647,8 @@ async def _connect_open(matrix: Matrix, channel: grpc.aio.Channel, caller: str, 
 async def _connect_ack(matrix: Matrix, channel: grpc.aio.Channel, caller: str, target: str) -> Observed:
     """Acknowledge the target's canary (the caller's own, for the target itself); only the target's ack counts."""
     seed_of = matrix.seeds[target]
-    call = _stream(channel, _hub_method("Connect"), hub_pb2.ConnectResponse)(timeout=CALL_TIMEOUT * 3)
     try:
-        await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession(window=10_000, max_batch=1000)))
-        first = await call.read()
+        call, first = await _connect(channel, LARGEST)
         if first is grpc.aio.EOF:
             await call
             return Observed(OK, problem="the session ended before it opened")
@@ -875,9 +880,7 @@ async def test_a_session_ends_when_its_room_half_closes_while_deliveries_arrive(
     for _attempt in range(10):
         for _ in range(5):
             await publish_as(matrix, QUESTURA, f.envelope(QUESTURA, (MILANO,)))
-        call = _stream(channel, _hub_method("Connect"), hub_pb2.ConnectResponse)(timeout=CALL_TIMEOUT * 3)
-        await call.write(hub_pb2.ConnectRequest(open=hub_pb2.OpenSession(window=10_000, max_batch=1000)))
-        first = await call.read()
+        call, first = await _connect(channel, LARGEST)
         assert first.WhichOneof("response") == "opened"
         await call.write(hub_pb2.ConnectRequest(ack=hub_pb2.AckDeliveries(sequences=[2])))
         await call.done_writing()

@@ -49,6 +49,17 @@ class Observations:
         """What agency received of the envelope distribution_id (several if it came again)."""
         return [r for r in self.received if r.agency == agency and r.envelope.distribution_id == distribution_id]
 
+    def responses(self, sender: str, distribution_id: str, responder: str) -> list[envelope_pb2.Envelope]:
+        """The responses sender received from responder to its envelope distribution_id."""
+        return [
+            r.envelope
+            for r in self.received
+            if r.agency == sender
+            and r.envelope.kind == common_pb2.KIND_RESPONSE
+            and r.envelope.sender.agency_id == responder
+            and any(ref.distribution_id == distribution_id for ref in r.envelope.references)
+        ]
+
 
 @dataclass(frozen=True)
 class Check:
@@ -139,14 +150,7 @@ def _views(step: Step, seen: Observations, dist: str) -> list[Check]:
 def _answered(step: Step, seen: Observations, dist: str, agency: str, outcome: str) -> Check:
     """Whether the step's sender received agency's response to it, with outcome."""
     what = f"{agency} answered {outcome}"
-    responses = [
-        r.envelope
-        for r in seen.received
-        if r.agency == step.sender
-        and r.envelope.kind == common_pb2.KIND_RESPONSE
-        and r.envelope.sender.agency_id == agency
-        and any(ref.distribution_id == dist for ref in r.envelope.references)
-    ]
+    responses = seen.responses(step.sender, dist, agency)
     if not responses:
         return _check(step, what, f"{step.sender} received no response from {agency}")
     payload = responses[0].WhichOneof("payload") or ""

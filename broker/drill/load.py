@@ -91,7 +91,7 @@ class LoadResult:
         for lane, values in sorted(self.latencies.items()):
             p50, p99, p999 = (percentile(values, q) for q in (0.5, 0.99, 0.999))
             lines.append(f"{lane:8} {len(values):>10} {p50:>8.1f} {p99:>8.1f} {p999:>8.1f}")
-        delivered = sum(len(v) for v in self.latencies.values())
+        delivered = self.delivered_count()
         per_event = self.hub_cpu_seconds / accepted * 1e6 if accepted else 0.0
         rate = delivered / self.seconds if self.seconds else 0.0
         cpu = f"hub CPU {self.hub_cpu_seconds:.1f} s ({per_event:.0f} us per accepted event)"
@@ -268,9 +268,6 @@ class _LoadRun:
     def client(self, agency: str) -> HubClient:
         return HubClient(self._target, credentials(self._pki, agency), server_name="localhost")
 
-    def delivered(self) -> int:
-        return sum(len(v) for v in self.result.latencies.values())
-
     async def receive(self, receiver: HubClient) -> None:
         inbox = receiver.inbox(max_batch=256, window=4096)
         async for delivery in inbox:
@@ -314,7 +311,7 @@ class _LoadRun:
             expected = 2 * len(self._sent)  # both State rooms receive every accepted event
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_WITHIN):
-                    while self.delivered() < expected:
+                    while self.result.delivered_count() < expected:
                         self._arrived.clear()
                         await self._arrived.wait()
             self.result.seconds = time.monotonic() - started

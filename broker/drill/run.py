@@ -150,16 +150,7 @@ def _expected_here(step: Step, seen: Observations, published: Published, online:
     dist = published.distribution_id
     if any(not seen.copies(agency, dist) for agency in step.expect.delivered_to if agency in online):
         return False
-    for agency in (a for a in step.expect.answered if a in online):
-        if not any(
-            r.agency == step.sender
-            and r.envelope.kind == common_pb2.KIND_RESPONSE
-            and r.envelope.sender.agency_id == agency
-            and any(ref.distribution_id == dist for ref in r.envelope.references)
-            for r in seen.received
-        ):
-            return False
-    return True
+    return all(seen.responses(step.sender, dist, agency) for agency in step.expect.answered if agency in online)
 
 
 async def play(

@@ -44,7 +44,7 @@ def _print(line: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the drill; 0 if every expectation passed, 1 if one failed, 2 if the scenario cannot be run."""
     from broker.drill.expect import judge  # noqa: PLC0415 - loaded for this command only
-    from broker.drill.report import render_html, report_data, with_times  # noqa: PLC0415
+    from broker.drill.report import render_html, report_data  # noqa: PLC0415
     from broker.drill.scenario import ScenarioError, load  # noqa: PLC0415
 
     if args.load:
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     for line in verdict_lines(checks):
         _print(line)
     if args.report is not None:
-        data = with_times(report_data(scenario, seen, checks, audit), seen)
+        data = report_data(scenario, seen, checks, audit)
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "report.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         (args.report / "report.html").write_text(render_html(data), encoding="utf-8")

@@ -38,7 +38,11 @@ code { font-size: .85rem; }
 def report_data(
     scenario: Scenario, seen: Observations, checks: Sequence[Check], audit: Sequence[Row] = ()
 ) -> dict[str, Any]:
-    """The report as data: the verdict, per step when it was published and who received it when, the audit rows."""
+    """The report as data: the verdict, per step when it was published and who received it when, the audit rows.
+
+    A published step's at_s is its time in seconds from the first publish of the drill.
+    """
+    first = min((p.at for p in seen.published.values()), default=0.0)
     steps = []
     for step in scenario.steps:
         published = seen.published.get(step.id)
@@ -60,6 +64,7 @@ def report_data(
         steps.append(
             {
                 "step": step.id,
+                **({"at_s": round(published.at - first, 3)} if published is not None else {}),
                 "say": step.say,
                 "from": step.sender,
                 "kind": step.kind,
@@ -99,7 +104,7 @@ def _plots(data: dict[str, Any]) -> tuple[str, str]:
     rooms = [r["agency"] for r in data["rooms"]]
     names = {r["agency"]: r["name"] for r in data["rooms"]}
     row = {agency: i for i, agency in enumerate(reversed(rooms))}
-    published_at = _publish_times(data)
+    published_at = {s["step"]: s["at_s"] for s in data["steps"] if "at_s" in s}
     figure, axes = plt.subplots(figsize=(10, 0.6 * len(rooms) + 1.6))
     for step in data["steps"]:
         start = published_at.get(step["step"])
@@ -139,26 +144,6 @@ def _plots(data: dict[str, Any]) -> tuple[str, str]:
     return timeline, latency
 
 
-def _publish_times(data: dict[str, Any]) -> dict[str, float]:
-    """Each published step's time in seconds from the first, from the report data's order and offsets."""
-    times: dict[str, float] = {}
-    for step in data["steps"]:
-        if "at_s" in step:
-            times[step["step"]] = step["at_s"]
-    return times
-
-
-def with_times(data: dict[str, Any], seen: Observations) -> dict[str, Any]:
-    """Data with each published step's time from the first publish (at_s), for the timeline."""
-    starts = [p.at for p in seen.published.values()]
-    first = min(starts) if starts else 0.0
-    for step in data["steps"]:
-        published = seen.published.get(step["step"])
-        if published is not None:
-            step["at_s"] = round(published.at - first, 3)
-    return data
-
-
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence[str] = ()) -> str:
     out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
     for i, cells in enumerate(rows):
@@ -172,7 +157,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], classes: Sequence
 
 
 def render_html(data: dict[str, Any], when: datetime | None = None) -> str:
-    """The self-contained HTML report of a drill's data (report_data with with_times)."""
+    """The self-contained HTML report of a drill's data (report_data)."""
     timeline, latency = _plots(data)
     checks = data["checks"]
     failed = [c for c in checks if not c["passed"]]

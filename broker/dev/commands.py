@@ -27,10 +27,14 @@ from broker.ops.console import say as _print
 
 
 def write_config(path: Path, cfg: HubConfig, pki: DevPki, nats: NatsServer, port: int) -> Path:
-    """A hub.toml describing the running demo hub, for `opsroom status` and `opsroom audit` beside it."""
+    """A hub.toml for a development hub on port with this PKI and nats-server.
+
+    The demo writes it beside the hub it runs (for `opsroom status` and `opsroom audit`); the
+    load drill starts a hub process from it.
+    """
     agencies = "".join(f'[[agencies]]\nid = "{a.id}"\nname = "{a.name}"\n' for a in cfg.agencies)
     path.write_text(
-        f"""# Written by `opsroom demo` for the hub it runs (the files are its development PKI and nats-server).
+        f"""# Written by opsroom for a development hub (the files are its development PKI and nats-server).
 [hub]
 listen = "127.0.0.1:{port}"
 [tls]
